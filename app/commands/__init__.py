@@ -1,0 +1,1 @@
+"""Command-line subcommands, one module per feature (see app/cli.py)."""

@@ -1,0 +1,15 @@
+"""Exceptions that carry a message meant for the user (one line: the file and the fix)."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem the user can fix. The CLI prints it as one line and exits 2; the GUI shows it."""
+
+
+class ModelFileError(UserError):
+    """A model folder or file is missing, truncated, corrupt or of the wrong shape."""
+
+
+class StorageError(UserError):
+    """The conversation database cannot be written (disk full, read-only, corrupt)."""
