@@ -91,6 +91,7 @@ class Token:
 class Finished:
     reason: FinishReason
     stats: GenerationStats = field(default_factory=GenerationStats)
+    seed: int | None = None  # the sampling seed actually used (drawn at random if none given)
 
 
 @dataclass(frozen=True)
