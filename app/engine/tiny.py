@@ -121,7 +121,7 @@ def config_json(cfg: Grok2Config) -> dict[str, Any]:
 def write_tiny_checkpoint(folder: str | Path, seed: int = 0, *, sharded: bool = True,
                           n_merges: int = 400, **overrides: Any) -> Path:
     """Write config.json, tokenizer.tok.json and the weights; return the folder."""
-    from app.engine.tokenizer import build_tok_json
+    from app.engine.tok_train import build_tok_json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
