@@ -1,0 +1,281 @@
+"""`grok-desktop ask | list | export | import`: the conversation store from the command line.
+
+`ask` stores both messages exactly as the GUI does (same Store calls, same ReplyWriter), so a
+conversation started in a terminal continues in the app and the other way round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from app.commands.generate import add_model_arguments, add_sampling_arguments, open_engine
+from app.errors import StorageError, UserError
+
+if TYPE_CHECKING:
+    from app.messages import GenerationParams
+    from app.reply import ReplyWriter
+    from app.settings import Settings
+    from app.storage import Store
+
+_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens", "seed")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    ask = sub.add_parser("ask", help="send a message, stream the reply, keep both in history")
+    add_model_arguments(ask)
+    ask.add_argument(
+        "--conversation",
+        "-c",
+        type=int,
+        metavar="ID",
+        help="continue this conversation (ids: `grok-desktop list`)",
+    )
+    ask.add_argument("--system", metavar="TEXT", help="the conversation's system prompt")
+    add_sampling_arguments(ask)
+    ask.set_defaults(**dict.fromkeys(_SAMPLING))  # unset: the conversation's own settings
+    ask.add_argument("text", nargs="+", metavar="TEXT", help="the message ('-' reads stdin)")
+    ask.set_defaults(func=run_ask)
+
+    lst = sub.add_parser("list", help="recent conversations with their ids")
+    lst.add_argument("--limit", type=int, default=30, metavar="N")
+    lst.add_argument("--search", metavar="WORDS", help="only conversations containing the words")
+    lst.add_argument("--trash", action="store_true", help="list the trash instead")
+    lst.set_defaults(func=run_list)
+
+    exp = sub.add_parser("export", help="write conversations as md, json, html, txt or pdf")
+    which = exp.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--conversation",
+        "-c",
+        type=int,
+        action="append",
+        metavar="ID",
+        help="a conversation id (repeat for several)",
+    )
+    which.add_argument("--all", action="store_true", help="every conversation not in the trash")
+    exp.add_argument("--format", required=True, choices=["md", "json", "html", "txt", "pdf"])
+    exp.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="a file, or a folder (one file per conversation)",
+    )
+    exp.set_defaults(func=run_export)
+
+    imp = sub.add_parser("import", help="import a Grok Desktop JSON export or ChatGPT's export")
+    imp.add_argument(
+        "path",
+        type=Path,
+        metavar="PATH",
+        help="conversations JSON, or ChatGPT's conversations.json / export .zip",
+    )
+    imp.set_defaults(func=run_import)
+
+
+# ---- ask ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AskResult:
+    conversation_id: int
+    user_message_id: int
+    reply_id: int
+    reason: str  # stop | length | cancelled
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    from app.settings import load_settings
+    from app.storage import Store
+
+    text = " ".join(args.text)
+    if text == "-":
+        text = sys.stdin.read()
+    if not text.strip():
+        raise UserError("the message is empty")
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show some characters
+    defaults = load_settings()
+    _params(defaults.sampling, _overrides(args))  # bad values fail before a long model load
+    with Store.open() as store:
+        if args.conversation is not None:
+            _check_open(store, args.conversation)
+        engine = open_engine(args)
+        conv_id = _prepare_conversation(store, args, defaults)
+        result = ask(store, engine, conv_id, text, out=sys.stdout, default_params=defaults.sampling)
+    print(
+        f"[conversation {result.conversation_id} · reply {result.reply_id} · {result.reason}]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def ask(
+    store: Store,
+    engine: Any,
+    conversation_id: int,
+    text: str,
+    *,
+    out: TextIO,
+    cancel: threading.Event | None = None,
+    default_params: GenerationParams | None = None,
+) -> AskResult:
+    """Add `text` as a user message on the current branch and stream the reply into the store.
+
+    `engine` is anything with `info` and `stream_chat(messages, params, cancel)`. A
+    conversation without settings of its own uses `default_params` (the app's settings), as
+    the GUI does.
+    """
+    from app.reply import ReplyWriter
+
+    conv = store.get_conversation(conversation_id)
+    user_id = store.add_message(conversation_id, conv.current_leaf_id, "user", text)
+    conv = store.get_conversation(conversation_id)
+    params = conv.generation_params(default_params)
+    reply_id = store.begin_reply(conversation_id, user_id, engine.info, params)
+    writer = ReplyWriter(store, reply_id)
+    reason = stream_reply(engine, conv.chat_messages(), params, writer, out, cancel)
+    return AskResult(conversation_id, user_id, reply_id, reason)
+
+
+def stream_reply(
+    engine: Any,
+    messages: list[dict[str, str]],
+    params: GenerationParams,
+    writer: ReplyWriter,
+    out: TextIO,
+    cancel: threading.Event | None = None,
+    continue_text: str | None = None,
+) -> str:
+    """Print and store the engine's reply; returns the finish reason.
+
+    Ctrl+C stores the text so far as a `cancelled` reply; a full or read-only disk stops
+    generation (StorageError, the text so far kept as far as the disk allows); an engine
+    failure stores the text so far with status `error` and re-raises.
+    """
+    from app.messages import Finished
+
+    cancel = cancel or threading.Event()
+    events = engine.stream_chat(messages, params, cancel, continue_text=continue_text)
+    try:
+        for event in events:
+            if not isinstance(event, Finished):
+                out.write(event.text)
+                out.flush()
+            writer.feed(event)
+        if not writer.done:  # the stream ended without a Finished: treat as cut off
+            writer.interrupt()
+        out.write("\n")
+        return writer.store.get_message(writer.message_id).finish_reason or "interrupted"
+    except KeyboardInterrupt:
+        cancel.set()
+        out.write("\n")
+        writer.finish("cancelled")
+        raise
+    except StorageError:
+        cancel.set()
+        _keep_what_fits(writer)
+        raise
+    except Exception as exc:
+        writer.fail(f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+
+
+def _keep_what_fits(writer: ReplyWriter) -> None:
+    try:
+        writer.interrupt()
+    except StorageError:
+        pass  # the last periodic write stays; the next open marks the row interrupted
+
+
+def _check_open(store: Store, conv_id: int) -> None:
+    conv = store.get_conversation(conv_id)
+    if conv.deleted_at is not None:
+        raise UserError(f"conversation {conv_id} is in the trash; restore it in the app first")
+
+
+def _prepare_conversation(store: Store, args: argparse.Namespace, defaults: Settings) -> int:
+    """The conversation to use; --system and sampling options become its own settings."""
+    overrides = _overrides(args)
+    if args.conversation is None:
+        system = defaults.system_prompt if args.system is None else args.system
+        params = _params(defaults.sampling, overrides) if overrides else None
+        return store.create_conversation(system_prompt=system, params=params)
+    conv = store.get_conversation(args.conversation)
+    if overrides or args.system is not None:
+        base = conv.generation_params(defaults.sampling)
+        params = _params(base, overrides) if overrides else None
+        store.update_conversation(conv.id, system_prompt=args.system, params=params)
+    return conv.id
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in _SAMPLING if getattr(args, k) is not None}
+
+
+def _params(base: GenerationParams, overrides: dict[str, Any]) -> GenerationParams:
+    try:
+        return replace(base, **overrides)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+
+
+# ---- list, export, import -----------------------------------------------------------------
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from app.export_render import format_time
+    from app.storage import Store
+
+    with Store.open() as store:
+        if args.search:
+            for hit in store.search(args.search, limit=args.limit):
+                print(f"{hit.conversation_id:>6}  {hit.title}\n        {_one_line(hit.snippet)}")
+            return 0
+        items = store.list_trash() if args.trash else store.list_conversations(limit=args.limit)
+    if not items:
+        print("the trash is empty" if args.trash else "no conversations yet")
+    for s in items:
+        when = format_time(s.deleted_at if args.trash and s.deleted_at else s.updated_at)
+        print(f"{s.id:>6}  {when}  {'* ' if s.pinned else ''}{s.title}")
+    return 0
+
+
+def _one_line(text: str, width: int = 100) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from app.export import export_conversations
+    from app.storage import Store
+
+    with Store.open() as store:
+        ids = store.all_conversation_ids() if args.all else args.conversation
+        written = export_conversations(store, ids, args.format, args.out)
+    where = written[0] if len(written) == 1 else f"{len(written)} files in {args.out}"
+    print(f"exported {len(ids)} conversation{'s' * (len(ids) != 1)} to {where}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from app.importers import import_file
+    from app.storage import Store
+
+    with Store.open() as store:
+        result = import_file(store, args.path)
+    n = len(result.imported_ids)
+    line = f"imported {n} conversation{'s' * (n != 1)} from {args.path} ({result.source})"
+    if result.skipped:
+        line += f"; {result.skipped} already present, skipped"
+    print(line)
+    return 0

@@ -1,0 +1,54 @@
+"""PDF export with Qt's own PDF writer: the HTML export laid out by QTextDocument.
+
+Text stays text (selectable, searchable, with embedded font subsets), not a picture. Qt is
+imported inside the function so the core stays Qt-free; a headless process gets an offscreen
+QGuiApplication (QTextDocument needs one for fonts).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from app import APP_NAME
+from app.conversation import Conversation
+from app.errors import UserError
+from app.export_html import to_html
+
+_app = None  # the QGuiApplication this module had to create, kept alive
+
+
+def write_pdf(conv: Conversation, path: Path) -> None:
+    """Write `conv` (its current branch) as an A4 PDF at `path`, atomically."""
+    from PySide6.QtCore import QMarginsF
+    from PySide6.QtGui import QPageLayout, QPageSize, QPdfWriter, QTextDocument
+
+    _ensure_gui_app()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".pdf", dir=path.parent)
+    os.close(fd)
+    try:
+        writer = QPdfWriter(tmp)
+        writer.setPageSize(QPageSize(QPageSize.PageSizeId.A4))
+        writer.setPageMargins(QMarginsF(18, 18, 18, 18), QPageLayout.Unit.Millimeter)
+        writer.setTitle(conv.title)
+        writer.setCreator(APP_NAME)
+        doc = QTextDocument()
+        doc.setHtml(to_html(conv))
+        doc.print_(writer)
+        del writer  # flushes and closes the file
+        if os.path.getsize(tmp) == 0:
+            raise UserError(f"cannot write {path}: Qt produced an empty PDF")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is an ordinary document
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _ensure_gui_app() -> None:
+    global _app
+    from PySide6.QtGui import QGuiApplication
+
+    if QGuiApplication.instance() is None:
+        _app = QGuiApplication(["grok-desktop", "-platform", "offscreen"])
