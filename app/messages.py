@@ -111,3 +111,4 @@ class Loaded:
 class Failed:
     error: str  # one line for the user
     detail: str = ""  # traceback or extra text for a "details" box
+    continuable: bool = False  # the reply so far is kept as `interrupted` (a remote dropped)

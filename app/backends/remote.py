@@ -1,0 +1,278 @@
+"""Remote engine: an OpenAI-compatible chat-completions server (SGLang, vLLM, our `serve`).
+
+`RemoteBackend` has the local engine's interface (info, count_tokens, stream_chat,
+stream_prompt, unload) and yields the same events, so the worker holds it in place of an Engine.
+Stdlib only: one http.client connection per reply (transport.py), server-sent events read
+line by line.
+
+How a reply ends:
+* The server finishes (finish_reason stop or length): Token events, then Finished(reason,
+  stats). Stats come from the stream's `usage` chunk (asked for with stream_options) and our
+  own clock; Token.token_ids is empty (servers send text only).
+* `cancel` is set: a helper thread shuts the socket down at once, so Stop works even while the
+  server is silent in a long prefill (SGLang sends its response headers only after the prefill);
+  SGLang and vLLM abort a request whose client went away.
+  The tokens received so far are followed by Finished("cancelled", stats).
+* The connection drops, the server is silent for longer than `read_timeout_s`, or it aborts
+  the request: the tokens received so far are yielded, then `RemoteDisconnected` is raised.
+  It is a `UserError` (one line for the user) whose `continuable` attribute is True: the
+  caller keeps the text as an `interrupted` reply and may resume it with `continue_text`.
+* Nothing could be generated (bad URL, unreachable, refused, bad key, HTTP error): a
+  `RemoteError` before any Token; its `kind` names the problem (see connection_test.py).
+
+Continuing (`continue_text`): by default the partial reply is sent as a final assistant message
+with `continue_final_message: true` (SGLang, vLLM and our `serve`; vLLM also wants
+`add_generation_prompt: false`, which SGLang ignores). A server without that extension would
+start a new turn instead; for it, `continue_via="completions"` renders Grok-2's chat template
+here and asks `/v1/completions` to carry on the raw prompt, which every server above offers.
+
+`count_tokens` is an estimate (the tokenizer is on the server): it only sizes the context meter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from app.backends.transport import (
+    GROK2_STOPS,
+    Opened,
+    RemoteConfig,
+    RemoteDisconnected,
+    RemoteError,
+    RequestCancelled,
+    open_request,
+    parse_base_url,
+    server_message,
+)
+from app.messages import Finished, GenerationParams, GenerationStats, ModelInfo, Token
+
+__all__ = ["GROK2_STOPS", "RemoteBackend", "RemoteConfig", "RemoteDisconnected", "RemoteError"]
+
+CHARS_PER_TOKEN = 3.5  # Grok-2's tokenizer on English prose; only for the context estimate
+MAX_LINE = 1 << 20  # one server-sent event line; a chunk is a few hundred bytes
+
+ChatMessage = dict[str, str]
+
+
+# ---- server-sent events --------------------------------------------------------------------
+
+
+def sse_lines(response: http.client.HTTPResponse) -> Iterator[bytes]:
+    while True:
+        line = response.readline(MAX_LINE)
+        if not line:
+            return
+        if len(line) == MAX_LINE and not line.endswith(b"\n"):
+            raise RemoteError("the server sent a streamed event over 1 MiB; it is not an "
+                              "OpenAI-compatible stream", "not_openai")
+        yield line
+
+
+def sse_data(lines: Iterable[bytes]) -> Iterator[str]:
+    """The data of each server-sent event, in order (comments and other fields are skipped;
+    an event cut off by the end of the stream is dropped)."""
+    data: list[str] = []
+    for raw in lines:
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not line:
+            if data:
+                yield "\n".join(data)
+            data = []
+            continue
+        name, _, value = line.partition(":")
+        if name == "data":
+            data.append(value.removeprefix(" "))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str = ""
+    finish: str | None = None  # the server's finish_reason
+    usage: dict | None = None
+    error: str = ""  # an error event sent in the middle of the stream
+
+
+def read_chunk(payload: str) -> Chunk:
+    """One `chat.completion.chunk` or `text_completion` event (choice 0)."""
+    try:
+        chunk = json.loads(payload)
+    except ValueError as exc:
+        raise RemoteError(f"the server streamed something that is not JSON: {payload[:80]!r}",
+                          "not_openai") from exc
+    if not isinstance(chunk, dict):
+        raise RemoteError("the server streamed JSON that is not a chunk object", "not_openai")
+    if "error" in chunk or chunk.get("object") == "error":
+        return Chunk(error=server_message(payload) or "unknown error")
+    choices = chunk.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else {}
+    choice = choice if isinstance(choice, dict) else {}
+    delta = choice.get("delta") or {}
+    text = delta.get("content") if "delta" in choice else choice.get("text")
+    usage = chunk.get("usage")
+    return Chunk(text if isinstance(text, str) else "", choice.get("finish_reason"),
+                 usage if isinstance(usage, dict) else None)
+
+
+# ---- the backend ---------------------------------------------------------------------------
+
+
+def estimate_tokens(text: str) -> int:
+    return int(len(text) / CHARS_PER_TOKEN) + 1
+
+
+def _render(messages: list[ChatMessage], continue_text: str | None = None) -> str:
+    """Grok-2's chat prompt. Imported here, so that the GUI may import app.backends (for
+    RemoteConfig and check_connection) without loading anything from app.engine."""
+    from app.engine.chat_format import render_chat
+
+    return render_chat(messages, continue_text=continue_text)
+
+
+class RemoteBackend:
+    """Chat with a model on an OpenAI-compatible server; same interface as app.engine Engine.
+    Build it with `app.backends.connect(config)`, which checks the server first."""
+
+    def __init__(self, config: RemoteConfig, context_length: int | None = None) -> None:
+        self.config = config
+        self.endpoint = parse_base_url(config.base_url)
+        identity = f"{config.base_url}|{config.model}".encode()
+        self.info = ModelInfo(
+            name=f"{config.model or 'remote model'} (remote)", folder=config.base_url,
+            config_hash=hashlib.sha256(identity).hexdigest()[:16],  # no config.json here
+            quantization="remote", device=f"remote {self.endpoint.label}",
+            context_length=context_length or config.context_length)
+        self.context_length = self.info.context_length
+
+    def count_tokens(self, messages: list[ChatMessage]) -> int:
+        """An estimate from the length of the rendered prompt (never a network call)."""
+        return estimate_tokens(_render(messages))
+
+    def unload(self) -> None:
+        """Nothing is held between requests (one connection per reply)."""
+
+    def stream_chat(self, messages: list[ChatMessage], params: GenerationParams,
+                    cancel: threading.Event | None = None,
+                    continue_text: str | None = None) -> Iterator[Token | Finished]:
+        turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+        estimate = self.count_tokens(turns) + estimate_tokens(continue_text or "")
+        if continue_text is not None and self.config.continue_via == "completions":
+            prompt = _render(turns, continue_text)
+            body = {"prompt": prompt, "stop": list(self.config.stop)}
+            return self._stream("completions", body, params, cancel, estimate)
+        body: dict[str, Any] = {"messages": turns, "stop": list(self.config.stop)}
+        if continue_text is not None:
+            turns.append({"role": "assistant", "content": continue_text})
+            body.update(continue_final_message=True, add_generation_prompt=False)
+        return self._stream("chat/completions", body, params, cancel, estimate)
+
+    def stream_prompt(self, prompt: str, params: GenerationParams,
+                      cancel: threading.Event | None = None) -> Iterator[Token | Finished]:
+        """Raw completion of `prompt` (no chat template, no stop strings)."""
+        return self._stream("completions", {"prompt": prompt}, params, cancel,
+                            estimate_tokens(prompt))
+
+    def request_body(self, body: dict[str, Any], params: GenerationParams) -> dict[str, Any]:
+        full = {"model": self.config.model, **body, "stream": True,
+                "stream_options": {"include_usage": True},
+                "temperature": params.temperature, "top_p": params.top_p,
+                "max_tokens": params.max_tokens}
+        # SGLang/vLLM extensions: sent only when they change something, so that a strict
+        # server that rejects them still works with the default settings.
+        if params.top_k > 0:
+            full["top_k"] = params.top_k
+        if params.min_p > 0:
+            full["min_p"] = params.min_p
+        if params.repetition_penalty != 1.0:
+            full["repetition_penalty"] = params.repetition_penalty
+        if params.seed is not None:
+            full["seed"] = params.seed
+        return full
+
+    def _stream(self, tail: str, body: dict[str, Any], params: GenerationParams,
+                cancel: threading.Event | None, prompt_estimate: int,
+                ) -> Iterator[Token | Finished]:
+        clock = _Clock(time.perf_counter(), prompt_estimate)
+        cancelled = cancel.is_set if cancel is not None else (lambda: False)
+        try:
+            opened = open_request(self.config, "POST", tail, self.request_body(body, params),
+                                  cancel=cancel)
+        except RequestCancelled:  # stopped during the prefill, before any answer
+            yield Finished("cancelled", clock.stats(), params.seed)
+            return
+        try:
+            finish = yield from self._read(opened, clock, cancelled)
+        except (OSError, http.client.HTTPException) as exc:
+            if not cancelled():
+                raise RemoteDisconnected(self._dropped(exc), clock.stats()) from exc
+            finish = "cancelled"
+        finally:
+            opened.close()
+        if cancelled():
+            finish = "cancelled"
+        if finish is None:
+            raise RemoteDisconnected(f"{self.endpoint.label} closed the connection before the "
+                                     "reply was finished; it can be continued", clock.stats())
+        yield Finished(finish, clock.stats(), params.seed)
+
+    def _read(self, opened: Opened, clock: _Clock,
+              cancelled: Callable[[], bool]) -> Iterator[Token]:
+        """Yield the reply's text; return our finish reason, or None if the stream was cut."""
+        finish = None
+        for payload in sse_data(sse_lines(opened.response)):
+            if payload.strip() == "[DONE]":
+                return finish or "stop"
+            chunk = read_chunk(payload)
+            if chunk.error or chunk.finish == "abort":
+                raise RemoteDisconnected(f"{self.endpoint.label} stopped the reply: "
+                                         f"{chunk.error or 'aborted'}", clock.stats())
+            clock.usage = chunk.usage or clock.usage
+            if chunk.text:
+                clock.count()
+                yield Token(chunk.text)
+            if chunk.finish:
+                finish = "length" if chunk.finish == "length" else "stop"
+            if cancelled():
+                return "cancelled"
+        return finish
+
+    def _dropped(self, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError):
+            return (f"{self.endpoint.label} sent nothing for {self.config.read_timeout_s:g} s; "
+                    "the reply so far is kept and can be continued")
+        detail = str(exc) or type(exc).__name__
+        return (f"the connection to {self.endpoint.label} dropped mid-reply ({detail}); the "
+                "reply so far is kept and can be continued")
+
+
+@dataclass
+class _Clock:
+    """Client-side timing; token counts from the server's usage chunk when it sends one."""
+
+    start: float
+    prompt_estimate: int
+    first: float | None = None
+    last: float | None = None
+    chunks: int = 0
+    usage: dict | None = None
+
+    def count(self) -> None:
+        self.last = time.perf_counter()
+        self.first = self.first or self.last
+        self.chunks += 1
+
+    def stats(self) -> GenerationStats:
+        now = time.perf_counter()
+        usage = self.usage or {}
+        prompt = usage.get("prompt_tokens") or self.prompt_estimate
+        done = usage.get("completion_tokens") or self.chunks
+        decode_s = (self.last or now) - (self.first or now)
+        rate = (done - 1) / decode_s if done > 1 and decode_s > 0 else 0.0
+        ttft = (self.first or now) - self.start
+        return GenerationStats(int(prompt), int(done), ttft, rate, now - self.start)
