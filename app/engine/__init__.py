@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from app.engine.engine import Engine
+    from app.engine.engine import Engine  # noqa: F401  (re-exported lazily below)
     from app.engine.model import Grok2
     from app.engine.tokenizer import Tokenizer
 
@@ -32,7 +32,7 @@ def load_tokenizer(path: Any) -> Tokenizer:
 
 def __getattr__(name: str) -> Any:
     if name == "Engine":
-        from app.engine.engine import Engine
+        from app.engine.engine import Engine  # noqa: F401  (re-exported lazily below)
 
         return Engine
     raise AttributeError(name)

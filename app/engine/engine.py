@@ -41,29 +41,46 @@ class Engine:
     def load(cls, path: str | Path, *, device: str | torch.device | None = None,
              dtype: torch.dtype | None = None, quant: str | None = None,
              context_length: int | None = None, progress: ProgressCallback | None = None,
-             is_demo: bool = False) -> Engine:
+             is_demo: bool = False, budgets: tuple[int, int] | None = None) -> Engine:
+        """Load a Grok-2 folder (official or prepared). On CUDA, or with a quantization or
+        memory budgets (GPU bytes, CPU bytes), the placement plan decides where each weight
+        lives (offload.py); on a CPU-only run without them, every weight sits on the CPU."""
+        from app.engine.prepare import is_prepared
+
         folder = Path(path)
-        if quant not in (None, "bf16", "float32", "float16"):
-            raise UserError(f"quantization {quant!r} needs a prepared folder; run "
-                            f"`grok-desktop prepare --model {folder} --quant {quant}` first")
+        if quant not in (None, "bf16", "float32", "float16", "int8", "int4"):
+            raise UserError(f"unknown quantization {quant!r}; use int4, int8, bf16 or float32")
         device = torch.device(device) if device is not None else default_device()
         if dtype is None and quant:
             dtype = {"bf16": torch.bfloat16, "float32": torch.float32,
-                     "float16": torch.float16}[quant]
+                     "float16": torch.float16}.get(quant)
         if not folder.is_dir():
             raise ModelFileError(f"{folder}: model folder not found; choose the folder that "
                                  "holds config.json, tokenizer.tok.json and the weights")
-        load_config(folder)  # a missing or bad config.json is the first thing to report
+        cfg = load_config(folder)  # a missing or bad config.json is the first thing to report
         tokenizer = load_tokenizer(folder)
-        model = load_model(folder, device=device, dtype=dtype, progress=_eta(progress))
-        ctx = min(context_length or DEFAULT_CONTEXT, model.config.max_position_embeddings)
+        ctx = min(context_length or DEFAULT_CONTEXT, cfg.max_position_embeddings)
+        planned = (quant in ("int8", "int4") or is_prepared(folder) or budgets is not None
+                   or device.type == "cuda")
+        if planned:
+            from app.engine.loader import detect_budgets, load_engine_model
+
+            budgets = budgets or detect_budgets()
+            if device.type == "cpu":
+                budgets = (0, budgets[1])
+            model = load_engine_model(folder, budgets, _eta(progress), quant=quant, dtype=dtype,
+                                      context=ctx)
+        else:
+            model = load_model(folder, device=device, dtype=dtype, progress=_eta(progress))
         model.setup_cache(ctx)
+        plan = getattr(model, "offload_plan", None)
         weight_dtype = model.lm_head.weight.dtype
+        where = device.type if plan is None else ("cuda+cpu" if plan.has_gpu else "cpu")
         info = ModelInfo(
             name="Demo (tiny random model)" if is_demo else f"Grok-2 ({folder.name})",
             folder=str(folder), config_hash=config_hash(folder),
-            quantization=str(weight_dtype).removeprefix("torch."), device=device.type,
-            context_length=ctx, is_demo=is_demo)
+            quantization=plan.quant if plan else str(weight_dtype).removeprefix("torch."),
+            device=where, context_length=ctx, is_demo=is_demo)
         return cls(model, tokenizer, info)
 
     @classmethod
@@ -116,6 +133,15 @@ class Engine:
         return self._run(ids, params, cancel, stop_strings, room)
 
     def _run(self, ids, params, cancel, stop_strings, room) -> Iterator[Token | Finished]:
+        try:
+            yield from self._generate(ids, params, cancel, stop_strings, room)
+        except torch.cuda.OutOfMemoryError as exc:
+            self._cached_ids = []
+            torch.cuda.empty_cache()
+            raise UserError("the GPU ran out of memory while generating; lower the context "
+                            "length or the GPU memory budget in Settings") from exc
+
+    def _generate(self, ids, params, cancel, stop_strings, room) -> Iterator[Token | Finished]:
         with self._lock:
             generator, seed = new_generator(params)
             reuse = _common_prefix(self._cached_ids, ids)

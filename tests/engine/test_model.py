@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from app.engine import load_model
-from app.engine.weights import CheckpointIndex, index_folder, read_tensor, _Reader
+from app.engine.weights import CheckpointIndex, _Reader, index_folder, read_tensor
 from tests.engine.reference import reference_forward
 
 # float32 model vs float64 reference on the same (bf16-stored) weights; logits are O(1..10)

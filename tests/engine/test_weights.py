@@ -138,7 +138,7 @@ def test_cli_bad_folder_exits_nonzero_with_one_line(tmp_path):
     """The CLI prints one clear line (no traceback) and exits non-zero."""
     proc = subprocess.run(
         [sys.executable, "-m", "app", "generate", "--model", str(tmp_path / "nothing"),
-         "--prompt", "hi"], capture_output=True, text=True, timeout=120)
+         "--prompt", "hi"], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "nothing" in lines[0] and "Traceback" not in proc.stderr

@@ -1,0 +1,273 @@
+"""`prepare`: convert the official folder once into the runtime layout (design.md 6).
+
+Output folder:
+    config.json, tokenizer.tok.json   copied
+    common.safetensors                embedding, output head, final norm
+    layer-NNN.safetensors             attention, norms, router gate, shared MLP of layer NNN
+    layer-NNN-experts.safetensors     the layer's routed experts, merged from their TP shards,
+                                      each expert's matrices adjacent (contiguous per expert)
+    prepared.json                     the manifest: quantization, and per file its size,
+                                      sha256 and mtime; "complete" once every file is written
+Tensor names are the quantized model's state-dict names (`...q_proj.qweight`, `.scales`, or
+`.weight` where nothing is quantized), so loading is a name-for-name fill.
+
+Each file is written to a temporary name, fsynced, renamed, then recorded in the manifest
+(itself replaced atomically): an interruption loses at most the file in progress, and a rerun
+resumes after the last recorded file. Loading verifies every file's size, and the checksum of
+any file whose mtime changed since it was recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import shutil
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from app.engine.config import CONFIG_NAME, config_hash, load_config
+from app.engine.plan import Format, model_bytes
+from app.engine.quantize import quantizable, quantize_int4, quantize_int8
+from app.engine.weights import (
+    TOKENIZER_NAME,
+    _Reader,
+    build_meta_model,
+    check_index,
+    index_folder,
+    read_tensor,
+)
+from app.errors import ModelFileError, StorageError, UserError
+
+MANIFEST = "prepared.json"
+FORMAT = "grok-desktop-prepared"
+VERSION = 1
+PREPARE_QUANTS = ("int4", "int8", "bf16")
+DISK_SLACK = 1.02  # safetensors headers and alignment
+
+ProgressFn = Callable[[str, int, int], None]
+ALIGN = 4096
+_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32,
+           "U8": torch.uint8, "I8": torch.int8}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def unit_names(num_layers: int) -> list[str]:
+    names = ["common"]
+    for i in range(num_layers):
+        names += [f"layer-{i:03d}", f"layer-{i:03d}-experts"]
+    return names
+
+
+def unit_of(name: str) -> str:
+    """Which output file holds a (source) tensor name."""
+    if not name.startswith("model.layers."):
+        return "common"
+    layer = int(name.split(".")[2])
+    return f"layer-{layer:03d}" + ("-experts" if ".block_sparse_moe.experts." in name else "")
+
+
+def convert_tensor(name: str, w: torch.Tensor, fmt: Format | None) -> dict[str, torch.Tensor]:
+    """One source weight -> its stored tensors (names of the quantized module tree); `fmt` is
+    the plan's format for a quantized Linear, None for anything kept in bf16."""
+    if fmt is None:
+        return {name: w.to(torch.bfloat16).contiguous()}
+    base = name.removesuffix(".weight")
+    q, s = quantize_int8(w) if fmt.kind == "int8" else quantize_int4(w, fmt.group)
+    return {f"{base}.qweight": q.contiguous(), f"{base}.scales": s.contiguous()}
+
+
+def prepare(src: str | Path, out: str | Path, quant: str = "int4", group: int = 128,
+            progress: ProgressFn | None = None,
+            on_file: Callable[[str], None] | None = None) -> Path:
+    """Convert `src` (official layout) into `out`; resume if `out` holds a partial run."""
+    if quant not in PREPARE_QUANTS:
+        raise UserError(f"prepare: unknown quantization {quant!r}; use int4, int8 or bf16")
+    src, out = Path(src), Path(out)
+    cfg = load_config(src)
+    index, meta = index_folder(src), build_meta_model(cfg)
+    check_index(index, meta)
+    formats = quantizable(meta, quant, group)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = _start_manifest(src, out, quant, group)
+    _save_manifest(out, manifest)
+    for extra in (CONFIG_NAME, TOKENIZER_NAME):
+        if (src / extra).is_file():
+            shutil.copyfile(src / extra, out / extra)
+    names = unit_names(cfg.num_hidden_layers)
+    by_unit: dict[str, list[str]] = {u: [] for u in names}
+    for name in list(index.full) + list(index.shards):
+        by_unit[unit_of(name)].append(name)
+    estimate = int(model_bytes(cfg, quant, group) * DISK_SLACK)
+    done = sum(f["bytes"] for u, f in manifest["files"].items() if _intact(out, u, f))
+    _check_disk(out, estimate - done)
+    reader = _Reader()
+    for unit in names:
+        entry = manifest["files"].get(unit)
+        if entry is None or not _intact(out, unit, entry):
+            tensors = {}
+            for name in sorted(by_unit[unit]):
+                fmt = formats.get(name.removesuffix(".weight"))
+                tensors.update(convert_tensor(name, read_tensor(index, reader, name), fmt))
+            manifest["files"][unit] = _write_unit(out, unit, tensors)
+            _save_manifest(out, manifest)
+            done += manifest["files"][unit]["bytes"]
+            if on_file:
+                on_file(unit)
+        if progress:
+            progress("preparing", min(done, estimate), estimate)
+    manifest["complete"] = True
+    _save_manifest(out, manifest)
+    return out
+
+
+def _start_manifest(src: Path, out: Path, quant: str, group: int) -> dict:
+    fresh = {"format": FORMAT, "version": VERSION, "quant": quant, "group": group,
+             "config_hash": config_hash(src), "source": str(src.resolve()), "files": {},
+             "complete": False}
+    path = out / MANIFEST
+    if not path.is_file():
+        if any(out.iterdir()):
+            raise UserError(f"{out}: folder is not empty and holds no {MANIFEST}; choose an "
+                            "empty or new --out folder")
+        return fresh
+    old = read_manifest(out)
+    same = all(old.get(k) == fresh[k] for k in ("format", "version", "quant", "group",
+                                                "config_hash"))
+    if not same:
+        raise UserError(f"{out}: holds a different preparation ({old.get('quant')}, config "
+                        f"{old.get('config_hash')}); choose another --out or delete that folder")
+    old["complete"] = False
+    return old
+
+
+def _check_disk(out: Path, need: int) -> None:
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise StorageError(f"{out}: needs {need / 1e9:.1f} GB of free disk space, "
+                           f"{free / 1e9:.1f} GB is free; free some space or choose another --out")
+
+
+def _write_unit(out: Path, unit: str, tensors: dict[str, torch.Tensor]) -> dict:
+    final, tmp = out / f"{unit}.safetensors", out / f"{unit}.safetensors.partial"
+    try:
+        digest = write_aligned(tmp, tensors)
+        os.replace(tmp, final)
+    except OSError as exc:
+        raise StorageError(f"{final}: cannot be written ({exc.strerror}); check free space "
+                           "and permissions, then run prepare again to resume") from exc
+    stat = final.stat()
+    return {"bytes": stat.st_size, "sha256": digest, "mtime_ns": stat.st_mtime_ns}
+
+
+def write_aligned(path: Path, tensors: dict[str, torch.Tensor]) -> str:
+    """A standard safetensors file, tensors in name order, each starting on a page boundary
+    (U8 `__pad` tensors fill the gaps): the CPU kernels need aligned data, and page-aligned
+    tensors can be page-locked one by one. Returns the sha256 of the bytes written."""
+    header, offset, pads, order = {"__metadata__": {"format": "pt"}}, 0, 0, []
+    for name in sorted(tensors):
+        gap = -offset % ALIGN
+        if gap:
+            header[f"__pad{pads}"] = {"dtype": "U8", "shape": [gap],
+                                      "data_offsets": [offset, offset + gap]}
+            order.append(bytes(gap))
+            offset, pads = offset + gap, pads + 1
+        t = tensors[name].contiguous()
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}
+        order.append(t)
+        offset += size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-(8 + len(raw)) % ALIGN)
+    digest = hashlib.sha256()
+    with path.open("wb") as f:
+        for chunk in (struct.pack("<Q", len(raw)), raw, *order):
+            data = chunk if isinstance(chunk, bytes) else chunk.view(torch.uint8).numpy()
+            digest.update(data)
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _intact(out: Path, unit: str, entry: dict) -> bool:
+    """Size matches and either the mtime is the recorded one or the checksum still matches."""
+    path = out / f"{unit}.safetensors"
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    if stat.st_size != entry["bytes"]:
+        return False
+    return stat.st_mtime_ns == entry["mtime_ns"] or _sha256(path) == entry["sha256"]
+
+
+def _save_manifest(out: Path, manifest: dict) -> None:
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    os.replace(tmp, out / MANIFEST)
+
+
+def read_manifest(folder: str | Path) -> dict:
+    path = Path(folder) / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path}: unreadable manifest ({exc}); run prepare again") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not a grok-desktop prepared folder manifest")
+    return data
+
+
+def is_prepared(folder: str | Path) -> bool:
+    return (Path(folder) / MANIFEST).is_file()
+
+
+def verify(folder: str | Path, full: bool = False) -> dict:
+    """Check a prepared folder before loading; return its manifest. `full` rehashes all."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if not manifest.get("complete"):
+        raise ModelFileError(f"{folder}: preparation is incomplete; run `grok-desktop prepare` "
+                             "again with the same --out to finish it")
+    cfg = load_config(folder)
+    for unit in unit_names(cfg.num_hidden_layers):
+        entry, path = manifest["files"].get(unit), folder / f"{unit}.safetensors"
+        if entry is None or not path.is_file():
+            raise ModelFileError(f"{path}: missing from the prepared folder; run prepare again")
+        ok = (_sha256(path) == entry["sha256"] and path.stat().st_size == entry["bytes"]) \
+            if full else _intact(folder, unit, entry)
+        if not ok:
+            raise ModelFileError(f"{path}: checksum or size does not match the manifest (the "
+                                 "file is damaged); run prepare again to rewrite it")
+    return manifest
+
+
+def mmap_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file as a view of a private memory map: nothing is read
+    until touched, pages are shared with the page cache until written (never, here)."""
+    with path.open("rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__" or name.startswith("__pad"):
+            continue
+        begin, end = meta["data_offsets"]
+        dtype = _DTYPES[meta["dtype"]]
+        count = (end - begin) // dtype.itemsize
+        t = torch.frombuffer(mapped, dtype=dtype, count=count, offset=8 + n + begin) if count \
+            else torch.empty(0, dtype=dtype)
+        out[name] = t.view(meta["shape"])
+    return out

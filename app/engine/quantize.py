@@ -1,0 +1,237 @@
+"""Weight-only quantization: int8 per output channel, int4 group-wise (g128), as a transform
+that replaces `nn.Linear` modules of a built model with `QuantLinear` (gpt-fast style).
+
+Stored format (what `prepare` writes, what a CPU-resident QuantLinear holds, memory-mapped):
+  int8  qweight int8 (N, K); scales float32 (N,)                w = q * s
+  int4  qweight uint8 (N, K/2) in PyTorch's CPU int4 kernel layout (blocks of 64 rows: byte j
+        of column k holds rows j and j+32 of the block, low nibble first); scales bf16
+        (K/g, N, 2) holding (scale, zero):                      w = (q - 8) * scale + zero
+On a GPU, int4 is held as plain nibbles (N, K/2), high nibble = even k, the input of
+`torch.ops.aten._convert_weight_to_int4pack` (tinygemm) and of a cheap dequantization.
+
+Kernels: CPU int4 `_weight_int4pack_mm_for_cpu`, CPU int8 `_weight_int8pack_mm` or
+dequantize+bf16 matmul (bench.py measures and picks, `CPU_KERNELS`), GPU int4 tinygemm for
+M <= 4 tokens else dequantize + cuBLAS, GPU int8 dequantize + cuBLAS. Activations are bf16
+inside the quantized kernels (the float32 variants of the CPU ops are 10x slower).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from app.engine.plan import Format, weight_format
+
+CPU_KERNELS = {"int8": "int8pack", "int4": "int4pack"}  # bench.select_cpu_kernels may change
+GPU_TINYGEMM_MAX_M = 4  # tinygemm is fastest at M <= 2-4, 5x slower than cuBLAS at M = 32
+
+
+# ---- int8 ---------------------------------------------------------------------------------
+
+def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric per-output-channel: (q int8 (N, K), scales float32 (N,)), on the CPU."""
+    w = w.float()
+    scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.cpu(), scales.cpu()
+
+
+# ---- int4 ---------------------------------------------------------------------------------
+
+def quantize_int4(w: Tensor, group: int) -> tuple[Tensor, Tensor]:
+    """Asymmetric group-wise: (packed uint8 (N, K/2) CPU layout, scales bf16 (K/g, N, 2)).
+    The grid is computed on w's device (fast on a GPU); packing happens on the CPU."""
+    codes, scales = int4_codes(w, group)
+    return pack_int4_cpu(codes), scales.cpu()
+
+
+def int4_codes(w: Tensor, group: int) -> tuple[Tensor, Tensor]:
+    """Codes uint8 (N, K) in 0..15 and (scale, zero) bf16 (K/g, N, 2). The grid is computed
+    from the bf16-rounded scale and zero, the ones the kernels will use."""
+    n, k = w.shape
+    wg = w.float().reshape(n, k // group, group)
+    lo, hi = wg.amin(-1), wg.amax(-1)  # (N, K/g)
+    scale = ((hi - lo) / 15.0).clamp(min=1e-8).to(torch.bfloat16).float()
+    zero = (lo + 8.0 * scale).to(torch.bfloat16).float()
+    q = torch.round((wg - zero[..., None]) / scale[..., None] + 8.0).clamp(0, 15)
+    scales = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()  # (K/g, N, 2)
+    return q.to(torch.uint8).reshape(n, k), scales.to(torch.bfloat16)
+
+
+def pack_int4_cpu(codes: Tensor) -> Tensor:
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.cpu().to(torch.int32), 1)
+
+
+def unpack_int4_cpu(packed: Tensor, n: int, k: int) -> Tensor:
+    """Inverse of pack_int4_cpu on any device: codes uint8 (N, K)."""
+    full = n // 64 * 64
+    b = packed[:full].reshape(full // 64, k, 32)
+    codes = torch.stack([b & 15, b >> 4], dim=1)  # (N/64, 2, K, 32): rows j and 32+j
+    out = torch.empty(n, k, dtype=torch.uint8, device=packed.device)
+    out[:full] = codes.permute(0, 1, 3, 2).reshape(full, k)
+    if full < n:  # a tail block has its own layout: read it through a probed index
+        tail = packed[full:].reshape(-1)
+        nibbles = torch.stack([tail & 15, tail >> 4], dim=-1).reshape(-1)
+        flat = torch.empty((n - full) * k, dtype=torch.uint8, device=packed.device)
+        flat[_tail_index(n - full, k).to(packed.device)] = nibbles
+        out[full:] = flat.view(n - full, k)
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _tail_index(rows: int, k: int) -> Tensor:
+    """For each nibble of pack_int4_cpu(rows x k), the flat index of the code it holds."""
+    flat = torch.arange(rows * k)
+    index = torch.zeros(rows * k, dtype=torch.long)
+    digits = max(1, ((rows * k - 1).bit_length() + 3) // 4)
+    for d in range(digits):
+        part = pack_int4_cpu(((flat >> (4 * d)) & 15).view(rows, k)).reshape(-1)
+        nib = torch.stack([part & 15, part >> 4], dim=-1).reshape(-1).long()
+        index |= nib << (4 * d)
+    return index
+
+
+def plain_from_codes(codes: Tensor) -> Tensor:
+    """(N, K) codes -> (N, K/2) bytes, high nibble = even k (tinygemm's CUDA input)."""
+    return (codes[:, 0::2] << 4 | codes[:, 1::2]).to(torch.uint8)
+
+
+def codes_from_plain(plain: Tensor) -> Tensor:
+    return torch.stack([plain >> 4, plain & 15], dim=-1).reshape(plain.shape[0], -1)
+
+
+def dequantize_int4(codes: Tensor, scales: Tensor, dtype: torch.dtype) -> Tensor:
+    n, k = codes.shape
+    g = k // scales.shape[0]
+    s = scales.to(dtype).transpose(0, 1)  # (N, K/g, 2)
+    w = (codes.view(n, k // g, g).to(dtype) - 8) * s[..., :1] + s[..., 1:]
+    return w.view(n, k)
+
+
+# ---- the module ---------------------------------------------------------------------------
+
+class QuantLinear(nn.Module):
+    """A bias-free Linear with quantized weights. `layout` is "cpu" (stored format) or "plain"
+    (int4 on a GPU). `weight` is the packed tensor, so code asking a layer for its device or
+    dtype (model.setup_cache, lm_head placement) keeps working."""
+
+    def __init__(self, in_features: int, out_features: int, fmt: Format, qweight: Tensor,
+                 scales: Tensor, layout: str = "cpu") -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.fmt, self.layout = (
+            in_features, out_features, fmt, layout)
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales)
+
+    @property
+    def weight(self) -> Tensor:
+        return self.qweight
+
+    @classmethod
+    def from_weight(cls, w: Tensor, fmt: Format) -> QuantLinear:
+        n, k = w.shape
+        if fmt.kind == "int8":
+            q, s = quantize_int8(w)
+        else:
+            q, s = quantize_int4(w, fmt.group)
+        return cls(k, n, fmt, q, s)
+
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, fmt: Format,
+              device: torch.device | str = "meta") -> QuantLinear:
+        n, k = out_features, in_features
+        if fmt.kind == "int8":
+            q = torch.empty(n, k, dtype=torch.int8, device=device)
+            s = torch.empty(n, dtype=torch.float32, device=device)
+        else:
+            q = torch.empty(n, k // 2, dtype=torch.uint8, device=device)
+            s = torch.empty(k // fmt.group, n, 2, dtype=torch.bfloat16, device=device)
+        return cls(k, n, fmt, q, s)
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The weight (N, K) these codes stand for (checks, GPU large-M path)."""
+        if self.fmt.kind == "int8":
+            return self.qweight.to(dtype) * self.scales.to(dtype)[:, None]
+        codes = (unpack_int4_cpu(self.qweight, self.out_features, self.in_features)
+                 if self.layout == "cpu" else codes_from_plain(self.qweight))
+        return dequantize_int4(codes, self.scales, dtype)
+
+    def placed(self, device: torch.device) -> QuantLinear:
+        """This module's weights on `device`, converted to that device's layout."""
+        if device.type == "cpu":
+            if self.layout == "cpu":
+                return self.to(device)
+            codes = codes_from_plain(self.qweight).cpu()
+            return QuantLinear(self.in_features, self.out_features, self.fmt,
+                               pack_int4_cpu(codes), self.scales.cpu())
+        if self.fmt.kind == "int4" and self.layout == "cpu":
+            qweight = self.qweight.to(device, non_blocking=True)
+            codes = unpack_int4_cpu(qweight, self.out_features, self.in_features)
+            return QuantLinear(self.in_features, self.out_features, self.fmt,
+                               plain_from_codes(codes), self.scales.to(device), "plain")
+        return self.to(device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
+        if self.qweight.device.type == "cpu" and self.layout == "cpu":
+            y = _cpu_matmul(self, x2)
+        else:
+            y = _gpu_matmul(self, x2)
+        return y.to(x.dtype).view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        g = f", group={self.fmt.group}" if self.fmt.kind == "int4" else ""
+        return f"{self.in_features}, {self.out_features}, {self.fmt.kind}{g}, layout={self.layout}"
+
+
+def _cpu_matmul(m: QuantLinear, x: Tensor) -> Tensor:
+    kind, kernel = m.fmt.kind, CPU_KERNELS[m.fmt.kind]
+    if kind == "int4" and kernel == "int4pack":
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, m.qweight, m.fmt.group, m.scales)
+    if kind == "int8" and kernel == "int8pack":
+        return torch.ops.aten._weight_int8pack_mm(x, m.qweight, m.scales.to(torch.bfloat16))
+    return F.linear(x, m.dequantized(torch.bfloat16))  # "dequant": decode-speed fallback
+
+
+def _gpu_matmul(m: QuantLinear, x: Tensor) -> Tensor:
+    tinygemm = m.qweight.is_cuda and m.layout == "plain" and m.fmt.kind == "int4"
+    if tinygemm and x.shape[0] <= GPU_TINYGEMM_MAX_M:
+        packed = torch.ops.aten._convert_weight_to_int4pack(m.qweight, 8)
+        return torch.ops.aten._weight_int4pack_mm(x, packed, m.fmt.group, m.scales)
+    return F.linear(x, m.dequantized(torch.bfloat16))
+
+
+# ---- the transform ------------------------------------------------------------------------
+
+def quantizable(model: nn.Module, quant: str, group: int = 128) -> dict[str, Format]:
+    """Linear module name -> the format the plan gives it (only the quantized ones)."""
+    out = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            fmt = weight_format(name, mod.out_features, mod.in_features, quant, group)
+            if fmt.kind in ("int8", "int4"):
+                out[name] = fmt
+    return out
+
+
+def quantize_model(model: nn.Module, quant: str, group: int = 128) -> nn.Module:
+    """Replace every Linear the plan quantizes by a QuantLinear holding its codes; in place.
+    Weights on the meta device become empty QuantLinears (the loader fills them)."""
+    for name, fmt in quantizable(model, quant, group).items():
+        linear = model.get_submodule(name)
+        w = linear.weight
+        if w.is_meta:
+            new = QuantLinear.empty(linear.in_features, linear.out_features, fmt)
+        else:
+            new = QuantLinear.from_weight(w.detach(), fmt).placed(w.device)
+        set_module(model, name, new)
+    return model
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    owner, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(owner) if owner else model, attr, module)

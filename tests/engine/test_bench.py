@@ -1,0 +1,80 @@
+"""bench: the bandwidth probe is cached, the fastest CPU kernel is kept, a model is measured."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from app.cli import main
+from app.engine import bench, quantize
+from app.engine.plan import GB, Bandwidths, make_plan
+from app.engine.weights import load_model
+
+
+def test_probe_is_measured_once_and_cached(monkeypatch):
+    """The first probe measures (CPU only here); the second comes from the cache file."""
+    calls = []
+    real = bench.timed
+    monkeypatch.setattr(bench, "timed", lambda fn, *a, **k: calls.append(1) or real(fn, 1))
+    first = bench.probe_bandwidths(nbytes=8 * 2**20)
+    second = bench.probe_bandwidths(nbytes=8 * 2**20)
+    assert first.cpu > 0 and "cpu" in first.measured and second == first
+    assert len(calls) == (1 if not torch.cuda.is_available() else 3)
+
+
+def test_fastest_kernel_is_kept_and_fallback_agrees(monkeypatch):
+    """select_cpu_kernels keeps the measured winner; the dequant fallback computes the same."""
+    fake = {"int8": {"int8pack": {"seconds": 2.0}, "dequant": {"seconds": 1.0}},
+            "int4": {"int4pack": {"seconds": 1.0}, "dequant": {"seconds": 3.0}}}
+    monkeypatch.setattr(bench, "measure_cpu_kernels", lambda: fake)
+    monkeypatch.setattr(quantize, "CPU_KERNELS", dict(quantize.CPU_KERNELS))
+    assert bench.select_cpu_kernels(refresh=True) == {"int8": "dequant", "int4": "int4pack"}
+    assert quantize.CPU_KERNELS["int8"] == "dequant"
+    w, x = torch.randn(64, 128), torch.randn(2, 128)
+    q = quantize.QuantLinear.from_weight(w, quantize.Format("int4", 128))
+    fast = q(x)
+    quantize.CPU_KERNELS["int4"] = "dequant"
+    assert (q(x) - fast).norm() / fast.norm() < 0.01
+
+
+def test_kernel_measurement_reports_rates():
+    """Every candidate is timed at a small shape and gets a positive rate."""
+    results = bench.measure_cpu_kernels(n=64, k=256, repeat=1)
+    assert set(results) == {"int8", "int4", "bf16", "float32"}
+    assert all(r["gb_per_s"] > 0 for kinds in results.values() for r in kinds.values())
+
+
+def test_bench_model_reports_speed_next_to_bound(ckpt):
+    """Prefill, decode, TTFT, peak memory and the bound are all reported."""
+    model = load_model(ckpt, dtype=torch.float32)
+    plan = make_plan(model.config, "float32", 0, 64 * GB, context=64)
+    r = bench.bench_model(model, plan, Bandwidths(cpu=10 * GB), (8, 16), decode_tokens=3)
+    assert [p["tokens"] for p in r["prefill"]] == [8, 16]
+    assert r["decode_tokens_per_s"] > 0 and r["decode_bound_tokens_per_s"] > 0
+    assert r["bytes_per_token"]["cpu"] > 0 and r["peak_cpu_bytes"] > 0
+    assert "decode" in bench.format_result(r)
+
+
+def test_synthetic_model_has_grok_proportions():
+    """The synthetic builder makes a working quantized model of the asked shape."""
+    cfg = bench.Grok2Config.from_dict({**bench.MID_CONFIG, "num_hidden_layers": 1,
+                                       "hidden_size": 128, "head_dim": 16,
+                                       "intermediate_size": 256, "moe_intermediate_size": 128,
+                                       "vocab_size": 512})
+    model = bench.synthetic_model(cfg, "int4")
+    assert model.model.layers[0].block_sparse_moe.experts[0].w1.fmt.kind == "int4"
+    with torch.inference_mode():
+        assert torch.isfinite(model(torch.tensor([[1, 2, 3]]))).all()
+
+
+def test_bench_command_json(ckpt, monkeypatch, capsys):
+    """`grok-desktop bench --model DIR --json` prints one JSON object with the bound."""
+    monkeypatch.setattr(bench, "probe_bandwidths", lambda refresh=False: Bandwidths())
+    monkeypatch.setattr(bench, "select_cpu_kernels", lambda refresh=False: {})
+    code = main(["bench", "--model", str(ckpt), "--gpu-mem", "0", "--cpu-mem", "16",
+                 "--quant", "int8", "--context", "64", "--prompt-lengths", "4,8",
+                 "--decode-tokens", "2", "--json"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["plan"] == "int8" and data["decode_bound_tokens_per_s"] > 0

@@ -1,0 +1,114 @@
+"""prepare: official folder -> prepared folder; resumable, verified, memory-mapped on load."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from app.engine import prepare as prep
+from app.engine.loader import load_engine_model
+from app.engine.plan import GB
+from app.engine.quantize import quantize_model
+from app.engine.weights import load_model
+from app.errors import ModelFileError, StorageError, UserError
+
+IDS = torch.tensor([[5, 17, 250, 3, 99, 42, 7]])
+CPU_ONLY = (0, 64 * GB)
+
+
+def _logits(folder, **kw):
+    with torch.inference_mode():
+        return load_engine_model(folder, CPU_ONLY, dtype=torch.float32, **kw)(IDS)
+
+
+def test_prepared_int4_equals_quantized_official(ckpt, tmp_path):
+    """Loading the prepared folder gives the logits of quantizing the official one in memory;
+    loading the official folder with quant=int4 gives the same."""
+    out = prep.prepare(ckpt, tmp_path / "p", "int4")
+    want = quantize_model(load_model(ckpt, dtype=torch.float32), "int4")(IDS)
+    assert torch.equal(_logits(out), want)
+    assert torch.equal(_logits(ckpt, quant="int4"), want)
+    manifest = json.loads((out / prep.MANIFEST).read_text())
+    assert manifest["complete"] and manifest["quant"] == "int4"
+    assert set(manifest["files"]) == set(prep.unit_names(2))
+
+
+def test_experts_are_contiguous_aligned_and_mapped(ckpt, tmp_path):
+    """Each expert's tensors sit together, page-aligned, and load as views of the file."""
+    out = prep.prepare(ckpt, tmp_path / "p", "int4")
+    tensors = prep.mmap_tensors(out / "layer-000-experts.safetensors")
+    names = [n for n in tensors]
+    e0 = [n for n in names if ".experts.0." in n]
+    assert names.index(e0[-1]) - names.index(e0[0]) == len(e0) - 1
+    assert all(t.data_ptr() % prep.ALIGN == 0 for t in tensors.values())
+    model = load_engine_model(out, CPU_ONLY)
+    w = model.model.layers[0].block_sparse_moe.experts[0].w1.qweight
+    assert not w.untyped_storage().resizable()  # a view of the mapping, not an owned copy
+
+
+def test_interrupted_prepare_resumes_to_the_same_output(ckpt, tmp_path):
+    """An interruption after two files, then a rerun: only the rest is written, same result."""
+    written = []
+
+    def crash_after_two(unit):
+        written.append(unit)
+        if len(written) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare(ckpt, tmp_path / "p", "int8", on_file=crash_after_two)
+    with pytest.raises(ModelFileError, match="incomplete"):
+        load_engine_model(tmp_path / "p", CPU_ONLY)
+    resumed = []
+    prep.prepare(ckpt, tmp_path / "p", "int8", on_file=resumed.append)
+    assert resumed == prep.unit_names(2)[2:]
+    fresh = prep.prepare(ckpt, tmp_path / "q", "int8")
+    assert torch.equal(_logits(tmp_path / "p"), _logits(fresh))
+
+
+def test_corrupted_file_is_detected(ckpt, tmp_path):
+    """A flipped byte is caught on load (mtime changed -> checksum); a same-mtime edit is
+    caught by a full verify; prepare then rewrites only that file."""
+    out = prep.prepare(ckpt, tmp_path / "p", "int4")
+    path = out / "layer-001-experts.safetensors"
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="layer-001-experts"):
+        load_engine_model(out, CPU_ONLY)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(ModelFileError, match="damaged"):
+        prep.verify(out, full=True)
+    path.write_bytes(bytes(data))  # mtime moves again
+    redone = []
+    prep.prepare(ckpt, out, "int4", on_file=redone.append)
+    assert redone == ["layer-001-experts"]
+    prep.verify(out, full=True)
+
+
+def test_free_disk_is_checked_first(ckpt, tmp_path, monkeypatch):
+    """Too little free space stops before any weight file is written."""
+    class Usage:
+        free = 1000
+
+    monkeypatch.setattr(prep.shutil, "disk_usage", lambda _p: Usage())
+    with pytest.raises(StorageError, match="free disk space"):
+        prep.prepare(ckpt, tmp_path / "p", "int4")
+    assert not list((tmp_path / "p").glob("*.safetensors"))
+
+
+def test_refuses_foreign_or_mismatched_output(ckpt, tmp_path):
+    """A non-empty folder without a manifest, or one prepared differently, is refused."""
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        prep.prepare(ckpt, tmp_path / "x", "int4")
+    prep.prepare(ckpt, tmp_path / "p", "int4")
+    with pytest.raises(UserError, match="different preparation"):
+        prep.prepare(ckpt, tmp_path / "p", "int8")
+    with pytest.raises(UserError, match="prepared as int4"):
+        load_engine_model(tmp_path / "p", CPU_ONLY, quant="int8")
