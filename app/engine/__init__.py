@@ -32,7 +32,7 @@ def load_tokenizer(path: Any) -> Tokenizer:
 
 def __getattr__(name: str) -> Any:
     if name == "Engine":
-        from app.engine.engine import Engine  # noqa: F401  (re-exported lazily below)
+        from app.engine.engine import Engine
 
         return Engine
     raise AttributeError(name)
