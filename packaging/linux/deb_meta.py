@@ -1,0 +1,89 @@
+"""Debian metadata for the .deb: the version mapping and the DEBIAN/control text.
+
+Used by build_deb.sh (`python3 deb_meta.py control --variant cpu --installed-size N --depends
+"..."` prints the control file; `version` prints the Debian version, `changelog` a changelog);
+tested by tests/test_packaging.py. Name and version come from app/__init__.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pyinstaller"))
+import bundle_config as cfg
+
+MAINTAINER = "Grok Desktop developers <grok-desktop@users.noreply.github.com>"
+VARIANTS = {
+    "cpu": "CPU-only build (PyTorch without CUDA): runs everywhere, no GPU acceleration.",
+    "cuda": "NVIDIA build (PyTorch with CUDA 12): uses an NVIDIA GPU when the driver is "
+            "present, else the CPU.",
+}
+
+
+def debian_version(version: str) -> str:
+    """PEP 440 -> Debian ordering: 1.0rc1 -> 1.0~rc1 (sorts before 1.0), 1.0.post1 -> 1.0+post1."""
+    v = re.sub(r"\.?(a|b|rc)(\d+)", r"~\1\2", version)
+    v = re.sub(r"\.?dev(\d+)", r"~dev\1", v)
+    return re.sub(r"\.?post(\d+)", r"+post\1", v)
+
+
+def control_text(variant: str, installed_kib: int, depends: str, arch: str = "amd64") -> str:
+    """The DEBIAN/control file of the package."""
+    if variant not in VARIANTS:
+        raise SystemExit(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}")
+    fields = {
+        "Package": cfg.APP_ID,
+        "Version": debian_version(cfg.VERSION),
+        "Architecture": arch,
+        "Maintainer": MAINTAINER,
+        "Installed-Size": str(installed_kib),
+        "Depends": depends,
+        "Section": "utils",
+        "Priority": "optional",
+        "Description": f"{cfg.APP_NAME}: chat with xAI's Grok-2 on your own computer",
+    }
+    lines = [f"{key}: {value}" for key, value in fields.items() if value]
+    body = [
+        "A desktop chat app that runs the open-weights Grok-2 model locally, with",
+        "conversation history, export and a built-in tiny demo model. Model weights",
+        "are not included: point the app at a downloaded Grok-2 folder.",
+        ".",
+        VARIANTS[variant],
+    ]
+    lines += [f" {line}" for line in body]
+    return "\n".join(lines) + "\n"
+
+
+def changelog_text(when: str) -> str:
+    """A one-entry Debian changelog (lintian wants one); `when` is an RFC 2822 date."""
+    version = debian_version(cfg.VERSION)
+    return (f"{cfg.APP_ID} ({version}) stable; urgency=medium\n\n"
+            f"  * {cfg.APP_NAME} {cfg.VERSION}.\n\n -- {MAINTAINER}  {when}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("version", help="print the Debian version")
+    log = sub.add_parser("changelog", help="print a one-entry Debian changelog")
+    log.add_argument("--date", required=True, help="RFC 2822 date, e.g. from `date -R`")
+    control = sub.add_parser("control", help="print DEBIAN/control")
+    control.add_argument("--variant", required=True, choices=sorted(VARIANTS))
+    control.add_argument("--installed-size", type=int, required=True, metavar="KIB")
+    control.add_argument("--depends", default="")
+    control.add_argument("--arch", default="amd64")
+    args = parser.parse_args(argv)
+    if args.what == "version":
+        print(debian_version(cfg.VERSION))
+    elif args.what == "changelog":
+        sys.stdout.write(changelog_text(args.date))
+    else:
+        sys.stdout.write(control_text(args.variant, args.installed_size, args.depends, args.arch))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
