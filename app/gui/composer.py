@@ -1,0 +1,158 @@
+"""The message box: Enter sends, Shift+Enter adds a line, a Send/Stop button, token counts.
+
+It is disabled with the reason shown in place of the text while no model is loaded.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QEvent, Qt, Signal
+from PySide6.QtGui import QKeyEvent
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+MAX_LINES = 10
+
+
+class ComposerEdit(QPlainTextEdit):
+    """Plain-text input that grows with its content up to MAX_LINES."""
+
+    submitted = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("ComposerEdit")
+        self.setAccessibleName("Message")
+        self.setTabChangesFocus(True)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.document().documentLayout().documentSizeChanged.connect(self._fit_height)
+        self._fit_height()
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        enter = event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+        if enter and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+            self.submitted.emit()
+            return
+        super().keyPressEvent(event)
+
+    def _fit_height(self, *_: object) -> None:
+        # QPlainTextDocumentLayout measures the document height in lines (wrapped ones too)
+        lines = int(self.document().documentLayout().documentSize().height())
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded if lines > MAX_LINES
+                                        else Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        lines = max(1, min(MAX_LINES, lines))
+        margins = self.contentsMargins().top() + self.contentsMargins().bottom()
+        pad = 2 * int(self.document().documentMargin())
+        self.setFixedHeight(lines * self.fontMetrics().lineSpacing() + margins + pad)
+
+
+class Composer(QFrame):
+    """The bottom area: the rounded input box with its button and the token line."""
+
+    send_requested = Signal(str)
+    stop_requested = Signal()
+    draft_changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("ComposerArea")
+        self.generating = False
+        self._reason: str | None = None
+        self.edit = ComposerEdit(self)
+        self.edit.submitted.connect(self._submit)
+        self.edit.textChanged.connect(self.draft_changed)
+        self.edit.installEventFilter(self)
+        self.button = QPushButton("Send", self)
+        self.button.setObjectName("SendButton")
+        self.button.setAccessibleName("Send message")
+        self.button.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.button.clicked.connect(self._button_clicked)
+        self.info = QLabel(self)
+        self.info.setObjectName("ComposerInfo")
+        self.info.setAccessibleName("Token count")
+        box = QFrame(self)
+        box.setObjectName("Composer")
+        self._box = box
+        row = QHBoxLayout(box)
+        row.setContentsMargins(14, 8, 8, 8)
+        row.addWidget(self.edit, 1)
+        row.addWidget(self.button, 0, Qt.AlignmentFlag.AlignBottom)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 6, 0, 10)
+        layout.setSpacing(4)
+        layout.addWidget(box)
+        layout.addWidget(self.info)
+        self.set_unavailable("Load a model to start chatting.")
+
+    # ---- state ----------------------------------------------------------------------------
+
+    def text(self) -> str:
+        return self.edit.toPlainText()
+
+    def set_text(self, text: str) -> None:
+        self.edit.setPlainText(text)
+
+    def set_unavailable(self, reason: str | None) -> None:
+        """Disable input and say why (None: a model is loaded, typing is allowed)."""
+        self._reason = reason
+        self.edit.setReadOnly(reason is not None)
+        self.edit.setPlaceholderText(reason or "Message Grok…  (Enter to send, Shift+Enter for "
+                                               "a new line)")
+        self.edit.setAccessibleDescription(reason or "Type a message and press Enter")
+        self._update_button()
+
+    def set_generating(self, generating: bool) -> None:
+        self.generating = generating
+        self._update_button()
+
+    def set_token_info(self, draft: int | None, used: int | None, limit: int | None) -> None:
+        if used is None or limit is None:
+            self.info.setText("")
+            return
+        draft_text = f"{draft:,} tokens in this message · " if draft else ""
+        self.info.setText(f"{draft_text}context {used:,} / {limit:,} tokens")
+
+    def focus_input(self) -> None:
+        self.edit.setFocus()
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        return self._reason
+
+    # ---- events ---------------------------------------------------------------------------
+
+    def eventFilter(self, watched: object, event: QEvent) -> bool:
+        if watched is self.edit and event.type() in (QEvent.Type.FocusIn, QEvent.Type.FocusOut):
+            self._box.setProperty("focused", event.type() == QEvent.Type.FocusIn)
+            self._box.style().unpolish(self._box)
+            self._box.style().polish(self._box)
+        return super().eventFilter(watched, event)
+
+    def _update_button(self) -> None:
+        stop = self.generating
+        self.button.setText("Stop" if stop else "Send")
+        self.button.setAccessibleName("Stop the reply" if stop else "Send message")
+        self.button.setToolTip("Stop (Esc)" if stop else "Send (Enter)")
+        self.button.setProperty("stop", stop)
+        self.button.style().unpolish(self.button)
+        self.button.style().polish(self.button)
+        self.button.setEnabled(stop or self._reason is None)
+
+    def _button_clicked(self) -> None:
+        if self.generating:
+            self.stop_requested.emit()
+        else:
+            self._submit()
+
+    def _submit(self) -> None:
+        text = self.text().strip()
+        if not text or self.generating or self._reason is not None:
+            return
+        self.edit.clear()
+        self.send_requested.emit(text)

@@ -1,0 +1,65 @@
+"""The menu bar: every command the window offers, with the shortcuts from shortcuts.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QMenu, QMessageBox, QWidget
+
+from app import APP_NAME, __version__
+from app.gui.shortcuts import ShortcutsDialog, key_sequence
+from app.gui.theme import app_icon
+
+if TYPE_CHECKING:
+    from app.gui.main_window import MainWindow
+
+
+def _bound(menu: QMenu, actions: dict[str, QAction], name: str, text: str,
+           slot: Callable[[], object]) -> None:
+    action = menu.addAction(text)
+    action.setShortcut(key_sequence(name))
+    action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+    action.triggered.connect(slot)
+    actions[name] = action
+
+
+def build_menus(window: MainWindow) -> dict[str, QAction]:
+    """Fill the window's menu bar; returns the actions that carry shortcuts, by name."""
+    bar, actions = window.menuBar(), {}
+    file_menu = bar.addMenu("&File")
+    _bound(file_menu, actions, "new_chat", "&New chat", window.new_chat)
+    _bound(file_menu, actions, "export", "&Export…", window.export)
+    file_menu.addAction("&Import…", window.import_conversations)
+    file_menu.addSeparator()
+    _bound(file_menu, actions, "settings", "&Settings…", window.open_settings)
+    file_menu.addSeparator()
+    _bound(file_menu, actions, "quit", "&Quit", window.close)
+    edit_menu = bar.addMenu("&Edit")
+    _bound(edit_menu, actions, "copy_last", "Copy &last reply", window.copy_last_reply)
+    _bound(edit_menu, actions, "search", "&Find conversations", window.sidebar.focus_search)
+    _bound(edit_menu, actions, "rename", "&Rename conversation", window.rename_current)
+    _bound(edit_menu, actions, "focus_composer", "Go to the &message box",
+           window.composer.focus_input)
+    chat_menu = bar.addMenu("&Chat")
+    _bound(chat_menu, actions, "stop", "&Stop the reply", window.chat.stop)
+    model_menu = bar.addMenu("&Model")
+    model_menu.addAction("Load the &Grok-2 folder", window.load_configured_model)
+    model_menu.addAction("Load the &demo model (tiny, random)", window.load_demo)
+    model_menu.addAction("&Unload", window.unload_model)
+    help_menu = bar.addMenu("&Help")
+    help_menu.addAction("&Keyboard shortcuts", lambda: ShortcutsDialog(window).open())
+    help_menu.addAction(f"&About {APP_NAME}", lambda: about_box(window).open())
+    return actions
+
+
+def about_box(parent: QWidget) -> QMessageBox:
+    box = QMessageBox(parent)
+    box.setWindowTitle(f"About {APP_NAME}")
+    box.setIconPixmap(app_icon().pixmap(64, 64))
+    box.setText(f"<b>{APP_NAME}</b> {__version__}")
+    box.setInformativeText("Chat with xAI's open-weights Grok-2 on your own computer.\n"
+                           "Grok-2 weights: Grok 2 Community License Agreement.")
+    return box

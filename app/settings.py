@@ -1,0 +1,236 @@
+"""User settings: one typed, frozen dataclass saved as JSON with an atomic write.
+
+Also owns the quick, torch-free check of a Grok-2 folder that the settings dialog and the
+welcome view run as soon as a folder is chosen (the engine checks every tensor shape on load).
+No Qt and no torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import tempfile
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from app import paths
+from app.errors import UserError
+from app.messages import GenerationParams
+
+THEMES = ("system", "light", "dark")
+DEVICES = ("auto", "cuda", "cpu")
+QUANTIZATIONS = ("auto", "bf16", "int8", "int4")
+SETTINGS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the user can change, with the defaults a fresh install starts from."""
+
+    model_folder: str = ""
+    device: str = "auto"  # where the weights go: auto (CUDA if present), cuda, cpu
+    quantization: str = "auto"
+    gpu_memory_gb: float = 0.0  # 0: use what the card has
+    cpu_memory_gb: float = 0.0  # 0: use what the machine has
+    sampling: GenerationParams = field(default_factory=GenerationParams)
+    system_prompt: str = ""
+    theme: str = "system"
+    welcome_done: bool = False  # the first-run view was answered (folder chosen or demo tried)
+
+    def __post_init__(self) -> None:
+        _one_of("theme", self.theme, THEMES)
+        _one_of("device", self.device, DEVICES)
+        _one_of("quantization", self.quantization, QUANTIZATIONS)
+        if self.gpu_memory_gb < 0 or self.cpu_memory_gb < 0:
+            raise ValueError("memory budgets must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["version"] = SETTINGS_VERSION
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Settings:
+        """Build from JSON data: unknown keys are ignored, missing keys take the default."""
+        known = {f.name for f in fields(cls)} - {"sampling"}
+        values = {k: v for k, v in data.items() if k in known}
+        sampling = data.get("sampling", {})
+        if not isinstance(sampling, dict):
+            raise TypeError("'sampling' must be an object")
+        return cls(**values, sampling=GenerationParams.from_dict(sampling))
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"'{name}' must be one of {', '.join(allowed)} (got {value!r})")
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read the settings file; a missing file gives the defaults, a bad one a UserError."""
+    path = path or paths.settings_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Settings()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from exc
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise TypeError("the file must hold one JSON object")
+        return Settings.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path}: invalid settings ({exc}); fix the value or delete the file "
+                        "to start from the defaults") from exc
+
+
+def save_settings(settings: Settings, path: Path | None = None) -> Path:
+    """Write the settings atomically (temp file in the same folder, then os.replace)."""
+    path = path or paths.settings_path()
+    text = json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n"
+    atomic_write_text(path, text)
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` so a crash leaves either the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot be written ({exc.strerror}); check the disk and "
+                        "the folder's permissions") from exc
+
+
+def with_sampling(settings: Settings, **changes: Any) -> Settings:
+    """A copy of `settings` with some sampling fields changed (validated)."""
+    return replace(settings, sampling=replace(settings.sampling, **changes))
+
+
+# ---- the quick folder check ----------------------------------------------------------------
+
+TOKENIZER_NAME = "tokenizer.tok.json"
+_TP_RE = re.compile(r"^(?P<stem>.+)-TP-(?P<rank>\d{3})\.safetensors$")
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FolderCheck:
+    """What a folder holds: `problems` empty means it looks like a usable Grok-2 folder."""
+
+    folder: str
+    found: tuple[str, ...] = ()
+    total_bytes: int = 0
+    problems: tuple[str, ...] = ()
+    layers: int = 0
+    experts: int = 0
+    context_length: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        """One or more lines for the dialog: what was found, or exactly what is missing."""
+        if not self.ok:
+            return "\n".join(self.problems)
+        size = f"{self.total_bytes / 1e9:,.1f} GB" if self.total_bytes >= 1e8 else (
+            f"{self.total_bytes / 1e6:,.1f} MB")
+        return (f"Found {len(self.found)} weight files ({size}), config.json and the "
+                f"tokenizer: {self.layers} layers, {self.experts} experts, "
+                f"context {self.context_length:,} tokens.")
+
+
+def check_model_folder(folder: str | Path) -> FolderCheck:
+    """Check config.json, the tokenizer and every safetensors header (sizes, TP shard sets)."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        problem = f"{root}: folder not found; choose the folder that holds config.json"
+        return FolderCheck(str(root), problems=(problem,))
+    problems: list[str] = []
+    config = _read_config(root / "config.json", problems)
+    if not (root / TOKENIZER_NAME).is_file():
+        problems.append(f"{root / TOKENIZER_NAME}: missing; download it with the weights")
+    files = sorted(root.glob("*.safetensors"))
+    if not files:
+        problems.append(f"{root}: no .safetensors weight files; download the Grok-2 weights "
+                        "(hf download xai-org/grok-2) into this folder")
+    headers = {p: _read_header(p, problems) for p in files}
+    total = sum(size for size, _ in headers.values())
+    problems.extend(_missing_shards(root, files, _expected_ranks(config, headers)))
+    return FolderCheck(
+        str(root), tuple(p.name for p in files), total, tuple(problems),
+        layers=int(config.get("num_hidden_layers", 0) or 0),
+        experts=int(config.get("num_local_experts", 0) or 0),
+        context_length=int(config.get("max_position_embeddings", 0) or 0),
+    )
+
+
+def _read_config(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.append(f"{path}: missing; it comes with the weights (config.json)")
+        return {}
+    except (OSError, ValueError) as exc:
+        problems.append(f"{path}: unreadable ({exc}); download it again")
+        return {}
+    if not isinstance(data, dict):
+        problems.append(f"{path}: not a JSON object; download it again")
+        return {}
+    return data
+
+
+def _read_header(path: Path, problems: list[str]) -> tuple[int, dict[str, list[int]]]:
+    """(tensor bytes, shapes) a safetensors file declares; records a problem if it is broken."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            raw = f.read(8)
+            (n,) = struct.unpack("<Q", raw) if len(raw) == 8 else (-1,)
+            if n < 0 or n > _MAX_HEADER or 8 + n > size:
+                raise ValueError("no valid header")
+            header = json.loads(f.read(n))
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        end = max((meta["data_offsets"][1] for meta in tensors.values()), default=0)
+        shapes = {name: list(meta["shape"]) for name, meta in tensors.items()}
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        problems.append(f"{path}: corrupt or truncated; download this file again")
+        return 0, {}
+    if 8 + n + end > size:
+        problems.append(f"{path}: truncated ({size:,} of {8 + n + end:,} bytes); "
+                        "download this file again")
+    return end, shapes
+
+
+def _expected_ranks(config: dict[str, Any], headers: dict[Path, tuple[int, dict]]) -> int:
+    """How many TP shards an expert is cut into: moe_intermediate_size / the shard's rows."""
+    width = next((shape[0] for path, (_, shapes) in headers.items() if _TP_RE.match(path.name)
+                  for name, shape in shapes.items()
+                  if name.endswith((".w1.weight", ".w3.weight")) and shape), 0)
+    moe = config.get("moe_intermediate_size")
+    return int(moe) // width if width and isinstance(moe, int) else 0
+
+
+def _missing_shards(root: Path, files: list[Path], expected: int) -> list[str]:
+    """Each `*-TP-NNN` family must hold ranks 000 up to `expected` (from the config and the
+    shard width), or at least as many as the largest family."""
+    ranks: dict[str, set[int]] = {}
+    for path in files:
+        m = _TP_RE.match(path.name)
+        if m:
+            ranks.setdefault(m["stem"], set()).add(int(m["rank"]))
+    if not ranks:
+        return []
+    n = max(expected, max(max(r) for r in ranks.values()) + 1)
+    return [f"{root / f'{stem}-TP-{rank:03d}.safetensors'}: missing; download this file"
+            for stem in sorted(ranks) for rank in range(n) if rank not in ranks[stem]]

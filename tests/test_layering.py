@@ -1,0 +1,94 @@
+"""Layering: the GUI never imports torch or the engine, the engine never imports Qt, and the
+core modules import neither. Checked by importing in a fresh interpreter and by reading the
+source (imports inside functions count too)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+QT = ("PySide6", "shiboken6", "qasync")
+CORE = ("settings", "conversation", "storage", "storage_rows", "storage_schema", "reply",
+        "export", "export_render", "importers", "messages", "paths", "errors")
+
+
+def loaded_after_import(modules: list[str]) -> set[str]:
+    code = ("import importlib, json, sys\n"
+            f"for name in {modules!r}: importlib.import_module(name)\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    env = {"QT_QPA_PLATFORM": "offscreen", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return set(json.loads(out))
+
+
+def imported_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def gui_modules() -> list[str]:
+    return [f"app.gui.{p.stem}" for p in sorted((ROOT / "app" / "gui").glob("*.py"))
+            if p.stem != "__init__"]
+
+
+def test_gui_import_loads_no_torch():
+    """Importing every GUI module (and the worker) leaves torch unloaded."""
+    loaded = loaded_after_import([*gui_modules(), "app.worker"])
+    assert "PySide6" in loaded
+    assert "torch" not in loaded and "safetensors" not in loaded
+
+
+def test_engine_import_loads_no_qt():
+    """Importing the engine loads no Qt binding."""
+    engine = [f"app.engine.{p.stem}" for p in sorted((ROOT / "app" / "engine").glob("*.py"))]
+    loaded = loaded_after_import(engine)
+    assert "torch" in loaded
+    assert not loaded & set(QT)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "app" / "gui").glob("*.py")), ids=lambda p: p.name)
+def test_gui_source_never_names_torch_or_the_engine(path):
+    """No GUI file imports torch or app.engine, even inside a function."""
+    bad = {n for n in imported_names(path) if n.split(".")[0] == "torch" or
+           n.startswith("app.engine")}
+    assert not bad, f"{path.name} imports {bad}"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "app" / "engine").glob("*.py")),
+                         ids=lambda p: p.name)
+def test_engine_source_never_names_qt(path):
+    """No engine file imports a Qt binding."""
+    bad = {n for n in imported_names(path) if n.split(".")[0] in QT or n.startswith("app.gui")}
+    assert not bad, f"{path.name} imports {bad}"
+
+
+@pytest.mark.parametrize("name", CORE)
+def test_core_modules_import_neither(name):
+    """Settings, storage, conversation, export, messages...: no Qt, no torch, no engine, no GUI."""
+    path = ROOT / "app" / f"{name}.py"
+    if not path.exists():
+        pytest.skip(f"app/{name}.py not written yet")
+    bad = {n for n in imported_names(path) if n.split(".")[0] in (*QT, "torch") or
+           n.startswith(("app.engine", "app.gui"))}
+    assert not bad, f"app/{name}.py imports {bad}"
+
+
+def test_worker_imports_engine_only_inside_functions():
+    """The worker is the bridge: torch and the engine are imported inside the thread only."""
+    tree = ast.parse((ROOT / "app" / "worker.py").read_text(encoding="utf-8"))
+    top = {n.module if isinstance(n, ast.ImportFrom) else n.names[0].name
+           for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+    assert not {m for m in top if m and (m.startswith("app.engine") or m == "torch")}
+    assert not {m for m in top if m and m.split(".")[0] in QT}
