@@ -1,8 +1,8 @@
 """Self-contained HTML export (also the source of the PDF): escaped text, highlighted code.
 
 No remote resource and no script: the styles are inline and a Content-Security-Policy forbids
-loading anything. Code is coloured by a small built-in highlighter (comments, strings, numbers,
-keywords for the common language families); unknown languages are shown plain but styled.
+loading anything. Code is coloured by the highlighter the GUI uses (app/markup.py); code without a language
+is shown plain but styled.
 Prose is escaped and keeps its line breaks; inline `code` and **bold** are rendered.
 """
 
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import html
 import re
-from functools import lru_cache
 
 from app import APP_NAME, __version__
 from app.conversation import Conversation, Message
-from app.export_render import format_time, heading_details, speaker, split_fences, status_note
+from app.export_render import format_time, heading_details, speaker, status_note
+from app.markup import highlight_classes as highlight
+from app.markup import split_fences
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2328;
@@ -39,6 +40,7 @@ pre code { background: transparent; }
 .s { color: #0a3069; }
 .c { color: #6e7781; font-style: italic; }
 .n { color: #0550ae; }
+.f { color: #6639ba; }
 """
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -98,61 +100,3 @@ def prose_html(text: str) -> str:
 
 def _bold(escaped: str) -> str:
     return re.sub(r"\*\*(\S(?:.*?\S)?)\*\*", r"<b>\1</b>", escaped)
-
-
-# ---- the highlighter ----------------------------------------------------------------------
-
-_FAMILIES = {
-    "hash": "python py python3 bash sh shell zsh ruby rb yaml yml toml r perl pl "
-    "make makefile dockerfile ini conf cmake nix powershell ps1",
-    "slash": "c h cpp c++ cc hpp java js javascript mjs ts typescript jsx tsx rust rs go swift "
-    "kotlin kt cs csharp scala php dart css scss json jsonc zig",
-    "dash": "sql lua haskell hs elm ada",
-}
-_COMMENTS = {"hash": r"#[^\n]*", "slash": r"//[^\n]*|/\*.*?\*/", "dash": r"--[^\n]*"}
-_KEYWORD_TEXT = """
-    and as assert async await break case catch class const continue def default
-    defer del do elif else enum except export extends false False final finally
-    fn for foreach from func function go if impl import in interface is lambda
-    let local loop match mod module mut new nil None nonlocal not null or
-    package pass pub raise return select self static struct super switch then
-    this throw throws trait true True try type typeof unsafe use using var void
-    when where while with yield SELECT FROM WHERE INSERT UPDATE DELETE JOIN
-    CREATE TABLE INDEX AND OR NOT NULL ORDER BY GROUP LIMIT VALUES INTO SET AS
-    ON echo fi esac done
-"""
-_KEYWORDS = frozenset(_KEYWORD_TEXT.split())
-_STRINGS = r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\''
-_NUMBERS = r"\b(?:0[xX][0-9a-fA-F_]+|\d[\d_]*(?:\.\d+)?(?:[eE][+-]?\d+)?)\b"
-
-
-@lru_cache(maxsize=8)
-def _token_pattern(family: str) -> re.Pattern[str]:
-    return re.compile(
-        rf"(?P<c>{_COMMENTS[family]})|(?P<s>{_STRINGS})|(?P<n>{_NUMBERS})|(?P<w>[A-Za-z_]\w*)",
-        re.DOTALL,
-    )
-
-
-def language_family(lang: str) -> str | None:
-    lang = lang.lower()
-    return next((f for f, names in _FAMILIES.items() if lang in names.split()), None)
-
-
-def highlight(code: str, lang: str) -> str:
-    """Escaped code with <span class="k|s|c|n"> around tokens; plain escaped if lang unknown."""
-    family = language_family(lang)
-    if family is None:
-        return html.escape(code)
-    out = []
-    pos = 0
-    for match in _token_pattern(family).finditer(code):
-        kind = match.lastgroup
-        if kind == "w" and match.group() not in _KEYWORDS:
-            continue
-        out.append(html.escape(code[pos : match.start()]))
-        css = "k" if kind == "w" else kind
-        out.append(f'<span class="{css}">{html.escape(match.group())}</span>')
-        pos = match.end()
-    out.append(html.escape(code[pos:]))
-    return "".join(out)

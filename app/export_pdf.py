@@ -2,7 +2,7 @@
 
 Text stays text (selectable, searchable, with embedded font subsets), not a picture. Qt is
 imported inside the function so the core stays Qt-free; a headless process gets an offscreen
-QGuiApplication (QTextDocument needs one for fonts).
+QApplication (QTextDocument needs one for fonts).
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ def write_pdf(conv: Conversation, path: Path) -> None:
 def _ensure_gui_app() -> None:
     global _app
     from PySide6.QtGui import QGuiApplication
+    from PySide6.QtWidgets import QApplication
 
     if QGuiApplication.instance() is None:
-        _app = QGuiApplication(["grok-desktop", "-platform", "offscreen"])
+        # A QApplication, not a QGuiApplication: a GUI started later in the same process
+        # (tests, `python -m app`) needs the widgets kind, and Qt allows only one.
+        _app = QApplication(["grok-desktop", "-platform", "offscreen"])

@@ -15,7 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 QT = ("PySide6", "shiboken6", "qasync")
 CORE = ("settings", "conversation", "storage", "storage_rows", "storage_schema", "reply",
-        "export", "export_render", "importers", "messages", "paths", "errors")
+        "export", "export_render", "export_html", "markup", "importers", "importers_chatgpt",
+        "messages", "paths", "errors")
 
 
 def loaded_after_import(modules: list[str]) -> set[str]:
@@ -92,3 +93,12 @@ def test_worker_imports_engine_only_inside_functions():
            for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
     assert not {m for m in top if m and (m.startswith("app.engine") or m == "torch")}
     assert not {m for m in top if m and m.split(".")[0] in QT}
+
+
+def test_placement_preview_loads_no_torch_and_no_qt():
+    """app.placement (what the GUI calls for the plan) pulls in the planner without torch."""
+    loaded = loaded_after_import(["app.placement"])
+    assert "torch" not in loaded and not loaded & set(QT)
+    bad = {n for n in imported_names(ROOT / "app" / "placement.py")
+           if n.startswith("app.engine") and n not in ("app.engine.plan", "app.engine.config")}
+    assert not bad
