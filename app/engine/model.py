@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from app.engine.config import Grok2Config
 
-QUERY_CHUNK = 512  # attention scores are built for this many queries at a time (bounds memory)
+QUERY_CHUNK = 128  # queries per attention block: bounds the fp32 score memory (plan.py counts it)
 
 
 def soft_cap(x: Tensor, cap: float) -> Tensor:

@@ -23,7 +23,7 @@ INT4_GROUPS = (128, 64, 32)  # group sizes PyTorch's int4 kernels accept, larges
 GPU_RESERVE = int(1.2 * GB)  # CUDA context, allocator slack, cuBLAS workspace
 CPU_RESERVE = 8 * GB  # the OS, the app, the page cache it needs to breathe
 PREFILL_CHUNK = 2048  # tokens per prefill forward (generate.PREFILL_CHUNK)
-QUERY_CHUNK = 512  # queries per attention block (model.QUERY_CHUNK)
+QUERY_CHUNK = 128  # queries per attention block (model.QUERY_CHUNK)
 KV_BYTES = 2  # the KV cache is bf16
 HOP_LATENCY_S = 15e-6  # one small host<->device copy incl. synchronisation
 
