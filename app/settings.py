@@ -7,6 +7,7 @@ No Qt and no torch here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,7 +24,9 @@ from app.messages import GenerationParams
 THEMES = ("system", "light", "dark")
 DEVICES = ("auto", "cuda", "cpu")
 QUANTIZATIONS = ("auto", "bf16", "int8", "int4")
+BACKENDS = ("local", "remote")
 SETTINGS_VERSION = 1
+FILE_MODE = 0o600  # the file may hold API keys: readable by its owner only
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,17 @@ class Settings:
     quantization: str = "auto"
     gpu_memory_gb: float = 0.0  # 0: use what the card has
     cpu_memory_gb: float = 0.0  # 0: use what the machine has
+    context_tokens: int = 8192  # KV cache size the engine reserves (the placement plan's context)
+    backend: str = "local"  # "local": the Grok-2 folder; "remote": an OpenAI-compatible server
+    remote_url: str = ""  # e.g. http://gpu-server:30000
+    remote_model: str = ""  # "" takes the first model the server lists
+    remote_api_key: str = ""
+    remote_connect_timeout_s: float = 10.0
+    remote_read_timeout_s: float = 300.0
+    api_server_enabled: bool = False  # serve the loaded local model as an OpenAI-compatible API
+    api_server_port: int = 1234
+    api_server_key: str = ""
+    api_server_allow_remote: bool = False  # listen on every address (needs a key)
     sampling: GenerationParams = field(default_factory=GenerationParams)
     system_prompt: str = ""
     theme: str = "system"
@@ -44,8 +58,17 @@ class Settings:
         _one_of("theme", self.theme, THEMES)
         _one_of("device", self.device, DEVICES)
         _one_of("quantization", self.quantization, QUANTIZATIONS)
+        _one_of("backend", self.backend, BACKENDS)
         if self.gpu_memory_gb < 0 or self.cpu_memory_gb < 0:
             raise ValueError("memory budgets must be >= 0")
+        if self.context_tokens < 256:
+            raise ValueError("context_tokens must be >= 256")
+        if self.remote_connect_timeout_s <= 0 or self.remote_read_timeout_s <= 0:
+            raise ValueError("remote timeouts must be > 0 seconds")
+        if not 0 <= self.api_server_port <= 65535:
+            raise ValueError("api_server_port must be in 0..65535 (0: any free port)")
+        if self.api_server_allow_remote and not self.api_server_key:
+            raise ValueError("api_server_allow_remote needs an api_server_key")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -91,15 +114,19 @@ def save_settings(settings: Settings, path: Path | None = None) -> Path:
     """Write the settings atomically (temp file in the same folder, then os.replace)."""
     path = path or paths.settings_path()
     text = json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n"
-    atomic_write_text(path, text)
+    atomic_write_text(path, text, mode=FILE_MODE)
     return path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` so a crash leaves either the old or the new file."""
+def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
+    """Replace `path` with `text` so a crash leaves either the old or the new file. `mode` is
+    set on the temp file before any byte is written (mkstemp creates it 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if mode is not None:
+            with contextlib.suppress(OSError, NotImplementedError):  # Windows: no chmod bits
+                os.fchmod(fd, mode) if hasattr(os, "fchmod") else os.chmod(tmp, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

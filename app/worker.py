@@ -6,7 +6,13 @@ Requests (frozen dataclasses, each given an id) go to the thread on a `queue.Que
 `async for event in worker.stream(request)`. Events of a request whose stream was closed are
 dropped. Stop is a `threading.Event` set from the GUI thread and seen at the next decode step.
 Any exception (CUDA out of memory, a bad model file) becomes one `Failed` event; the thread
-lives on. `torch.inference_mode()` is entered inside the thread (it is thread-local).
+lives on (a remote reply cut short is `continuable`). `torch.inference_mode()` is entered
+inside the thread (it is thread-local).
+
+The engine is the local Grok-2 engine or a remote OpenAI-compatible server (`LoadModel.remote`,
+app/backends). The worker also owns the optional local API server (app/server.py) over the
+loaded local engine: `start_api_server` / `stop_api_server` are safe from the GUI thread, and
+the server is stopped before the model is released, replaced or the thread ends.
 
 This module is the only one that knows both sides; it never touches a widget and imports the
 engine (and torch) only inside the thread.
@@ -25,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from app.backends import RemoteConfig
 from app.errors import UserError
 from app.messages import (
     Failed,
@@ -58,12 +65,16 @@ class EngineLike(Protocol):
 
 @dataclass(frozen=True)
 class LoadModel:
-    """Load a Grok-2 folder, or the built-in tiny demo model when `demo` is true."""
+    """Load a Grok-2 folder, the built-in tiny demo model when `demo` is true, or connect to
+    a remote OpenAI-compatible server when `remote` is given."""
 
     folder: str = ""
     demo: bool = False
     device: str | None = None  # None: CUDA if present
     quant: str | None = None
+    remote: RemoteConfig | None = None
+    budgets: tuple[int | None, int | None] | None = None  # (GPU, RAM) bytes; None: measured
+    context_length: int | None = None  # None: the engine's default
 
 
 @dataclass(frozen=True)
@@ -109,19 +120,33 @@ _CLOSED = object()  # put in a stream's queue by close() to end a waiting reader
 
 def default_loader(request: LoadModel, progress: Callable[[Progress], None]) -> EngineLike:
     """Build the real engine (imported here, in the engine thread, so the GUI stays torch-free)."""
+    if request.remote is not None:
+        from app.backends import connect
+
+        progress(Progress(f"connecting to {request.remote.base_url}", 0, 1))
+        return connect(request.remote)
     from app.engine.engine import Engine
 
     if request.demo:
         return Engine.demo(progress=progress, device=request.device)
+    budgets = None
+    if request.budgets is not None:
+        gpu, cpu = request.budgets
+        if gpu is None or cpu is None:
+            from app.engine.loader import detect_budgets
+
+            found = detect_budgets()
+            gpu, cpu = gpu if gpu is not None else found[0], cpu if cpu is not None else found[1]
+        budgets = (gpu, cpu)
     return Engine.load(request.folder, device=request.device, quant=request.quant,
-                       progress=progress)
+                       progress=progress, budgets=budgets, context_length=request.context_length)
 
 
 def describe_failure(exc: BaseException) -> Failed:
     """One line the user can act on, plus the traceback for a details box."""
     detail = "".join(traceback.format_exception(exc))
     if isinstance(exc, UserError):
-        return Failed(str(exc), detail)
+        return Failed(str(exc), detail, continuable=bool(getattr(exc, "continuable", False)))
     if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
         return Failed("Out of GPU memory: lower the GPU memory budget, choose a smaller "
                       "quantization in Settings, or reduce Max tokens.", detail)
@@ -185,6 +210,8 @@ class EngineWorker:
         self._current: _Job | None = None
         self._engine: EngineLike | None = None
         self._torch: Any = None
+        self._server: Any = None  # app.server.ApiServer while the API switch is on
+        self._server_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._thread.start()
 
@@ -232,8 +259,49 @@ class EngineWorker:
             return None
         return int(torch.cuda.memory_allocated())
 
+    # ---- the local API server (GUI-thread safe) ------------------------------------------
+
+    @property
+    def api_server_url(self) -> str | None:
+        """Where the API server listens (http://host:port/v1), or None when it is off."""
+        server = self._server
+        return server.url if server is not None else None
+
+    def start_api_server(self, port: int, api_key: str = "", allow_remote: bool = False) -> str:
+        """Serve the loaded local model as an OpenAI-compatible API; returns its URL. Raises
+        UserError with the reason when there is no local model, or the port is taken."""
+        from app.server import ApiServer
+
+        engine = self._engine
+        if engine is None:
+            raise UserError("The API server needs a loaded model: load Grok-2 (or the demo "
+                            "model) first.")
+        if not hasattr(engine, "stream_ids"):
+            raise UserError("The API server shares the local Grok-2 engine; the backend is a "
+                            "remote server now, so give your tools that server's address "
+                            "instead.")
+        with self._server_lock:
+            self._stop_server_locked(0.0)
+            server = ApiServer(engine, host="0.0.0.0" if allow_remote else "127.0.0.1",
+                               port=port, api_key=api_key, allow_remote=allow_remote)
+            server.start()
+            self._server = server
+        return server.url
+
+    def stop_api_server(self, timeout: float = 0.5) -> None:
+        """Close the port at once and cancel API requests (waits up to `timeout` s for a
+        running one to stop). Does nothing when the server is off."""
+        with self._server_lock:
+            self._stop_server_locked(timeout)
+
+    def _stop_server_locked(self, timeout: float) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop(timeout)
+
     def shutdown(self, timeout: float = 1.5) -> bool:
         """Cancel everything, let the thread release the model; True if it ended in time."""
+        self.stop_api_server(timeout=0.0)
         self._drain_queue()
         self.stop()
         self._requests.put(_SHUTDOWN)
@@ -338,6 +406,7 @@ class EngineWorker:
         self._post(job, Finished("cancelled"))
 
     def _release(self) -> None:
+        self.stop_api_server(timeout=2.0)  # API requests use the engine: stop them first
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.unload()

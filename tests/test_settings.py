@@ -116,3 +116,36 @@ def test_folder_check_missing_folder(tmp_path):
     """A folder that does not exist says so."""
     check = check_model_folder(tmp_path / "nope")
     assert not check.ok and "folder not found" in check.summary()
+
+
+def test_backend_and_api_fields_round_trip_in_a_private_file():
+    """Remote and API-server fields survive a save; the file is owner-only (it holds keys)."""
+    import os
+    import stat
+
+    s = replace(Settings(), backend="remote", remote_url="http://gpu:30000", remote_model="grok-2",
+                remote_api_key="sk-remote", remote_connect_timeout_s=3.0,
+                remote_read_timeout_s=60.0, api_server_enabled=True, api_server_port=4321,
+                api_server_key="sk-local", api_server_allow_remote=True, context_tokens=4096,
+                gpu_memory_gb=24.0, cpu_memory_gb=128.0)
+    path = save_settings(s)
+    assert load_settings() == s
+    if os.name == "posix":
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_old_file_without_backend_fields_loads_with_defaults():
+    """A settings file from before the remote backend loads: local backend, API server off."""
+    paths.settings_path().write_text(json.dumps({"model_folder": "/m", "gpu_memory_gb": 24}))
+    s = load_settings()
+    assert s.model_folder == "/m" and s.backend == "local" and not s.api_server_enabled
+    assert (s.api_server_port, s.remote_connect_timeout_s, s.remote_read_timeout_s) == (1234, 10, 300)
+
+
+@pytest.mark.parametrize("content", ['{"backend": "cloud"}', '{"api_server_allow_remote": true}',
+                                     '{"remote_read_timeout_s": 0}'])
+def test_bad_backend_values_are_clear_errors(content):
+    """An unknown backend, remote listening without a key, a zero timeout: one clear error."""
+    paths.settings_path().write_text(content)
+    with pytest.raises(UserError, match="invalid settings"):
+        load_settings()

@@ -276,3 +276,44 @@ def test_real_demo_engine_streams_and_stops(tmp_path, monkeypatch):
     assert all(isinstance(e, Token) for e in full[:-1])
     assert stopped[-1].reason == "cancelled" and stopped[-1].stats.completion_tokens < 4000
     assert worker.shutdown()
+
+
+def test_remote_disconnect_is_a_continuable_failure():
+    """A remote reply cut short arrives as one Failed with continuable=True; others are not."""
+    from app.backends import RemoteDisconnected, RemoteError
+
+    cut = describe_failure(RemoteDisconnected("the connection dropped mid-reply",
+                                              GenerationStats(completion_tokens=3)))
+    assert cut.continuable and cut.error == "the connection dropped mid-reply"
+    assert not describe_failure(RemoteError("refused", "refused")).continuable
+    assert not describe_failure(ValueError("boom")).continuable
+
+
+def test_api_server_needs_a_local_model():
+    """Without a model, or with an engine that cannot serve (remote), the switch says why."""
+    from app.errors import UserError
+
+    worker = make_worker(FakeEngine())
+    with pytest.raises(UserError, match="needs a loaded model"):
+        worker.start_api_server(0)
+    run(collect(worker, LoadModel(demo=True)))
+    with pytest.raises(UserError, match="remote server"):
+        worker.start_api_server(0)  # FakeEngine has no stream_ids, like RemoteBackend
+    assert worker.api_server_url is None
+    worker.stop_api_server()  # off already: nothing to do
+    worker.shutdown()
+
+
+def test_remote_load_request_uses_connect(monkeypatch):
+    """LoadModel(remote=...) goes through app.backends.connect, not the local engine."""
+    from app import backends
+    from app.backends import RemoteConfig
+    from app.worker import default_loader
+
+    seen = []
+    monkeypatch.setattr(backends, "connect", lambda config: seen.append(config) or FakeEngine())
+    config = RemoteConfig("http://127.0.0.1:9", model="m")
+    progress = []
+    engine = default_loader(LoadModel(remote=config), progress.append)
+    assert seen == [config] and engine.info == INFO
+    assert progress and "127.0.0.1:9" in progress[0].stage

@@ -217,7 +217,10 @@ class ChatController(QObject):
                     writer.finish(event.reason, event.stats, event.seed)
                     self.reply_finished.emit(event.stats)
                 elif isinstance(event, Failed):
-                    writer.fail(event.error)
+                    if event.continuable:  # a remote dropped: keep the text, offer Continue
+                        writer.interrupt()
+                    else:
+                        writer.fail(event.error)
                     self._on_error(event.error, event.detail)
         except (StorageError, UserError) as exc:
             active.stream.close()

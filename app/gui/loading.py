@@ -100,7 +100,9 @@ class ModelLoader(QObject):
     async def load(self, request: LoadModel) -> ModelInfo | None:
         if self.stream is not None:
             self.stream.close()
-        title = "Loading the demo model" if request.demo else f"Loading {request.folder}"
+        title = ("Loading the demo model" if request.demo else
+                 f"Connecting to {request.remote.base_url}" if request.remote is not None else
+                 f"Loading {request.folder}")
         self.banner.start(title)
         self._on_status("Loading…")
         stream = self.stream = self.worker.stream(request)

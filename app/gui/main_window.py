@@ -31,6 +31,7 @@ from app.gui.errors import ErrorBanner, show_error
 from app.gui.files import export_with_dialog, import_with_dialog
 from app.gui.loading import ModelLoader, ProgressBanner
 from app.gui.menus import build_menus
+from app.gui.settings_backend import api_key, model_key, remote_config
 from app.gui.settings_dialog import SettingsDialog
 from app.gui.sidebar import Sidebar
 from app.gui.status_bar import StatusBar
@@ -38,6 +39,7 @@ from app.gui.tasks import spawn
 from app.gui.transcript import Transcript
 from app.gui.welcome import WelcomeView
 from app.messages import ModelInfo
+from app.placement import budget_bytes
 from app.settings import Settings, check_model_folder, save_settings
 from app.storage import Store
 from app.worker import EngineWorker, LoadModel, Unload
@@ -141,6 +143,8 @@ class MainWindow(QMainWindow):
         """Decide what the user sees first and start loading a model if one is known."""
         if demo:
             self.load_demo()
+        elif self.settings.backend == "remote" and self.settings.remote_url and not model:
+            self.load_configured_model()
         elif model:
             spawn(self.loader.load(self._load_request(model)))
         elif self.settings.model_folder and check_model_folder(self.settings.model_folder).ok:
@@ -160,7 +164,10 @@ class MainWindow(QMainWindow):
         s = self.settings
         device = None if s.device == "auto" else s.device
         quant = None if s.quantization == "auto" else s.quantization
-        return LoadModel(folder=folder, device=device, quant=quant)
+        gpu, cpu = budget_bytes(s)
+        budgets = None if gpu is None and cpu is None else (gpu, cpu)
+        return LoadModel(folder=folder, device=device, quant=quant, budgets=budgets,
+                         context_length=s.context_tokens)
 
     def load_demo(self) -> None:
         self._leave_welcome()
@@ -168,6 +175,13 @@ class MainWindow(QMainWindow):
         spawn(self.loader.load(LoadModel(demo=True)))
 
     def load_configured_model(self) -> None:
+        if self.settings.backend == "remote":
+            if not self.settings.remote_url:
+                self.open_settings()
+                return
+            self.composer.set_unavailable("Connecting to the remote server…")
+            spawn(self.loader.load(LoadModel(remote=remote_config(self.settings))))
+            return
         if not self.settings.model_folder:
             self.open_settings()
             return
@@ -201,6 +215,7 @@ class MainWindow(QMainWindow):
 
     def set_model(self, info: ModelInfo | None) -> None:
         self.status.set_model(info)
+        self.apply_api_server(announce=False)
         self.composer.set_unavailable(None if info is not None else NO_MODEL)
         if info is not None:
             self.transcript.set_empty_text(
@@ -317,15 +332,38 @@ class MainWindow(QMainWindow):
 
     def apply_settings_dialog(self, dialog: SettingsDialog) -> None:
         settings, prompt = dialog.edited()
-        model_changed = (settings.model_folder, settings.device, settings.quantization) != (
-            self.settings.model_folder, self.settings.device, self.settings.quantization)
+        model_changed = model_key(settings) != model_key(self.settings)
+        api_changed = api_key(settings) != api_key(self.settings)
         self.update_settings(settings)
         conv = self.chat.conversation
         if conv is not None and prompt is not None and prompt != conv.system_prompt:
             self.store.update_conversation(conv.id, system_prompt=prompt)
             self.chat.render()
-        if model_changed and settings.model_folder:
-            self.load_configured_model()
+        if model_changed and (settings.model_folder or settings.backend == "remote"):
+            self.load_configured_model()  # the worker stops the API server while it loads
+        elif api_changed:
+            self.apply_api_server(announce=True)
+
+    def apply_api_server(self, announce: bool) -> None:
+        """Start, restart or stop the local API server to match the settings. A reason it
+        cannot run goes to the status bar, and to the error banner when the user asked."""
+        s, worker = self.settings, self.worker
+        if not s.api_server_enabled:
+            worker.stop_api_server()
+            self.status.set_api_server(None)
+            return
+        if worker.info is None:
+            self.status.set_api_server(None, "API server: starts when a model is loaded")
+            return
+        try:
+            url = worker.start_api_server(s.api_server_port, s.api_server_key,
+                                          s.api_server_allow_remote)
+        except UserError as exc:
+            self.status.set_api_server(None, f"API server off: {exc}")
+            if announce:
+                self.show_error(f"The API server did not start: {exc}")
+            return
+        self.status.set_api_server(url)
 
     def update_settings(self, settings: Settings) -> None:
         """Keep, save and apply new settings (the theme at once)."""

@@ -1,5 +1,6 @@
-"""The Settings dialog: model folder (checked when chosen), placement budgets and quantization,
-sampling, system prompts (default and this conversation's), theme, and where data lives.
+"""The Settings dialog: backend (a Grok-2 folder, checked when chosen, or a remote server with
+"Test connection"), memory budgets, quantization and context with the planner's placement and
+speed bound (updated live), the local API server switch, sampling, system prompts (default and this conversation's), theme, and where data lives.
 
 It edits a copy: `edited()` gives the new `Settings` and the conversation's system prompt.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from PySide6.QtCore import QUrl
-from PySide6.QtGui import QDesktopServices
+from PySide6.QtGui import QDesktopServices, QFontDatabase
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -24,17 +25,20 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QSpinBox,
+    QStackedWidget,
     QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from app import paths
+from app.gui.settings_backend import FIELD_WIDTH, ApiServerPanel, RemotePanel, align_labels
 from app.messages import GenerationParams
+from app.placement import preview
 from app.settings import DEVICES, QUANTIZATIONS, THEMES, Settings, check_model_folder
 
-# Grok-2 weight bytes per quantization (spec: 539 GB in bf16); shown until `plan` lands.
-_WEIGHT_GB = {"bf16": 539, "int8": 270, "int4": 150}
+BACKEND_LABELS = {"local": "This computer: a Grok-2 folder",
+                  "remote": "A remote server (SGLang, vLLM or another Grok Desktop)"}
 
 
 def _spin(low: float, high: float, step: float, value: float, decimals: int = 2,
@@ -74,6 +78,9 @@ class SettingsDialog(QDialog):
         self._conversation_prompt = conversation_prompt
         tabs = QTabWidget(self)
         tabs.addTab(self._model_tab(settings), "Model")
+        tabs.addTab(self._memory_tab(settings), "Memory and speed")
+        self.api = ApiServerPanel(settings)
+        tabs.addTab(self.api, "API server")
         tabs.addTab(self._sampling_tab(settings.sampling), "Generation")
         tabs.addTab(self._prompt_tab(settings, conversation_prompt), "System prompt")
         tabs.addTab(self._appearance_tab(settings), "Appearance")
@@ -86,18 +93,43 @@ class SettingsDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(tabs)
         layout.addWidget(buttons)
-        self.resize(640, 520)
+        self.resize(760, 600)
         self.check_folder()
+        self._update_placement()
 
     # ---- tabs -----------------------------------------------------------------------------
 
     def _model_tab(self, s: Settings) -> QWidget:
         page = QWidget()
+        layout = QVBoxLayout(page)
+        form = QFormLayout()
+        self.backend = QComboBox()
+        for key, label in BACKEND_LABELS.items():
+            self.backend.addItem(label, key)
+        self.backend.setCurrentIndex(list(BACKEND_LABELS).index(s.backend))
+        self.backend.setAccessibleName("Backend")
+        form.addRow("Backend", self.backend)
+        align_labels(form)
+        layout.addLayout(form)
+        self.backend_pages = QStackedWidget()
+        self.backend_pages.addWidget(self._local_page(s))
+        self.remote = RemotePanel(s)
+        self.backend_pages.addWidget(self.remote)
+        self.backend.currentIndexChanged.connect(self.backend_pages.setCurrentIndex)
+        self.backend_pages.setCurrentIndex(self.backend.currentIndex())
+        layout.addWidget(self.backend_pages)
+        layout.addStretch(1)
+        return page
+
+    def _local_page(self, s: Settings) -> QWidget:
+        page = QWidget()
         form = QFormLayout(page)
+        form.setContentsMargins(0, 0, 0, 0)
         self.folder = QLineEdit(s.model_folder)
         self.folder.setAccessibleName("Grok-2 folder")
         self.folder.setPlaceholderText("The folder with config.json and the .safetensors files")
         self.folder.editingFinished.connect(self.check_folder)
+        self.folder.editingFinished.connect(self._update_placement)
         browse = QPushButton("Browse…")
         browse.setAccessibleName("Browse for the Grok-2 folder")
         browse.clicked.connect(self._browse)
@@ -110,27 +142,49 @@ class SettingsDialog(QDialog):
         self.folder_status.setWordWrap(True)
         self.folder_status.setAccessibleName("Folder check result")
         form.addRow("", self.folder_status)
+        align_labels(form)
+        return page
+
+    def _memory_tab(self, s: Settings) -> QWidget:
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        form = QFormLayout()
         self.device = _combo(DEVICES, s.device, "Device")
         self.quant = _combo(QUANTIZATIONS, s.quantization, "Quantization")
         self.gpu_budget = _spin(0, 4096, 1, s.gpu_memory_gb, 0, "GPU memory budget in GB")
         self.gpu_budget.setSpecialValueText("all of it")
         self.gpu_budget.setSuffix(" GB")
-        self.cpu_budget = _spin(0, 8192, 1, s.cpu_memory_gb, 0, "CPU memory budget in GB")
+        self.cpu_budget = _spin(0, 8192, 1, s.cpu_memory_gb, 0, "RAM budget in GB")
         self.cpu_budget.setSpecialValueText("all of it")
         self.cpu_budget.setSuffix(" GB")
+        self.context = _int_spin(256, 131072, s.context_tokens, "Context in tokens")
+        self.context.setSingleStep(1024)
+        self.context.setSuffix(" tokens")
         form.addRow("Device", self.device)
         form.addRow("Quantization", self.quant)
-        form.addRow("GPU memory budget", self.gpu_budget)
-        form.addRow("CPU memory budget", self.cpu_budget)
+        form.addRow("GPU memory", self.gpu_budget)
+        form.addRow("RAM", self.cpu_budget)
+        form.addRow("Context", self.context)
+        layout.addLayout(form)
         self.placement = QLabel()
         self.placement.setWordWrap(True)
         self.placement.setObjectName("FolderCheck")
         self.placement.setAccessibleName("Placement")
-        form.addRow("Placement", self.placement)
+        layout.addWidget(self.placement)
+        self.plan_detail = QPlainTextEdit()
+        self.plan_detail.setReadOnly(True)
+        self.plan_detail.setAccessibleName("Placement plan")
+        self.plan_detail.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        self.plan_detail.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        layout.addWidget(self.plan_detail, 1000)
+        layout.addStretch(1)  # keeps the headline at the top while the plan is hidden
+        for box in (self.gpu_budget, self.cpu_budget, self.context):
+            box.setMaximumWidth(FIELD_WIDTH)
         for box in (self.gpu_budget, self.cpu_budget):
             box.valueChanged.connect(self._update_placement)
+        self.context.valueChanged.connect(self._update_placement)
         self.quant.currentTextChanged.connect(self._update_placement)
-        self._update_placement()
+        self.device.currentTextChanged.connect(self._update_placement)
         return page
 
     def _sampling_tab(self, p: GenerationParams) -> QWidget:
@@ -215,6 +269,7 @@ class SettingsDialog(QDialog):
         if folder:
             self.folder.setText(folder)
             self.check_folder()
+            self._update_placement()
 
     def check_folder(self) -> None:
         folder = self.folder.text().strip()
@@ -229,18 +284,21 @@ class SettingsDialog(QDialog):
         self.folder_status.style().polish(self.folder_status)
 
     def _update_placement(self) -> None:
-        quant = self.quant.currentText()
-        weights = _WEIGHT_GB.get("int4" if quant == "auto" else quant, 539)
-        gpu, cpu = self.gpu_budget.value(), self.cpu_budget.value()
-        budget = "" if not (gpu or cpu) else (
-            f" Budgets: GPU {gpu:.0f} GB, CPU {cpu:.0f} GB; "
-            + ("enough." if gpu + cpu >= weights * 1.05 or not (gpu and cpu) else
-               "not enough for the weights: raise a budget or quantize further."))
-        self.placement.setText(
-            f"Grok-2 weights at {quant if quant != 'auto' else 'int4 (auto)'}: about "
-            f"{weights} GB, spread over GPU and CPU memory.{budget} The exact placement and "
-            "predicted speed will show here once the planner is available "
-            "(grok-desktop plan).")
+        """The planner's answer for the numbers on screen (pure arithmetic: live)."""
+        result = preview(self._edited_settings())
+        self.placement.setText(result.headline)
+        self.placement.setProperty("ok", result.fits)
+        self.placement.style().unpolish(self.placement)
+        self.placement.style().polish(self.placement)
+        self.plan_detail.setPlainText(result.detail)
+        self.plan_detail.setVisible(bool(result.detail))
+
+    def _edited_settings(self) -> Settings:
+        return replace(
+            self._settings, model_folder=self.folder.text().strip(),
+            device=self.device.currentText(), quantization=self.quant.currentText(),
+            gpu_memory_gb=self.gpu_budget.value(), cpu_memory_gb=self.cpu_budget.value(),
+            context_tokens=self.context.value())
 
     def edited(self) -> tuple[Settings, str | None]:
         """The edited settings and this conversation's prompt (None when no chat is open)."""
@@ -250,9 +308,8 @@ class SettingsDialog(QDialog):
             repetition_penalty=self.repetition.value(), max_tokens=self.max_tokens.value(),
             seed=None if self.random_seed.isChecked() else self.seed.value())
         settings = replace(
-            self._settings, model_folder=self.folder.text().strip(),
-            device=self.device.currentText(), quantization=self.quant.currentText(),
-            gpu_memory_gb=self.gpu_budget.value(), cpu_memory_gb=self.cpu_budget.value(),
+            self._edited_settings(), backend=self.backend.currentData(),
+            **self.remote.values(), **self.api.values(),
             sampling=sampling, system_prompt=self.system_prompt.toPlainText().strip(),
             theme=self.theme.currentText())
         prompt = None

@@ -52,8 +52,10 @@ class StatusBar(QStatusBar):
         self.speed = self._label("Tokens per second", "")
         self.ttft = self._label("Time to first token", "")
         self.memory = self._label("Memory in use", "")
+        self.api = self._label("Local API server", "")
         self.addWidget(self.model)
         self.addWidget(self.device)
+        self.addWidget(self.api)
         for label in (self.speed, self.ttft, self.memory):
             self.addPermanentWidget(label)
         self._timer = QTimer(self)
@@ -72,9 +74,17 @@ class StatusBar(QStatusBar):
             self.device.setText("")
             return
         self.model.setText(info.name)
-        where = _DEVICES.get(info.device, info.device.upper())
-        self.device.setText(f"Weights on {where} · {info.quantization}")
+        if info.device.startswith("remote"):  # "remote host:port" (app/backends)
+            self.device.setText(f"remote · {info.device.removeprefix('remote').strip()}")
+        else:
+            where = _DEVICES.get(info.device, info.device.upper())
+            self.device.setText(f"Weights on {where} · {info.quantization}")
         self.device.setToolTip(info.folder)
+
+    def set_api_server(self, url: str | None, note: str = "") -> None:
+        """"API on http://127.0.0.1:1234/v1" while it runs, else `note` (why it is off)."""
+        self.api.setText(f"API on {url}" if url else note)
+        self.api.setToolTip("OpenAI-compatible API server (Settings > API server)")
 
     def set_loading(self, text: str) -> None:
         self.model.setText(text)

@@ -70,7 +70,7 @@ def test_dialog_checks_the_folder_when_chosen(qtbot, home, tmp_path):
     (folder / "pytorch_model-00006-TP-001.safetensors").unlink()
     dialog.check_folder()
     assert "pytorch_model-00006-TP-001.safetensors: missing" in dialog.folder_status.text()
-    assert "Grok-2 weights at" in dialog.placement.text()
+    assert "GB of weights at bf16" in dialog.placement.text()  # the folder's own config
     edited, prompt = dialog.edited()
     assert edited.model_folder == str(folder) and prompt is None
     assert json.loads(json.dumps(edited.to_dict()))["model_folder"] == str(folder)
