@@ -64,7 +64,7 @@ class GenerationStats:
 class ModelInfo:
     """Identity of a loaded model, recorded with every assistant message."""
 
-    name: str  # e.g. "grok-2" or "demo (tiny random model)"
+    name: str  # e.g. "grok-2" or "Demo (tiny model, not Grok-2)"
     folder: str
     config_hash: str  # sha256 of config.json, first 16 hex digits
     quantization: str  # "bf16", "int8", "int4", "float32"...

@@ -25,7 +25,8 @@ say "built $(basename "$sdist") and $(basename "$wheel")"
 "$PYTHON" - "$sdist" "$wheel" <<'PY'
 import sys, tarfile, zipfile
 sdist, wheel = sys.argv[1:]
-needed = ["demo-corpus.txt", "themes/app.qss", "icons/grok-desktop.svg",
+needed = ["demo-corpus.txt", "demo_model/config.json", "demo_model/DEMO_VERSION",
+          "themes/app.qss", "icons/grok-desktop.svg",
           "icons/grok-desktop-256.png", "grok-desktop.desktop"]
 in_wheel = set(zipfile.ZipFile(wheel).namelist())
 in_sdist = {name.split("/", 1)[1] for name in tarfile.open(sdist).getnames() if "/" in name}

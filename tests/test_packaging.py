@@ -212,6 +212,7 @@ def test_bundle_paths_exist(cfg):
     assert all(Path(src).is_file() and dest.startswith("app/resources") for src, dest in datas)
     dests = {(Path(src).name, dest) for src, dest in datas}
     assert ("demo-corpus.txt", "app/resources") in dests
+    assert ("DEMO_VERSION", "app/resources/demo_model") in dests
     assert ("grok-desktop.svg", "app/resources/icons") in dests
 
 

@@ -21,6 +21,11 @@ from app.messages import (
 )
 from app.worker import EngineWorker, Generate, LoadModel, Unload, Unloaded, describe_failure
 
+
+@pytest.fixture(autouse=True)
+def _endless_demo(random_demo):
+    """Worker tests stop and cancel long replies: use the untrained demo (tests/conftest.py)."""
+
 INFO = ModelInfo("fake", "/nowhere", "0" * 16, "float32", "cpu", 256, is_demo=True)
 
 

@@ -14,7 +14,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model DIR | --demo, plus device and dtype; shared by generate, ask and serve."""
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", metavar="DIR", help="the Grok-2 folder (official layout)")
-    which.add_argument("--demo", action="store_true", help="the built-in tiny random model")
+    which.add_argument("--demo", action="store_true", help="the built-in tiny demo model (not Grok-2)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--dtype", choices=["bf16", "float16", "float32"],
                         help="weight dtype (default: bf16 on cuda, float32 on cpu)")

@@ -77,7 +77,7 @@ class Engine:
         weight_dtype = model.lm_head.weight.dtype
         where = device.type if plan is None else ("cuda+cpu" if plan.has_gpu else "cpu")
         info = ModelInfo(
-            name="Demo (tiny random model)" if is_demo else f"Grok-2 ({folder.name})",
+            name="Demo (tiny model, not Grok-2)" if is_demo else f"Grok-2 ({folder.name})",
             folder=str(folder), config_hash=config_hash(folder),
             quantization=plan.quant if plan else str(weight_dtype).removeprefix("torch."),
             device=where, context_length=ctx, is_demo=is_demo)
@@ -85,7 +85,8 @@ class Engine:
 
     @classmethod
     def demo(cls, progress: ProgressCallback | None = None, device: str | None = None) -> Engine:
-        """The built-in tiny random model: for trying the app, it produces gibberish."""
+        """The built-in tiny demo model: for trying the app. It is not Grok-2: a few MB trained
+        on a few pages of sample text, so its replies are fluent-looking but not meaningful."""
         from app.engine.tiny import ensure_demo_checkpoint
 
         if progress:

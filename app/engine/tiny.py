@@ -1,4 +1,4 @@
-"""A tiny random Grok-2 checkpoint in exactly the official layout.
+"""A tiny Grok-2 checkpoint in exactly the official layout (random, or trained for the demo).
 
 Same file names (`pytorch_model-000NN-TP-common.safetensors`, expert shards
 `-TP-000..007`), tensor names, bf16 storage, config.json fields and tokenizer.tok.json format
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from app import paths
 from app.engine.config import Grok2Config
 
 TP = 8
-DEMO_VERSION = "1"  # bump when the demo checkpoint's recipe changes
+DEMO_VERSION = "2"  # bump when the demo checkpoint's recipe changes
 
 TINY_CONFIG: dict[str, Any] = {
     "hidden_size": 64,
@@ -138,22 +139,63 @@ def write_tiny_checkpoint(folder: str | Path, seed: int = 0, *, sharded: bool = 
     return folder
 
 
+def train_demo(folder: Path, steps: int = 300, seed: int = 0) -> float:
+    """Teach a tiny checkpoint the demo corpus (next-token cross-entropy, AdamW), so the demo
+    answers in words rather than noise; returns the final loss. About 15 s on two cores."""
+    from app.engine.tokenizer import load_tokenizer
+    from app.engine.weights import load_model
+
+    ids = torch.tensor(load_tokenizer(folder).encode(
+        (paths.resources_dir() / "demo-corpus.txt").read_text(encoding="utf-8")))
+    model = load_model(folder, dtype=torch.float32).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen, span, batch, loss = torch.Generator().manual_seed(seed), 64, 16, torch.tensor(0.0)
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - span - 1, (batch,), generator=gen)
+        x = torch.stack([ids[s : s + span] for s in starts])  # (B, T)
+        y = torch.stack([ids[s + 1 : s + span + 1] for s in starts])  # (B, T)
+        logits = model(x)  # (B, T, V)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    weights = {k: v.detach().to(torch.bfloat16) for k, v in model.state_dict().items()}
+    write_weights(folder, model.config, weights)
+    return float(loss.detach())
+
+
+def write_demo_checkpoint(folder: str | Path) -> Path:
+    """The demo model: the tiny checkpoint trained on resources/demo-corpus.txt."""
+    folder = write_tiny_checkpoint(folder, seed=1234, n_merges=1000)
+    train_demo(folder)
+    (folder / "DEMO_VERSION").write_text(DEMO_VERSION)
+    return folder
+
+
 def ensure_demo_checkpoint() -> Path:
-    """The built-in demo model, written once to the cache folder (about 3 MB)."""
+    """The built-in demo model: bundled in resources/demo_model (read-only is fine), or, in a
+    checkout without it, written once to the cache folder."""
+    bundled = paths.resources_dir() / "demo_model"
+    if (bundled / "DEMO_VERSION").is_file():
+        return bundled
     folder = paths.demo_model_dir()
     marker = folder / "DEMO_VERSION"
     if marker.is_file() and marker.read_text().strip() == DEMO_VERSION:
         return folder
     tmp = folder.with_name(folder.name + ".partial")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
-    write_tiny_checkpoint(tmp, seed=1234, n_merges=1000)
-    (tmp / "DEMO_VERSION").write_text(DEMO_VERSION)
+    write_demo_checkpoint(tmp)
     if folder.exists():
-        import shutil
-
         shutil.rmtree(folder)
     tmp.rename(folder)
     return folder
+
+
+if __name__ == "__main__":  # python -m app.engine.tiny: rebuild the bundled demo model
+    target = Path(__file__).resolve().parents[2] / "resources" / "demo_model"
+    if target.exists():
+        shutil.rmtree(target)
+    print(f"wrote {write_demo_checkpoint(target)}")

@@ -220,8 +220,8 @@ class MainWindow(QMainWindow):
         if info is not None:
             self.transcript.set_empty_text(
                 "What can I help with?",
-                "You are using the demo model: a tiny random model for trying the app; its "
-                "replies are random words." if info.is_demo else f"{info.name} is ready.")
+                "You are using the demo model: a tiny model for trying the app, trained on a few "
+                "pages of sample text. It is not Grok-2; its replies are not meaningful." if info.is_demo else f"{info.name} is ready.")
         self._count_timer.start()
 
     def _load_failed(self, error: str, detail: str) -> None:

@@ -93,10 +93,10 @@ class WelcomeView(QWidget):
     def _demo_card(self) -> QFrame:
         card, layout = self._card(
             "Try the demo model",
-            "A tiny random model for trying the app. It loads in seconds and runs anywhere, "
-            "but its replies are random words, not Grok.")
+            "A tiny model for trying the app, trained on a few pages of sample text. It loads "
+            "in seconds and runs anywhere, but it is not Grok-2: its replies are not meaningful.")
         self.demo_button = QPushButton("Start with the demo model", card)
-        self.demo_button.setAccessibleName("Try the built-in demo model (a tiny random model)")
+        self.demo_button.setAccessibleName("Try the built-in demo model (a tiny model, not Grok-2)")
         self.demo_button.clicked.connect(self.demo_requested)
         layout.addWidget(self.demo_button)
         return card

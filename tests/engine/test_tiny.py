@@ -44,3 +44,21 @@ def test_deterministic(tmp_path):
     b = write_tiny_checkpoint(tmp_path / "b", seed=3, n_merges=50)
     name = "pytorch_model-00011-TP-common.safetensors"
     assert (a / name).read_bytes() == (b / name).read_bytes()
+
+
+def test_bundled_demo_model_speaks_and_stops():
+    """The bundled demo is the trained tiny model: it answers in words and ends its turn."""
+    from app import paths
+    from app.engine.engine import Engine
+    from app.engine.generate import generate_text
+    from app.engine.tiny import ensure_demo_checkpoint
+    from app.messages import GenerationParams
+
+    assert ensure_demo_checkpoint() == paths.resources_dir() / "demo_model"
+    engine = Engine.demo()
+    assert engine.info.is_demo and "not Grok-2" in engine.info.name
+    text, _, done = generate_text(engine.stream_chat(
+        [{"role": "user", "content": "How do I reverse a list in Python?"}],
+        GenerationParams(temperature=0, max_tokens=200)))
+    assert done.reason == "stop"
+    assert "\ufffd" not in text and sum(c.isalpha() or c == " " for c in text) > 0.7 * len(text)

@@ -97,3 +97,8 @@ def load_demo(qtbot, window) -> None:
     window.load_demo()
     wait(qtbot, lambda: window.worker.info is not None and not window.loader.loading)
     assert window.composer.unavailable_reason is None
+
+
+@pytest.fixture(autouse=True)
+def _endless_demo(random_demo):
+    """GUI tests stream long replies: use the untrained demo (see tests/conftest.py)."""

@@ -29,7 +29,7 @@ def test_first_run_shows_the_welcome_view(qtbot, make_window):
     window.start()
     assert window.stack.currentWidget() is window.welcome
     assert not window.composer.isVisible()
-    assert "tiny random model" in window.welcome.demo_button.accessibleName()
+    assert "tiny model, not Grok-2" in window.welcome.demo_button.accessibleName()
 
 
 def test_welcome_demo_loads_the_demo_and_remembers_it(qtbot, make_window):
@@ -40,7 +40,7 @@ def test_welcome_demo_loads_the_demo_and_remembers_it(qtbot, make_window):
     assert window.stack.currentWidget() is window.transcript
     wait(qtbot, lambda: window.worker.info is not None and not window.loader.loading)
     assert window.worker.info.is_demo and "Demo" in window.status.model.text()
-    assert "tiny random model" in window.transcript.empty.subtitle.text()
+    assert "not Grok-2" in window.transcript.empty.subtitle.text()
     assert load_settings().welcome_done
 
 

@@ -1,0 +1,23 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def random_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Engine.demo() loads an untrained tiny checkpoint instead of the bundled trained demo.
+
+    The bundled demo has learned to end its turns, so its replies are short; tests of
+    streaming, stopping and closing mid-reply need a model that goes on until max_tokens."""
+    from app.engine import tiny
+
+    folder = tiny.write_tiny_checkpoint(tmp_path_factory.mktemp("demo") / "random", seed=1234,
+                                        n_merges=1000)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tiny, "ensure_demo_checkpoint", lambda: folder)
+        yield folder
