@@ -97,7 +97,7 @@ import json, sys
 from pathlib import Path
 out = json.loads(Path(sys.argv[1]).read_text())
 assert out["completion_tokens"] > 0 and out["finish_reason"] in ("stop", "length"), out
-assert (Path(sys.argv[2]) / "cache" / "demo-model" / "config.json").is_file(), "no demo model"
+assert "/app/resources/demo_model" in out["model"]["folder"], "not the bundled demo model"
 print(f"[ci_smoke] demo generate: {out['completion_tokens']} tokens, {out['finish_reason']}")
 PY
 say "ok"
