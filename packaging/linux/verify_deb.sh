@@ -52,11 +52,13 @@ pass "$version"
 as_user GROK_DESKTOP_HOME="$USER_HOME/portable" grok-desktop generate --demo --prompt hi \
     --max-tokens 8 --temperature 0 --json > "$USER_HOME/generate.json" || fail "demo generate"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["completion_tokens"] > 0; print("  ok: demo generate:", d["completion_tokens"], "tokens,", round(d["tokens_per_s"]), "tok/s")' "$USER_HOME/generate.json"
-[[ -f "$USER_HOME/portable/cache/demo-model/config.json" ]] || fail "demo model not under GROK_DESKTOP_HOME"
+python3 -c 'import json,sys; assert json.load(open(sys.argv[1]))["model"]["folder"].startswith("/opt/grok-desktop/")' \
+    "$USER_HOME/generate.json" || fail "the demo model is not the bundled one"
+[[ -d "$USER_HOME/portable/cache/tokenizers" ]] || fail "tokenizer cache not under GROK_DESKTOP_HOME"
 as_user grok-desktop ask --demo --max-tokens 8 "hello from verify_deb" > /dev/null || fail "demo ask"
 db="$USER_HOME/.local/share/grok-desktop/conversations.sqlite3"
 [[ -f "$db" ]] || fail "the conversation was not stored in $db"
-pass "conversation stored in ~/.local/share/grok-desktop/, demo model in ~/.cache/grok-desktop/"
+pass "conversation stored in ~/.local/share/grok-desktop/, tokenizer cache in ~/.cache/grok-desktop/"
 
 if command -v xvfb-run >/dev/null; then
     echo "== the GUI under Xvfb"
@@ -90,6 +92,6 @@ for path in /opt/grok-desktop /usr/bin/grok-desktop "$desktop" \
     [[ ! -e "$path" && ! -L "$path" ]] || fail "$path is still there after dpkg -r"
 done
 pass "dpkg -r removed the app ($files paths)"
-[[ -f "$db" && -d "$USER_HOME/.cache/grok-desktop/demo-model" ]] || fail "user data went away"
-pass "the user's conversations and demo model are still there"
+[[ -f "$db" && -d "$USER_HOME/.cache/grok-desktop/tokenizers" ]] || fail "user data went away"
+pass "the user's conversations and caches are still there"
 echo "verify_deb: all checks passed"
