@@ -71,6 +71,7 @@ class Engine:
             model = load_engine_model(folder, budgets, _eta(progress), quant=quant, dtype=dtype,
                                       context=ctx)
         else:
+            _check_ram(folder, cfg, dtype or torch.float32)
             model = load_model(folder, device=device, dtype=dtype, progress=_eta(progress))
         model.setup_cache(ctx)
         plan = getattr(model, "offload_plan", None)
@@ -184,6 +185,23 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return min(n, len(b) - 1)
+
+
+def _check_ram(folder: Path, cfg, dtype: torch.dtype) -> None:
+    """Refuse a plain CPU load that cannot fit in RAM, before the OS kills the process."""
+    from app.engine.loader import detect_budgets
+    from app.engine.plan import GB, sizes
+
+    s = sizes(cfg, "float32" if dtype == torch.float32 else "bf16")
+    layer = s.attention + s.small + s.shared_mlp + cfg.num_local_experts * s.expert
+    need = cfg.num_hidden_layers * layer + s.embed + s.head
+    have = detect_budgets()[1]
+    if need > 0.9 * have:
+        raise UserError(
+            f"{folder}: this model needs {need / GB:.0f} GB of RAM as {str(dtype)[6:]} on the "
+            f"CPU, and this machine has {have / GB:.0f} GB; prepare an int4 copy "
+            f"(`grok-desktop prepare --model {folder} --quant int4`) or use a GPU; "
+            "`grok-desktop plan` shows what fits")
 
 
 def _eta(progress: ProgressCallback | None):

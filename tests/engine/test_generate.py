@@ -119,3 +119,12 @@ def test_generate_json_cli(tmp_path):
     assert out["finish_reason"] in ("stop", "length")
     assert out["prompt_tokens"] == len(out["prompt_token_ids"])
     assert out["completion_tokens"] == len(out["token_ids"]) <= 8
+
+
+def test_cpu_load_that_cannot_fit_is_refused_before_loading(engine, monkeypatch):
+    """A plain CPU load larger than RAM is a clear error naming the fix, not an OOM kill."""
+    from app.errors import UserError
+
+    monkeypatch.setattr("app.engine.loader.detect_budgets", lambda: (0, 100_000))
+    with pytest.raises(UserError, match="prepare an int4 copy"):
+        Engine.load(engine.info.folder, device="cpu", dtype=torch.float32)
