@@ -7,6 +7,7 @@ branch the user is looking at; the current path is that leaf and its ancestors.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -142,7 +143,12 @@ def newest_leaf_under(messages: tuple[Message, ...] | list[Message], message_id:
 
 
 def make_title(text: str) -> str:
-    """A one-line title from the first user message."""
+    """A one-line title from the first user message, without Markdown emphasis, heading or
+    code marks (a pasted code block becomes its first words)."""
+    text = re.sub(r"^ {0,3}(#{1,6}|>|[-*+]|\d+\.)\s+", "", text, flags=re.MULTILINE)
+    text = re.sub(r"(`{3,}|~{3,})[^\n]*", " ", text)
+    text = re.sub(r"(\*\*|\*|`|~~)(?=\S)(.+?)(?<=\S)\1", r"\2", text)
+    text = re.sub(r"(?<!\w)(__|_)(?=\S)(.+?)(?<=\S)\1(?!\w)", r"\2", text)
     line = " ".join(text.split())
     if len(line) <= TITLE_CHARS:
         return line or "New conversation"

@@ -387,3 +387,15 @@ def test_unknown_ids_are_user_errors(store):
     with pytest.raises(UserError, match="not in conversation"):
         store.add_message(other, user, "user", "cross-link")
     assert len(store.get_conversation(conv).messages) == 1
+
+
+def test_titles_drop_markdown_marks():
+    """Auto titles keep the words of the first message, not its Markdown syntax."""
+    from app.conversation import make_title
+
+    assert make_title("Second chat with **markdown**") == "Second chat with markdown"
+    assert make_title("# Heading here\nbody") == "Heading here body"
+    assert make_title("```python\nprint(1)\n```") == "print(1)"
+    assert make_title("Use `ls -la` and _this_ please") == "Use ls -la and this please"
+    assert make_title("snake_case_name and 2 * 3 * 4") == "snake_case_name and 2 * 3 * 4"
+    assert make_title("   ") == "New conversation"
