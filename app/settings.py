@@ -11,14 +11,14 @@ import contextlib
 import json
 import os
 import re
-import struct
 import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from app import paths
-from app.errors import UserError
+from app.checkpoint_files import TOKENIZER_NAME, read_header
+from app.errors import ModelFileError, UserError
 from app.messages import GenerationParams
 
 THEMES = ("system", "light", "dark")
@@ -145,9 +145,7 @@ def with_sampling(settings: Settings, **changes: Any) -> Settings:
 
 # ---- the quick folder check ----------------------------------------------------------------
 
-TOKENIZER_NAME = "tokenizer.tok.json"
 _TP_RE = re.compile(r"^(?P<stem>.+)-TP-(?P<rank>\d{3})\.safetensors$")
-_MAX_HEADER = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -220,23 +218,11 @@ def _read_config(path: Path, problems: list[str]) -> dict[str, Any]:
 def _read_header(path: Path, problems: list[str]) -> tuple[int, dict[str, list[int]]]:
     """(tensor bytes, shapes) a safetensors file declares; records a problem if it is broken."""
     try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            raw = f.read(8)
-            (n,) = struct.unpack("<Q", raw) if len(raw) == 8 else (-1,)
-            if n < 0 or n > _MAX_HEADER or 8 + n > size:
-                raise ValueError("no valid header")
-            header = json.loads(f.read(n))
-        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-        end = max((meta["data_offsets"][1] for meta in tensors.values()), default=0)
-        shapes = {name: list(meta["shape"]) for name, meta in tensors.items()}
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
-        problems.append(f"{path}: corrupt or truncated; download this file again")
+        infos = read_header(path)
+    except ModelFileError as exc:
+        problems.append(str(exc))
         return 0, {}
-    if 8 + n + end > size:
-        problems.append(f"{path}: truncated ({size:,} of {8 + n + end:,} bytes); "
-                        "download this file again")
-    return end, shapes
+    return sum(i.nbytes for i in infos.values()), {n: list(i.shape) for n, i in infos.items()}
 
 
 def _expected_ranks(config: dict[str, Any], headers: dict[Path, tuple[int, dict]]) -> int:

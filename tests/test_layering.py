@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QT = ("PySide6", "shiboken6", "qasync")
 CORE = ("settings", "conversation", "storage", "storage_rows", "storage_schema", "reply",
         "export", "export_render", "export_html", "markup", "importers", "importers_chatgpt",
-        "messages", "paths", "errors")
+        "messages", "paths", "errors", "checkpoint_files")
 
 
 def loaded_after_import(modules: list[str]) -> set[str]:

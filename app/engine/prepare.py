@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from app.checkpoint_files import read_header
 from app.engine.config import CONFIG_NAME, config_hash, load_config
 from app.engine.plan import Format, model_bytes
 from app.engine.quantize import quantizable, quantize_int4, quantize_int8
@@ -256,18 +257,16 @@ def verify(folder: str | Path, full: bool = False) -> dict:
 def mmap_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file as a view of a private memory map: nothing is read
     until touched, pages are shared with the page cache until written (never, here)."""
+    infos = read_header(path)
     with path.open("rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     out = {}
-    for name, meta in header.items():
-        if name == "__metadata__" or name.startswith("__pad"):
+    for name, info in infos.items():
+        if name.startswith("__pad"):
             continue
-        begin, end = meta["data_offsets"]
-        dtype = _DTYPES[meta["dtype"]]
-        count = (end - begin) // dtype.itemsize
-        t = torch.frombuffer(mapped, dtype=dtype, count=count, offset=8 + n + begin) if count \
+        dtype = _DTYPES[info.dtype]
+        count = info.nbytes // dtype.itemsize
+        t = torch.frombuffer(mapped, dtype=dtype, count=count, offset=info.offset) if count \
             else torch.empty(0, dtype=dtype)
-        out[name] = t.view(meta["shape"])
+        out[name] = t.view(info.shape)
     return out

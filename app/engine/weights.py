@@ -12,9 +12,7 @@ All checkpoint-name handling lives here.
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,25 +21,16 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from app.checkpoint_files import TOKENIZER_NAME, TensorInfo, read_header
 from app.engine.config import Grok2Config, load_config
 from app.engine.model import Grok2
 from app.errors import ModelFileError
 
-TOKENIZER_NAME = "tokenizer.tok.json"
 _RANK_RE = re.compile(r"-TP-(\d{3})\.safetensors$")
 _EXPERT_RE = re.compile(r"\.experts\.\d+\.(w[123])\.weight$")
 _DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
-_MAX_HEADER = 100 * 1024 * 1024
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, bytes done, bytes total)
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    file: Path
-    dtype: str
-    shape: tuple[int, ...]
-    nbytes: int
 
 
 @dataclass
@@ -53,43 +42,6 @@ class CheckpointIndex:
     shards: dict[str, dict[int, TensorInfo]] = field(default_factory=dict)
     ranks: set[int] = field(default_factory=set)
     total_bytes: int = 0
-
-
-def read_header(path: Path) -> dict[str, TensorInfo]:
-    """Parse one safetensors header, checking it against the file's size."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            raw_len = f.read(8)
-            if len(raw_len) < 8:
-                raise ModelFileError(f"{path}: file is truncated (no header); download it again")
-            (n,) = struct.unpack("<Q", raw_len)
-            if n > _MAX_HEADER or 8 + n > size:
-                raise ModelFileError(f"{path}: corrupt or truncated safetensors header; "
-                                     "download the file again")
-            header = json.loads(f.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{path}: corrupt safetensors header ({exc}); "
-                             "download the file again") from exc
-    except OSError as exc:
-        raise ModelFileError(f"{path}: cannot be read ({exc.strerror})") from exc
-    if not isinstance(header, dict):
-        raise ModelFileError(f"{path}: corrupt safetensors header; download the file again")
-    infos, data_end = {}, 0
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, end = meta["data_offsets"]
-            infos[name] = TensorInfo(path, meta["dtype"], tuple(meta["shape"]), end - begin)
-            data_end = max(data_end, end)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{path}: corrupt entry for tensor {name!r}; "
-                                 "download the file again") from exc
-    if 8 + n + data_end > size:
-        raise ModelFileError(f"{path}: file is truncated ({size:,} bytes, header says "
-                             f"{8 + n + data_end:,}); download it again")
-    return infos
 
 
 def index_folder(folder: str | Path) -> CheckpointIndex:
