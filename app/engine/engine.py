@@ -190,11 +190,9 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def _check_ram(folder: Path, cfg, dtype: torch.dtype) -> None:
     """Refuse a plain CPU load that cannot fit in RAM, before the OS kills the process."""
     from app.engine.loader import detect_budgets
-    from app.engine.plan import GB, sizes
+    from app.engine.plan import GB, model_bytes
 
-    s = sizes(cfg, "float32" if dtype == torch.float32 else "bf16")
-    layer = s.attention + s.small + s.shared_mlp + cfg.num_local_experts * s.expert
-    need = cfg.num_hidden_layers * layer + s.embed + s.head
+    need = model_bytes(cfg, "float32" if dtype == torch.float32 else "bf16")
     have = detect_budgets()[1]
     if need > 0.9 * have:
         raise UserError(
