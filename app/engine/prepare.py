@@ -30,12 +30,11 @@ from pathlib import Path
 
 import torch
 
-from app.checkpoint_files import read_header
+from app.checkpoint_files import TOKENIZER_NAME, read_header
 from app.engine.config import CONFIG_NAME, config_hash, load_config
 from app.engine.plan import Format, model_bytes
 from app.engine.quantize import quantizable, quantize_int4, quantize_int8
 from app.engine.weights import (
-    TOKENIZER_NAME,
     _Reader,
     build_meta_model,
     check_index,

@@ -13,7 +13,6 @@ All checkpoint-name handling lives here.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from app.checkpoint_files import TOKENIZER_NAME, TensorInfo, read_header
+from app.checkpoint_files import TensorInfo, read_header
 from app.engine.config import Grok2Config, load_config
 from app.engine.model import Grok2
 from app.errors import ModelFileError
@@ -176,19 +175,3 @@ def load_model(path: str | Path, *, device: str | torch.device | None = "cpu",
         if progress:
             progress("loading weights", done, index.total_bytes)
     return model.eval()
-
-
-def folder_summary(path: str | Path) -> str:
-    """One line for the settings dialog: what was found, or raise ModelFileError."""
-    start = time.perf_counter()
-    folder = Path(path)
-    cfg = load_config(folder)
-    if not (folder / TOKENIZER_NAME).is_file():
-        raise ModelFileError(f"{folder / TOKENIZER_NAME}: tokenizer is missing; download it "
-                             "with the weights")
-    index = index_folder(folder)
-    check_index(index, build_meta_model(cfg))
-    files = len(list(folder.glob("*.safetensors")))
-    return (f"Grok-2: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
-            f"{cfg.num_local_experts} experts; {files} weight files, "
-            f"{index.total_bytes / 1e9:.1f} GB (checked in {time.perf_counter() - start:.1f} s)")

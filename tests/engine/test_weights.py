@@ -12,7 +12,7 @@ import torch
 from app.engine import load_model
 from app.engine.config import load_config
 from app.engine.tiny import shard_name
-from app.engine.weights import folder_summary, index_folder
+from app.engine.weights import index_folder
 from app.errors import ModelFileError
 from tests.engine.conftest import write_weights_only
 
@@ -126,12 +126,6 @@ def test_index_counts_every_file(ckpt):
     index = index_folder(ckpt)
     assert index.ranks == set(range(8))
     assert len({i.file for i in index.full.values()}) == 15
-
-
-def test_folder_summary_requires_tokenizer(ckpt):
-    """The settings check names a missing tokenizer."""
-    with pytest.raises(ModelFileError, match="tokenizer.tok.json"):
-        folder_summary(ckpt)
 
 
 def test_cli_bad_folder_exits_nonzero_with_one_line(tmp_path):
