@@ -13,3 +13,11 @@ class ModelFileError(UserError):
 
 class StorageError(UserError):
     """The conversation database cannot be written (disk full, read-only, corrupt)."""
+
+
+class BadImport(ValueError):
+    """A problem at one place in an import file: `where` is a JSON path like
+    conversations[2].messages[5]; the importer turns it into a UserError naming the file."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}" if where else problem)

@@ -10,7 +10,7 @@ lives on (a remote reply cut short is `continuable`). `torch.inference_mode()` i
 inside the thread (it is thread-local).
 
 The engine is the local Grok-2 engine or a remote OpenAI-compatible server (`LoadModel.remote`,
-app/backends). The worker also owns the optional local API server (app/server.py) over the
+app/backends). The worker also owns the optional local API server (app/api/server.py) over the
 loaded local engine: `start_api_server` / `stop_api_server` are safe from the GUI thread, and
 the server is stopped before the model is released, replaced or the thread ends.
 
@@ -210,7 +210,7 @@ class EngineWorker:
         self._current: _Job | None = None
         self._engine: EngineLike | None = None
         self._torch: Any = None
-        self._server: Any = None  # app.server.ApiServer while the API switch is on
+        self._server: Any = None  # app.api.server.ApiServer while the API switch is on
         self._server_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._thread.start()
@@ -270,7 +270,7 @@ class EngineWorker:
     def start_api_server(self, port: int, api_key: str = "", allow_remote: bool = False) -> str:
         """Serve the loaded local model as an OpenAI-compatible API; returns its URL. Raises
         UserError with the reason when there is no local model, or the port is taken."""
-        from app.server import ApiServer
+        from app.api.server import ApiServer
 
         engine = self._engine
         if engine is None:

@@ -20,7 +20,7 @@ from app.cli import main
 from app.commands.chat import ask
 from app.errors import StorageError
 from app.messages import Finished, GenerationStats, ModelInfo, Token
-from app.storage import Store
+from app.store.store import Store
 
 ROOT = Path(__file__).parent.parent
 FAKE_INFO = ModelInfo("Fake", "/fake/model", "feedfacecafebeef", "float32", "cpu", 4096)
@@ -136,7 +136,7 @@ _KILL_SCRIPT = """
 import sys, time
 from app.commands.chat import ask
 from app.messages import ModelInfo, Token, Finished
-from app.storage import Store
+from app.store.store import Store
 
 class Endless:
     info = ModelInfo("Endless", "/fake", "0" * 16, "float32", "cpu", 4096)

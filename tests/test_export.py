@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 
 from app.errors import UserError
-from app.export import (
+from app.exchange.export import (
     export_conversations,
     export_document,
     to_markdown,
     to_text,
 )
-from app.export_html import highlight, to_html
-from app.export_render import close_open_fences, fence_for, split_fences
-from app.importers import import_file
+from app.exchange.html_export import highlight, to_html
+from app.exchange.importers import import_file
+from app.exchange.render import close_open_fences, fence_for, split_fences
 from app.messages import GenerationParams, GenerationStats, ModelInfo
-from app.storage import Store
+from app.store.store import Store
 
 DATA = Path(__file__).parent / "data"
 MODEL = ModelInfo("Grok-2 (grok-2)", "/models/grok-2", "0123456789abcdef", "int4", "cuda", 8192)
@@ -289,21 +289,21 @@ def _edit(doc: dict, key: str, value: object) -> str:
 
 def test_a_failure_while_storing_rolls_back_the_whole_import(store, tmp_path, monkeypatch):
     """If writing the second conversation fails, the first is not left behind."""
-    import app.storage
+    import app.store.store
 
     doc = _valid_doc(store)
     doc["conversations"].append({**doc["conversations"][0], "id": "third"})
     path = _bad(tmp_path, json.dumps(doc))
-    real = app.storage.insert_conversation
+    real = app.store.store.insert_conversation
     calls = []
 
     def failing(conn, conv):
         calls.append(conv.uuid)
         if len(calls) == 2:
-            raise app.storage.sqlite3.OperationalError("database or disk is full")
+            raise app.store.store.sqlite3.OperationalError("database or disk is full")
         return real(conn, conv)
 
-    monkeypatch.setattr(app.storage, "insert_conversation", failing)
+    monkeypatch.setattr(app.store.store, "insert_conversation", failing)
     before = store.all_conversation_ids()
     with pytest.raises(UserError, match="disk is full"):
         import_file(store, path)

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
+from app.api.server import ApiServer
 from app.backends import RemoteBackend, RemoteConfig, RemoteDisconnected
 from app.commands import serve
 from app.errors import UserError
 from app.messages import Finished, GenerationParams, GenerationStats, ModelInfo, Token
-from app.server import ApiServer
 
 KEY = "sk-local-test"
 HELLO = [{"role": "user", "content": "Hello there"}]

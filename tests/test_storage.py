@@ -16,8 +16,8 @@ import pytest
 from app import paths
 from app.errors import StorageError, UserError
 from app.messages import GenerationParams, GenerationStats, ModelInfo
-from app.reply import ReplyWriter
-from app.storage import Store
+from app.store.reply import ReplyWriter
+from app.store.store import Store
 
 DATA = Path(__file__).parent / "data"
 MODEL = ModelInfo("Grok-2 (grok-2)", "/models/grok-2", "0123456789abcdef", "int4", "cuda", 8192)
@@ -52,8 +52,8 @@ def test_store_lives_at_database_path_in_wal_mode(store):
 def test_core_modules_import_neither_torch_nor_qt():
     """Storage, export, import and the chat command stay free of torch and Qt at import."""
     code = (
-        "import sys, app.storage, app.export, app.importers, app.importers_chatgpt, app.reply, "
-        "app.conversation, app.commands.chat, app.export_html, app.export_pdf\n"
+        "import sys, app.store.store, app.exchange.export, app.exchange.importers, app.exchange.chatgpt, app.store.reply, "
+        "app.store.conversation, app.commands.chat, app.exchange.html_export, app.exchange.pdf_export\n"
         "bad = [m for m in ('torch', 'PySide6') if m in sys.modules]\n"
         "sys.exit(f'imported {bad}' if bad else 0)"
     )
@@ -264,7 +264,7 @@ def test_migration_from_the_frozen_v1_file(tmp_path):
 
 def test_failed_migration_leaves_the_file_as_it_was(tmp_path, monkeypatch):
     """If a migration step fails, the database is rolled back to version 1, intact."""
-    from app import storage_schema
+    from app.store import schema as storage_schema
 
     path = _v1_copy(tmp_path)
 
@@ -336,7 +336,7 @@ def test_read_only_database_raises_storage_error_and_keeps_data(store):
 _READ_ONLY_CHECK = """
 import os, sys
 from app.errors import StorageError
-from app.storage import Store
+from app.store.store import Store
 if os.geteuid() == 0:  # root ignores permissions: become nobody (modules are loaded already)
     os.setgid(65534)
     os.setuid(65534)
@@ -391,7 +391,7 @@ def test_unknown_ids_are_user_errors(store):
 
 def test_titles_drop_markdown_marks():
     """Auto titles keep the words of the first message, not its Markdown syntax."""
-    from app.conversation import make_title
+    from app.store.conversation import make_title
 
     assert make_title("Second chat with **markdown**") == "Second chat with markdown"
     assert make_title("# Heading here\nbody") == "Heading here body"

@@ -18,9 +18,9 @@ from app.errors import StorageError, UserError
 
 if TYPE_CHECKING:
     from app.messages import GenerationParams
-    from app.reply import ReplyWriter
     from app.settings import Settings
-    from app.storage import Store
+    from app.store.reply import ReplyWriter
+    from app.store.store import Store
 
 _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens", "seed")
 
@@ -91,7 +91,7 @@ class AskResult:
 
 def run_ask(args: argparse.Namespace) -> int:
     from app.settings import load_settings
-    from app.storage import Store
+    from app.store.store import Store
 
     text = " ".join(args.text)
     if text == "-":
@@ -131,7 +131,7 @@ def ask(
     conversation without settings of its own uses `default_params` (the app's settings), as
     the GUI does.
     """
-    from app.reply import ReplyWriter
+    from app.store.reply import ReplyWriter
 
     conv = store.get_conversation(conversation_id)
     user_id = store.add_message(conversation_id, conv.current_leaf_id, "user", text)
@@ -233,8 +233,8 @@ def _params(base: GenerationParams, overrides: dict[str, Any]) -> GenerationPara
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from app.export_render import format_time
-    from app.storage import Store
+    from app.exchange.render import format_time
+    from app.store.store import Store
 
     with Store.open() as store:
         if args.search:
@@ -256,8 +256,8 @@ def _one_line(text: str, width: int = 100) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from app.export import export_conversations
-    from app.storage import Store
+    from app.exchange.export import export_conversations
+    from app.store.store import Store
 
     with Store.open() as store:
         ids = store.all_conversation_ids() if args.all else args.conversation
@@ -268,8 +268,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from app.importers import import_file
-    from app.storage import Store
+    from app.exchange.importers import import_file
+    from app.store.store import Store
 
     with Store.open() as store:
         result = import_file(store, args.path)

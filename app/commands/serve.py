@@ -1,4 +1,4 @@
-"""`grok-desktop serve`: the loaded engine as an OpenAI-compatible API (app/server.py).
+"""`grok-desktop serve`: the loaded engine as an OpenAI-compatible API (app/api/server.py).
 
     grok-desktop serve (--model DIR | --demo) [--host H] [--port 1234] [--api-key KEY]
                        [--allow-remote] [--queue N] [--model-name NAME]
@@ -39,9 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from app.api.server import ApiServer, check_address, print_log
     from app.commands.generate import open_engine
     from app.errors import UserError
-    from app.server import ApiServer, check_address, print_log
 
     if args.queue < 0 or not 0 <= args.port < 65536:
         raise UserError("--queue must be >= 0 and --port between 0 and 65535")

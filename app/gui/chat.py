@@ -12,14 +12,14 @@ from dataclasses import dataclass
 
 from PySide6.QtCore import QObject, Signal
 
-from app.conversation import Conversation, Message
 from app.errors import StorageError, UserError
 from app.gui.message_view import MessageView
 from app.gui.transcript import Transcript
 from app.messages import Failed, Finished, GenerationParams, Token
-from app.reply import ReplyWriter
 from app.settings import Settings
-from app.storage import Store
+from app.store.conversation import Conversation, Message
+from app.store.reply import ReplyWriter
+from app.store.store import Store
 from app.worker import EngineWorker, EventStream, Generate
 
 ErrorSink = Callable[[str, str], None]  # (message, detail)

@@ -1,4 +1,4 @@
-"""Export and import through file dialogs (the formats themselves live in app/export.py)."""
+"""Export and import through file dialogs (the formats themselves live in app/exchange/export.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QFileDialog, QWidget
 
-from app.export import FORMATS, export_conversations
-from app.importers import import_file
-from app.storage import Store
+from app.exchange.export import FORMATS, export_conversations
+from app.exchange.importers import import_file
+from app.store.store import Store
 
 _FILTERS = {
     "md": "Markdown (*.md)", "json": "JSON, every branch (*.json)", "html": "Web page (*.html)",

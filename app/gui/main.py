@@ -14,7 +14,7 @@ from app.errors import UserError
 from app.gui import theme
 from app.gui.main_window import MainWindow
 from app.settings import Settings, load_settings
-from app.storage import Store
+from app.store.store import Store
 from app.worker import EngineWorker
 
 

@@ -22,7 +22,6 @@ from PySide6.QtWidgets import (
 )
 
 from app import APP_NAME, paths
-from app.conversation import Conversation
 from app.errors import UserError
 from app.gui import theme
 from app.gui.chat import ChatController
@@ -41,7 +40,8 @@ from app.gui.welcome import WelcomeView
 from app.messages import ModelInfo
 from app.placement import budget_bytes
 from app.settings import Settings, check_model_folder, save_settings
-from app.storage import Store
+from app.store.conversation import Conversation
+from app.store.store import Store
 from app.worker import EngineWorker, LoadModel, Unload
 
 NO_MODEL = "No model loaded: choose the Grok-2 folder in Settings (Ctrl+,) or load the demo "\
@@ -62,7 +62,7 @@ class MainWindow(QMainWindow):
         self._count_timer = QTimer(self, singleShot=True, interval=COUNT_DELAY_MS)
         self._count_timer.timeout.connect(self.update_token_count)
         self._connect()
-        self.actions = build_menus(self)
+        self.actions = build_menus(self, self)
         self._restore_geometry()
         self.set_model(None)
 

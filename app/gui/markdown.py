@@ -1,6 +1,6 @@
 """Message text to display pieces: prose (Markdown) and fenced code blocks, and code colouring.
 
-The GUI's view of `app/markup.py` (shared with the exporters): the message widget renders
+The GUI's view of `app/exchange/markup.py` (shared with the exporters): the message widget renders
 `Prose` with Qt's own Markdown parser (md4c, GitHub dialect, raw HTML off) and each `Code`
 block in its own widget with a copy button, coloured by `highlight_html`.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.markup import canonical_language, highlight_html, split_fences
+from app.exchange.markup import canonical_language, highlight_html, split_fences
 
 __all__ = ["Code", "Prose", "Segment", "canonical_language", "highlight_html", "split_segments"]
 

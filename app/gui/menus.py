@@ -3,18 +3,39 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction
-from PySide6.QtWidgets import QMenu, QMessageBox, QWidget
+from PySide6.QtWidgets import QMenu, QMenuBar, QMessageBox, QWidget
 
 from app import APP_NAME, __version__
+from app.gui.chat import ChatController
+from app.gui.composer import Composer
 from app.gui.shortcuts import ShortcutsDialog, key_sequence
+from app.gui.sidebar import Sidebar
 from app.gui.theme import app_icon
 
-if TYPE_CHECKING:
-    from app.gui.main_window import MainWindow
+
+class MenuHost(Protocol):
+    """What the menus call on the main window (a QMainWindow); spelled out here so that
+    menus.py does not import main_window.py, which imports it."""
+
+    chat: ChatController
+    composer: Composer
+    sidebar: Sidebar
+
+    def menuBar(self) -> QMenuBar: ...
+    def new_chat(self) -> object: ...
+    def export(self) -> object: ...
+    def import_conversations(self) -> object: ...
+    def open_settings(self) -> object: ...
+    def close(self) -> bool: ...
+    def copy_last_reply(self) -> object: ...
+    def rename_current(self) -> object: ...
+    def load_configured_model(self) -> object: ...
+    def load_demo(self) -> object: ...
+    def unload_model(self) -> object: ...
 
 
 def _bound(menu: QMenu, actions: dict[str, QAction], name: str, text: str,
@@ -26,8 +47,9 @@ def _bound(menu: QMenu, actions: dict[str, QAction], name: str, text: str,
     actions[name] = action
 
 
-def build_menus(window: MainWindow) -> dict[str, QAction]:
-    """Fill the window's menu bar; returns the actions that carry shortcuts, by name."""
+def build_menus(window: MenuHost, parent: QWidget) -> dict[str, QAction]:
+    """Fill the window's menu bar; returns the actions that carry shortcuts, by name.
+    `parent` is the same window as a QWidget, the parent of the dialogs the Help menu opens."""
     bar, actions = window.menuBar(), {}
     file_menu = bar.addMenu("&File")
     _bound(file_menu, actions, "new_chat", "&New chat", window.new_chat)
@@ -50,8 +72,8 @@ def build_menus(window: MainWindow) -> dict[str, QAction]:
     model_menu.addAction("Load the &demo model (tiny, random)", window.load_demo)
     model_menu.addAction("&Unload", window.unload_model)
     help_menu = bar.addMenu("&Help")
-    help_menu.addAction("&Keyboard shortcuts", lambda: ShortcutsDialog(window).open())
-    help_menu.addAction(f"&About {APP_NAME}", lambda: about_box(window).open())
+    help_menu.addAction("&Keyboard shortcuts", lambda: ShortcutsDialog(parent).open())
+    help_menu.addAction(f"&About {APP_NAME}", lambda: about_box(parent).open())
     return actions
 
 

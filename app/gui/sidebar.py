@@ -25,10 +25,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.conversation import ConversationSummary
 from app.errors import UserError
 from app.gui.theme import current_palette
-from app.storage import Store
+from app.store.conversation import ConversationSummary
+from app.store.store import Store
 
 ID_ROLE = Qt.ItemDataRole.UserRole
 UNDO_MS = 10_000

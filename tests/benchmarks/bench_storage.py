@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from app.messages import GenerationParams, GenerationStats, ModelInfo
-from app.storage import Store
+from app.store.store import Store
 
 MODEL = json.dumps(ModelInfo("Grok-2", "/models/grok-2", "0" * 16, "int4", "cuda", 8192).to_dict())
 PARAMS = json.dumps(GenerationParams(seed=1).to_dict())

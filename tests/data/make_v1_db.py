@@ -1,7 +1,7 @@
 """Wrote tests/data/conversations-v1.sqlite3 once; kept to show how the frozen file was made.
 
 Do not re-run to "fix" a test: the file is frozen on purpose, it is what a first-release user
-has on disk. Schema version 1 was the first release's (see app/storage_schema.py).
+has on disk. Schema version 1 was the first release's (see app/store/schema.py).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from app.gui.main_window import MainWindow
 from app.gui.status_bar import memory_in_use
 from app.messages import GenerationParams, GenerationStats
 from app.settings import Settings
-from app.storage import Store
+from app.store.store import Store
 from app.worker import EngineWorker
 
 REPLY = ("Here is how to do it:\n\n```python\ndef f(x):\n    return [i * i for i in range(x)]\n"

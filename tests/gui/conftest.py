@@ -55,7 +55,7 @@ def loop(session_loop, qapp) -> Iterator[asyncio.AbstractEventLoop]:
 
 @pytest.fixture
 def store(home):
-    from app.storage import Store
+    from app.store.store import Store
 
     with Store.open() as opened:
         yield opened
@@ -65,7 +65,7 @@ def store(home):
 def make_window(home, loop, qtbot) -> Iterator[Callable[..., object]]:
     """Build a MainWindow on a real EngineWorker; every window is closed at teardown."""
     from app.gui.main_window import MainWindow
-    from app.storage import Store
+    from app.store.store import Store
     from app.worker import EngineWorker
 
     made = []

@@ -11,7 +11,7 @@ from PySide6.QtCore import Qt
 
 from app.messages import GenerationParams
 from app.settings import Settings
-from app.storage import Store
+from app.store.store import Store
 
 from .conftest import load_demo, wait
 

@@ -14,9 +14,9 @@ from dataclasses import replace
 import pytest
 from PySide6.QtCore import Qt
 
+from app.api.server import ApiServer
 from app.gui.settings_dialog import SettingsDialog
 from app.messages import GenerationParams, Token
-from app.server import ApiServer
 from app.settings import Settings
 
 from .conftest import load_demo, wait

@@ -1,7 +1,7 @@
 """Self-contained HTML export (also the source of the PDF): escaped text, highlighted code.
 
 No remote resource and no script: the styles are inline and a Content-Security-Policy forbids
-loading anything. Code is coloured by the highlighter the GUI uses (app/markup.py); code without a language
+loading anything. Code is coloured by the highlighter the GUI uses (app/exchange/markup.py); code without a language
 is shown plain but styled.
 Prose is escaped and keeps its line breaks; inline `code` and **bold** are rendered.
 """
@@ -12,10 +12,10 @@ import html
 import re
 
 from app import APP_NAME, __version__
-from app.conversation import Conversation, Message
-from app.export_render import format_time, heading_details, speaker, status_note
-from app.markup import highlight_classes as highlight
-from app.markup import split_fences
+from app.exchange.markup import highlight_classes as highlight
+from app.exchange.markup import split_fences
+from app.exchange.render import format_time, heading_details, speaker, status_note
+from app.store.conversation import Conversation, Message
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2328;

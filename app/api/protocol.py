@@ -1,7 +1,7 @@
-"""The OpenAI wire format for app/server.py: request bodies in, completion objects out.
+"""The OpenAI wire format for app/api/server.py: request bodies in, completion objects out.
 
 `parse_job` checks a chat-completions or completions body and turns it into prompt ids and
-`GenerationParams` (rules in app/server.py's docstring), raising `ApiError` (an HTTP status and
+`GenerationParams` (rules in app/api/server.py's docstring), raising `ApiError` (an HTTP status and
 OpenAI's error JSON) for anything it cannot serve. `Reply` builds the answer objects: whole
 (`chat.completion`, `text_completion`) and streamed (`chat.completion.chunk` pieces).
 No HTTP, no threads here.

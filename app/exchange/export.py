@@ -1,7 +1,7 @@
 """Export conversations: Markdown, JSON, self-contained HTML, plain text and PDF.
 
 JSON is the lossless format (every branch, setting, model identity and stat; schema in
-docs/export-schema.md, read back by app/importers.py). The readable formats show the branch the
+docs/export-schema.md, read back by app/exchange/importers.py). The readable formats show the branch the
 user is looking at. One conversation goes to one file; several go to one JSON file or to a
 folder with one file per conversation. Every file is written atomically (temp + os.replace).
 """
@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app import APP_NAME, __version__
-from app.conversation import Conversation, Message, iso_from_ms
 from app.errors import UserError
-from app.export_render import (
+from app.exchange.render import (
     close_open_fences,
     fence_for,
     format_time,
@@ -28,9 +27,10 @@ from app.export_render import (
     speaker,
     status_note,
 )
+from app.store.conversation import Conversation, Message, iso_from_ms
 
 if TYPE_CHECKING:
-    from app.storage import Store
+    from app.store.store import Store
 
 FORMAT_NAME = "grok-desktop.conversations"
 SCHEMA_VERSION = 1
@@ -166,12 +166,12 @@ def export_conversations(
 
 def _write_one(conv: Conversation, fmt: str, path: Path) -> Path:
     if fmt == "pdf":
-        from app.export_pdf import write_pdf
+        from app.exchange.pdf_export import write_pdf
 
         write_pdf(conv, path)
         return path
     if fmt == "html":
-        from app.export_html import to_html
+        from app.exchange.html_export import to_html
 
         text = to_html(conv)
     else:

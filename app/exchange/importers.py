@@ -14,7 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.conversation import (
+from app.errors import BadImport, UserError
+from app.exchange.chatgpt import conversations_from_chatgpt
+from app.exchange.export import FORMAT_NAME, SCHEMA_VERSION
+from app.messages import GenerationParams
+from app.store.conversation import (
     FINISH_REASONS,
     ROLES,
     STATUSES,
@@ -22,19 +26,9 @@ from app.conversation import (
     Message,
     ms_from_iso,
 )
-from app.errors import UserError
-from app.export import FORMAT_NAME, SCHEMA_VERSION
-from app.messages import GenerationParams
 
 if TYPE_CHECKING:
-    from app.storage import Store
-
-
-class BadImport(ValueError):
-    """A problem at one place in the file: `where` is a path like conversations[2].messages[5]."""
-
-    def __init__(self, where: str, problem: str) -> None:
-        super().__init__(f"{where}: {problem}" if where else problem)
+    from app.store.store import Store
 
 
 @dataclass(frozen=True)
@@ -74,8 +68,6 @@ def parse_document(data: Any) -> tuple[str, list[Conversation]]:
     if isinstance(data, dict) and "mapping" in data:
         data = [data]  # a single ChatGPT conversation
     if isinstance(data, list) and all(isinstance(c, dict) and "mapping" in c for c in data):
-        from app.importers_chatgpt import conversations_from_chatgpt
-
         return "ChatGPT export", conversations_from_chatgpt(data)
     raise BadImport(
         "",

@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 
 from app import APP_NAME
-from app.conversation import Conversation
 from app.errors import UserError
-from app.export_html import to_html
+from app.exchange.html_export import to_html
+from app.store.conversation import Conversation
 
 _app = None  # the QGuiApplication this module had to create, kept alive
 

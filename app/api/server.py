@@ -10,7 +10,7 @@ up to 16), stream_options.include_usage, and SGLang's continue_final_message. A 
 takes the app's default (`GenerationParams`). frequency_penalty, presence_penalty, logit_bias,
 user and other unknown fields are accepted and ignored; n > 1, logprobs, echo, suffix, tools
 and JSON response formats are refused with 400. The `model` field is not checked (one model).
-Parsing and answer objects live in app/server_protocol.py.
+Parsing and answer objects live in app/api/protocol.py.
 
 Requests share the one engine: one generates, up to `max_queue` wait in arrival order, more
 get 503. A client that disconnects (noticed within 0.1 s, streaming or not) cancels its
@@ -43,10 +43,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from app import __version__
+from app.api.protocol import ApiError, Job, Reply, ServedEngine, parse_job
 from app.backends.transport import POLL_S, call_when
 from app.errors import UserError
 from app.messages import Finished, Token
-from app.server_protocol import ApiError, Job, Reply, ServedEngine, parse_job
 
 DEFAULT_PORT = 1234
 MAX_BODY_BYTES = 8 << 20  # a full 131k-token context is about 0.5 MB of text

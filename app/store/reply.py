@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from app.messages import Finished, GenerationStats, Token
 
 if TYPE_CHECKING:
-    from app.storage import Store
+    from app.store.store import Store
 
 WRITE_INTERVAL_S = 0.25
 

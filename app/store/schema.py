@@ -21,10 +21,10 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from app.conversation import ms_from_iso
 from app.errors import StorageError
 from app.messages import GenerationParams
-from app.storage_rows import error_kind, storage_error
+from app.store.conversation import ms_from_iso
+from app.store.rows import error_kind, storage_error
 
 CURRENT_VERSION = 2
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from app.conversation import Conversation, Message, make_title, newest_leaf_under
-from app.importers import BadImport
+from app.errors import BadImport
+from app.store.conversation import Conversation, Message, make_title, newest_leaf_under
 
 _STATUS = {"in_progress": "interrupted"}
 _FINISH = {"stop": "stop", "max_tokens": "length", "interrupted": "cancelled"}

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from app.conversation import Conversation, Message
-from app.markup import Segment, close_open_fences, fence_for, split_fences  # noqa: F401
+from app.exchange.markup import Segment, close_open_fences, fence_for, split_fences  # noqa: F401
+from app.store.conversation import Conversation, Message
 
 ROLE_LABELS = {"user": "You", "system": "System"}
 STATUS_NOTES = {

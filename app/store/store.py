@@ -2,7 +2,7 @@
 
 Every change is its own short transaction, so a crash or kill -9 loses nothing committed. A
 reply being generated is a row with status `streaming`, rewritten at least every 250 ms by
-`ReplyWriter` (app/reply.py); rows still `streaming` when a store is opened were cut off and
+`ReplyWriter` (app/store/reply.py); rows still `streaming` when a store is opened were cut off and
 become `interrupted` (the GUI offers continue or discard). Disk full, a read-only file or a
 locked database raise `StorageError` with one clear line; the failed transaction is rolled
 back and everything stored before it stays intact.
@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from app import paths
-from app.conversation import (
+from app.errors import StorageError, UserError
+from app.messages import GenerationParams, GenerationStats, ModelInfo
+from app.store.conversation import (
     Conversation,
     ConversationSummary,
     Message,
@@ -28,9 +30,7 @@ from app.conversation import (
     newest_leaf_under,
     now_ms,
 )
-from app.errors import StorageError, UserError
-from app.messages import GenerationParams, GenerationStats, ModelInfo
-from app.storage_rows import (
+from app.store.rows import (
     CONV_COLUMNS,
     MSG_COLUMNS,
     SearchHit,
@@ -43,7 +43,7 @@ from app.storage_rows import (
     search,
     storage_error,
 )
-from app.storage_schema import open_database
+from app.store.schema import open_database
 
 __all__ = ["SearchHit", "Store"]
 

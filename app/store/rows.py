@@ -1,6 +1,6 @@
 """Rows of the conversation database <-> dataclasses, inserts, search and error wording.
 
-Helpers for app/storage.py, which owns the transactions; nothing here commits.
+Helpers for app/store/store.py, which owns the transactions; nothing here commits.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.conversation import Conversation, ConversationSummary, Message
 from app.errors import StorageError, UserError
 from app.messages import GenerationParams
+from app.store.conversation import Conversation, ConversationSummary, Message
 
 MSG_COLUMNS = (
     "id, conversation_id, parent_id, role, content, status, created_ms, updated_ms,"
