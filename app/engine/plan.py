@@ -26,6 +26,7 @@ PREFILL_CHUNK = 2048  # tokens per prefill forward (generate.PREFILL_CHUNK)
 QUERY_CHUNK = 128  # queries per attention block (model.QUERY_CHUNK)
 KV_BYTES = 2  # the KV cache is bf16
 HOP_LATENCY_S = 15e-6  # one small host<->device copy incl. synchronisation
+DISK_SLACK = 1.02  # a prepared folder's safetensors headers and alignment, over model_bytes
 
 
 NOT_WEIGHTS = ("KV cache", "workspace", "reserve", "prefill expert buffers")

@@ -13,7 +13,7 @@ All checkpoint-name handling lives here.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,9 +99,13 @@ def _check_sharded(index: CheckpointIndex, name: str, want: tuple[int, ...]) -> 
     return first
 
 
-def check_index(index: CheckpointIndex, model: Grok2) -> None:
-    """Every expected tensor exists, with the expected shape and a float dtype."""
+def check_index(index: CheckpointIndex, model: Grok2, names: Collection[str] | None = None
+                ) -> None:
+    """Every expected tensor (or only those in `names`) exists, with the expected shape and a
+    float dtype."""
     for name, param in model.state_dict(keep_vars=True).items():
+        if names is not None and name not in names:
+            continue
         want = tuple(param.shape)
         if name in index.full:
             info = index.full[name]
