@@ -24,6 +24,7 @@ COMMANDS = {
     "prepare": "model_tools",
     "bench": "model_tools",
     "serve": "serve",
+    "download": "download",
 }
 
 
