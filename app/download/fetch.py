@@ -279,6 +279,8 @@ class Downloader:
         except (DownloadError, Stopped):
             raise
         except Exception as exc:  # a read error, a full disk: one line
+            if self.control.stopped:  # the pause closed the connection mid-read
+                raise Stopped(self.control.reason) from exc
             raise hub_error(exc, remote.name) from exc
         if have < end:
             raise DownloadError(f"{remote.name}: the connection closed after {have:,} of "

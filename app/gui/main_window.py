@@ -11,6 +11,7 @@ from PySide6.QtCore import QByteArray, QSettings, QTimer
 from PySide6.QtGui import QCloseEvent, QGuiApplication
 from PySide6.QtWidgets import (
     QApplication,
+    QDialog,
     QFrame,
     QHBoxLayout,
     QLabel,
@@ -135,6 +136,7 @@ class MainWindow(QMainWindow):
         self.stack.currentChanged.connect(self._page_changed)
         self.welcome.folder_chosen.connect(self._folder_chosen)
         self.welcome.demo_requested.connect(self.load_demo)
+        self.welcome.download_requested.connect(self.open_download)
         QGuiApplication.styleHints().colorSchemeChanged.connect(self._system_scheme_changed)
 
     # ---- first view and models ------------------------------------------------------------
@@ -323,10 +325,20 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(message, 5000)
             self.sidebar.refresh()
 
+    def open_download(self, **kw) -> QDialog:
+        """The download window; when the model is ready it becomes the model and loads."""
+        from app.gui.download_view import DownloadDialog
+
+        dialog = DownloadDialog(self.settings, self, **kw)
+        dialog.finished_folder.connect(self._folder_chosen)
+        dialog.open()
+        return dialog
+
     def open_settings(self) -> SettingsDialog:
         conv = self.chat.conversation
         dialog = SettingsDialog(self.settings, conv.system_prompt if conv else None, self)
         dialog.accepted.connect(lambda: self.apply_settings_dialog(dialog))
+        dialog.download_requested.connect(lambda: (dialog.reject(), self.open_download()))
         dialog.open()
         return dialog
 

@@ -27,6 +27,7 @@ def _label(text: str, name: str, parent: QWidget, wrap: bool = True) -> QLabel:
 class WelcomeView(QWidget):
     folder_chosen = Signal(str)  # a folder that passed the check
     demo_requested = Signal()
+    download_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -86,8 +87,12 @@ class WelcomeView(QWidget):
         self.choose_button.setProperty("primary", True)
         self.choose_button.setAccessibleName("Choose the Grok-2 folder")
         self.choose_button.clicked.connect(self._browse)
+        self.download_button = QPushButton("Download Grok-2…", card)
+        self.download_button.setAccessibleName("Download Grok-2 from the Hugging Face Hub")
+        self.download_button.clicked.connect(self.download_requested)
         layout.addWidget(self.folder_result)
         layout.addWidget(self.choose_button)
+        layout.addWidget(self.download_button)
         return card
 
     def _demo_card(self) -> QFrame:
