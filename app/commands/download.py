@@ -13,8 +13,6 @@ from pathlib import Path
 
 from app.errors import UserError
 
-GB = 10**9
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("download", help="download Grok-2 from the Hugging Face Hub (resumable, "
@@ -65,7 +63,7 @@ def _budgets() -> tuple[int, int]:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from app.download.budget import propose
+    from app.download.budget import propose, size
     from app.download.hub import REPO
     from app.download.pipeline import Request, look, run
     from app.placement import bandwidths
@@ -84,7 +82,7 @@ def run_download(args: argparse.Namespace) -> int:
     print(disk.line(), file=sys.stderr)
     disk.require()
     print(f"{lk.snapshot.repo}@{lk.snapshot.commit[:12]}: {len(lk.snapshot.files)} files, "
-          f"{lk.snapshot.total_bytes / GB:,.1f} GB -> {req.out}", file=sys.stderr)
+          f"{size(lk.snapshot.total_bytes)} -> {req.out}", file=sys.stderr)
     folder = run(lk, on_progress=_Printer())
     sys.stderr.write("\n")
     what = f"prepared ({req.quant})" if req.prepared_only else "downloaded and verified"
@@ -109,6 +107,8 @@ class _Printer:
         self.last = 0.0
 
     def __call__(self, p) -> None:
+        from app.download.budget import size
+
         if p.file and p.file_done >= p.file_size and p.file not in self.finished:
             self.finished.add(p.file)
             if not self.tty:
@@ -116,8 +116,7 @@ class _Printer:
         if self.tty and time.monotonic() - self.last > 0.2:
             self.last = time.monotonic()
             pct = 100 * p.done / p.total if p.total else 100
-            sys.stderr.write(f"\r{p.stage}: {p.file[:40]:<40} {p.file_done / GB:6.2f}/"
-                             f"{p.file_size / GB:.2f} GB | all {p.done / GB:,.1f}/"
-                             f"{p.total / GB:,.1f} GB {pct:5.1f}% {p.rate / 1e6:7.1f} MB/s "
-                             f"ETA {_fmt_eta(p.eta_s)}  ")
+            sys.stderr.write(f"\r{p.stage}: {p.file[:40]:<40} {size(p.file_done)}/"
+                             f"{size(p.file_size)} | all {size(p.done)}/{size(p.total)} "
+                             f"{pct:5.1f}% {size(p.rate)}/s ETA {_fmt_eta(p.eta_s)}  ")
             sys.stderr.flush()

@@ -33,6 +33,14 @@ PREFERENCE = ("bf16", "int8", "int4")  # best quality first: the first that fits
 MANIFEST = "prepared.json"  # app.engine.prepare.MANIFEST
 
 
+def size(n: float) -> str:
+    """Bytes for people, in powers of 1000 (as disks and the hub count): 1.2 GB, 350 MB."""
+    for unit, scale in (("TB", 10**12), ("GB", GB), ("MB", 10**6), ("kB", 10**3)):
+        if abs(n) >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
 @dataclass(frozen=True)
 class Proposal:
     """The quantization the plan proposes and why; `bound` in tokens/s (0 when nothing fits)."""
@@ -47,8 +55,8 @@ def propose(cfg: Grok2Config, gpu_budget: int, cpu_budget: int, bw: Bandwidths,
             quant: str | None = None, context: int = 8192) -> Proposal:
     """The best-quality quantization whose plan fits these budgets (bytes), or `quant` when
     given; with the memory per tier and the predicted decode speed (the plan's bound)."""
-    where = (f"GPU budget {gpu_budget / GB:,.0f} GB, RAM {cpu_budget / GB:,.0f} GB"
-             if gpu_budget > 0 else f"CPU only, RAM {cpu_budget / GB:,.0f} GB")
+    where = (f"GPU budget {size(gpu_budget)}, RAM {size(cpu_budget)}"
+             if gpu_budget > 0 else f"CPU only, RAM {size(cpu_budget)}")
     last: PlanError | None = None
     for q in [quant] if quant else PREFERENCE:
         try:
@@ -57,11 +65,11 @@ def propose(cfg: Grok2Config, gpu_budget: int, cpu_budget: int, bw: Bandwidths,
             last = exc
             continue
         bound = plan.decode_bound(bw)
-        gpu = f"GPU {plan.gpu_total / GB:,.1f} GB, " if plan.has_gpu else ""
+        gpu = f"GPU {size(plan.gpu_total)}, " if plan.has_gpu else ""
         return Proposal(q, True, bound,
                         f"Plan for this machine ({where}): {q}, {gpu}RAM "
-                        f"{plan.cpu_total / GB:,.1f} GB; decoding at most {bound:,.1f} tokens/s "
-                        f"({model_bytes(cfg, q) / GB:,.0f} GB of weights).")
+                        f"{size(plan.cpu_total)}; decoding at most {bound:,.1f} tokens/s "
+                        f"({size(model_bytes(cfg, q))} of weights).")
     q = quant or PREFERENCE[-1]
     return Proposal(q, False, 0.0, f"Does not fit this machine ({where}) at {q}: {last}")
 
@@ -179,13 +187,13 @@ class DiskCheck:
         return self.need <= self.free
 
     def line(self) -> str:
-        return (f"Disk: needs {self.need / GB:,.1f} GB at most ({self.detail}); "
-                f"{self.free / GB:,.1f} GB free on {self.where}.")
+        return (f"Disk: needs {size(self.need)} at most ({self.detail}); "
+                f"{size(self.free)} free on {self.where}.")
 
     def require(self) -> None:
         if not self.ok:
-            raise StorageError(f"{self.where}: the download needs {self.need / GB:,.1f} GB of "
-                               f"free disk ({self.detail}), {self.free / GB:,.1f} GB is free; "
+            raise StorageError(f"{self.where}: the download needs {size(self.need)} of "
+                               f"free disk ({self.detail}), {size(self.free)} is free; "
                                "free some space or choose another --out folder")
 
 
@@ -205,7 +213,7 @@ def disk_check(snapshot: Snapshot, out: Path, present: Callable[[str], int], *,
     free, where = free_bytes(out)
     if not prepared_only:
         need = sum(f.size - present(f.name) for f in snapshot.files)
-        return DiskCheck(need, free, where, f"{snapshot.total_bytes / GB:,.1f} GB in all, "
+        return DiskCheck(need, free, where, f"{size(snapshot.total_bytes)} in all, "
                                             f"{len(snapshot.files)} files")
     if cfg is None or needs is None:
         raise UserError("disk_check: prepared_only needs the config and the unit map")
@@ -216,5 +224,5 @@ def disk_check(snapshot: Snapshot, out: Path, present: Callable[[str], int], *,
                 if not f.name.endswith(".safetensors"))
     prepared = max(int(model_bytes(cfg, quant) * DISK_SLACK) - done_bytes, 0)
     return DiskCheck(prepared + peak + small, free, where,
-                     f"the {quant} model {prepared / GB:,.1f} GB plus at most "
-                     f"{peak / GB:,.1f} GB of source files at a time")
+                     f"the {quant} model {size(prepared)} plus at most "
+                     f"{size(peak)} of source files at a time")

@@ -29,15 +29,13 @@ from PySide6.QtWidgets import (
 
 from app import paths
 from app.download import license
-from app.download.budget import propose
+from app.download.budget import propose, size
 from app.download.fetch import Control, Progress, Stopped
 from app.download.hub import REPO
 from app.download.pipeline import Look, Request, look, run
 from app.errors import UserError
 from app.placement import bandwidths, budget_bytes, machine_ram_bytes
 from app.settings import Settings
-
-GB = 10**9
 
 
 def _eta(seconds: float | None) -> str:
@@ -50,8 +48,8 @@ def _eta(seconds: float | None) -> str:
 
 def describe(p: Progress) -> str:
     """The overall line: bytes, rate and time left."""
-    return (f"{p.done / GB:,.2f} of {p.total / GB:,.2f} GB · {p.files_done} of {p.files_total} "
-            f"files · {p.rate / 1e6:,.1f} MB/s · {_eta(p.eta_s)} left")
+    return (f"{size(p.done)} of {size(p.total)} · {p.files_done} of {p.files_total} files · "
+            f"{size(p.rate)}/s · {_eta(p.eta_s)} left")
 
 
 class _Bridge(QObject):
@@ -129,6 +127,7 @@ class DownloadView(QWidget):
         layout.addLayout(form)
         self.folder.editingFinished.connect(self._invalidate)
         self.prepared_only.toggled.connect(self._invalidate)
+        self.prepared_only.toggled.connect(self._update_buttons)
         self.quant.currentIndexChanged.connect(self._invalidate)
 
         self.plan_label = QLabel("", self)
@@ -198,8 +197,9 @@ class DownloadView(QWidget):
                                   "Start download")
         self.pause_button.setEnabled(self.state == "running")
         self.cancel_button.setEnabled(self.state in ("running", "paused"))
-        for w in (self.folder, self.prepared_only, self.quant):
+        for w in (self.folder, self.prepared_only):
             w.setEnabled(not busy and self.state != "paused")
+        self.quant.setEnabled(self.prepared_only.isChecked() and self.folder.isEnabled())
 
     # ---- steps ----------------------------------------------------------------------------
     def request(self) -> Request:
@@ -247,7 +247,7 @@ class DownloadView(QWidget):
         self.state = "ready" if disk.ok else "idle"
         self.message.setText(f"{lk.snapshot.repo} at {lk.snapshot.commit[:12]}: "
                              f"{len(lk.snapshot.files)} files, "
-                             f"{lk.snapshot.total_bytes / GB:,.2f} GB.")
+                             f"{size(lk.snapshot.total_bytes)}.")
         self._update_buttons()
 
     def start(self) -> None:
@@ -292,7 +292,8 @@ class DownloadView(QWidget):
     def show_progress(self, p: Progress) -> None:
         if self.state != "running":
             return
-        self.file_label.setText(f"{p.stage}: {p.file}" if p.file else p.stage)
+        self.file_label.setText(f"{p.stage}: {p.file} ({size(p.file_done)} of "
+                                f"{size(p.file_size)})" if p.file else p.stage)
         self.file_bar.setRange(0, 1000)
         self.file_bar.setValue(int(1000 * p.file_done / p.file_size) if p.file_size else 1000)
         self.overall_bar.setRange(0, 1000)

@@ -10,6 +10,7 @@ app.download use, answered the way huggingface.co answers them.
   `Content-Range`.
 
 Knobs the tests turn: `status` (answer every request with that code, e.g. 401 or 429),
+`token` (a gated repo: 401 unless that token is sent),
 `corrupt` (file -> how many times to serve it with one byte flipped), `cut_after` (stop the
 whole server after this many body bytes: the network going away mid-file), `stall` ((file, n):
 send the first n bytes of that file, then nothing until the client hangs up, so a test can stop
@@ -42,6 +43,7 @@ class StandInHub:
         self.repo = repo
         self.files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
         self.status: int | None = None
+        self.token: str | None = None  # when set, answer 401 unless `Bearer <token>` is sent
         self.corrupt: dict[str, int] = {}
         self.cut_after: int | None = None
         self.stall: tuple[str, int] | None = None
@@ -128,6 +130,9 @@ class StandInHub:
                 hub.requests.append((self.command, path))
                 if hub.status:
                     self._plain(hub.status, {"error": f"status {hub.status} (stand-in)"})
+                    return
+                if hub.token and self.headers.get("Authorization") != f"Bearer {hub.token}":
+                    self._plain(401, {"error": "Invalid credentials in Authorization header"})
                     return
                 api = f"/api/models/{hub.repo}"
                 resolve = f"/{hub.repo}/resolve/"

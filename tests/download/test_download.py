@@ -132,6 +132,20 @@ def test_401_is_one_line(hub, tmp_path):
     assert "401" in msg and "HF_TOKEN" in msg and "\n" not in msg
 
 
+def test_hf_token_from_the_environment_is_sent(hub, repo_folder, tmp_path, monkeypatch):
+    """A gated repo: without a token one line saying how to log in; with HF_TOKEN it works."""
+    hub.token = "hf_standin"
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # no login
+    with pytest.raises(DownloadError, match="401.*HF_TOKEN"):
+        look(_request(hub, tmp_path / "grok-2"))
+    monkeypatch.setenv("HF_TOKEN", "hf_standin")
+    folder = run(look(_request(hub, tmp_path / "grok-2")))
+    _same_files(repo_folder, folder)
+
+
 def test_403_and_429_are_one_line_each(hub, tmp_path):
     hub.status = 403
     with pytest.raises(DownloadError, match="403.*License"):
