@@ -15,6 +15,7 @@ module and call `run` on a worker thread.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,12 +31,13 @@ from app.download.budget import (
     schedule,
     unit_needs,
 )
-from app.download.fetch import Control, Downloader, ProgressFn
+from app.download.fetch import STATE, STATE_DIR, Control, Downloader, ProgressFn
 from app.download.hub import REPO, DownloadError, Snapshot, hub_error, snapshot_info
 from app.engine.config import CONFIG_NAME, Grok2Config
 from app.errors import UserError
 
 SOURCE_SUFFIX = ".download"
+RECENT = "download.json"  # in the config folder: the last download, to offer resuming it
 
 
 @dataclass
@@ -129,6 +131,7 @@ def run(lk: Look, control: Control | None = None, on_progress: ProgressFn | None
     if lk.request.prepared_only and lk.request.quant not in ("int4", "int8", "bf16"):
         raise UserError(f"--quant {lk.request.quant}: prepare writes int4, int8 or bf16")
     lk.disk().require()
+    remember(lk.request)
     dl = Downloader(lk.snapshot, lk.source, token=lk.request.token, control=control,
                     on_progress=on_progress)
     try:
@@ -136,11 +139,48 @@ def run(lk: Look, control: Control | None = None, on_progress: ProgressFn | None
             dl.seed(name, data)
         if not lk.request.prepared_only:
             dl.fetch_all()
+            dl.state["complete"] = True
+            dl.save_state()
             _done(dl)
             return lk.source
         return _run_prepared(lk, dl)
     except OSError as exc:  # writing the state or a partial file: a full disk, permissions
         raise hub_error(exc, str(lk.source)) from exc
+
+
+def remember(request: Request) -> None:
+    """Record the download in the app's config folder, so the download view offers to resume
+    it after the app restarts (the token is never written)."""
+    from app import paths
+
+    data = {"out": str(request.out), "repo": request.repo, "revision": request.revision,
+            "prepared_only": request.prepared_only, "quant": request.quant}
+    try:
+        tmp = paths.config_dir() / (RECENT + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        os.replace(tmp, paths.config_dir() / RECENT)
+    except OSError:
+        pass  # only a convenience: the download itself does not depend on it
+
+
+def recent() -> Request | None:
+    """The last download started here, if its folder still holds unfinished work."""
+    from app import paths
+
+    try:
+        data = json.loads((paths.config_dir() / RECENT).read_text(encoding="utf-8"))
+        req = Request(Path(data["out"]), str(data["repo"]), data.get("revision"),
+                      prepared_only=bool(data["prepared_only"]), quant=str(data["quant"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    source = req.out.with_name(req.out.name + SOURCE_SUFFIX) if req.prepared_only else req.out
+    if req.prepared_only:
+        return req if source.is_dir() else None
+    try:
+        state = json.loads((source / STATE_DIR / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return None if state.get("complete") else req
 
 
 def _done(dl: Downloader, name: str = "") -> None:

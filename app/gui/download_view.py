@@ -32,7 +32,7 @@ from app.download import license
 from app.download.budget import propose, size
 from app.download.fetch import Control, Progress, Stopped
 from app.download.hub import REPO
-from app.download.pipeline import Look, Request, look, run
+from app.download.pipeline import Look, Request, look, recent, run
 from app.errors import UserError
 from app.placement import bandwidths, budget_bytes, machine_ram_bytes
 from app.settings import Settings
@@ -83,6 +83,7 @@ class DownloadView(QWidget):
         self.bridge.stopped.connect(self._stopped)
         self.bridge.failed.connect(self._failed)
         self._build()
+        self._offer_resume()
         self._update_buttons()
 
     # ---- building -------------------------------------------------------------------------
@@ -169,6 +170,19 @@ class DownloadView(QWidget):
         layout.addLayout(buttons)
         layout.addStretch(1)
         self._show_progress_widgets(False)
+
+    def _offer_resume(self) -> None:
+        """Prefill the last unfinished download (the app was closed or the machine restarted):
+        Check, then Start, goes on from the bytes already there."""
+        req = recent()
+        if req is None:
+            return
+        self.folder.setText(str(req.out))
+        self.prepared_only.setChecked(req.prepared_only)
+        self.quant.setCurrentText(req.quant)
+        self._quant_set = True
+        self.message.setText(f"An unfinished download to {req.out} is there: check and start "
+                             "to resume it (nothing already received is fetched again).")
 
     def _show_progress_widgets(self, show: bool) -> None:
         for w in (self.file_label, self.file_bar, self.overall_bar, self.stats):

@@ -14,7 +14,7 @@ from app.cli import main
 from app.download import budget, fetch, license
 from app.download.fetch import Control, Stopped
 from app.download.hub import DownloadError
-from app.download.pipeline import Request, look, run
+from app.download.pipeline import Request, look, recent, run
 from app.errors import StorageError
 from tests.download.hub import StandInHub
 
@@ -85,7 +85,9 @@ def test_interrupted_then_resumed_fetches_no_byte_twice(hub, repo_folder, tmp_pa
     assert part.read_bytes() == hub.files[name][:half]  # the partial file is kept
     first = sum(hub.bytes_served(n) for n in hub.files)
     assert half <= first < lk.snapshot.total_bytes
+    assert recent().out == tmp_path / "grok-2"  # offered for resuming after a restart
     folder = run(look(_request(hub, tmp_path / "grok-2")))
+    assert recent() is None
     _same_files(repo_folder, folder)
     assert hub.overlaps() == {}
     assert sum(hub.bytes_served(n) for n in hub.files) == lk.snapshot.total_bytes
