@@ -118,6 +118,7 @@ class Downloader:
         self._last_report = 0.0
         self.stage = "downloading"
         self._base_done = self._current = 0
+        self._mismatch: set[tuple[str, int, int]] = set()  # (name, size, mtime) hashed, wrong
 
     # state -------------------------------------------------------------------------------
     def _load_state(self) -> dict:
@@ -148,10 +149,13 @@ class Downloader:
         stat = path.stat()
         if entry and stat.st_size == entry["size"] and stat.st_mtime_ns == entry["mtime_ns"]:
             return True
-        remote = self.snapshot.file(name)
-        if matches(path, remote):  # changed mtime, or there before us (say `hf download`)
-            self._record(name)
+        key = (name, stat.st_size, stat.st_mtime_ns)
+        if key in self._mismatch:
+            return False
+        if matches(path, self.snapshot.file(name)):  # a changed mtime, or a file there before
+            self._record(name)                       # us (say from `hf download`)
             return True
+        self._mismatch.add(key)  # fetched again (into the partial file, then replaced)
         return False
 
     def _record(self, name: str) -> None:
@@ -205,7 +209,8 @@ class Downloader:
         size = self.snapshot.file(name).size if name else 0
         self.on_progress(Progress(self.stage, name, file_done, size, done,
                                   self.snapshot.total_bytes, rate, eta,
-                                  sum(1 for f in files if f.name in self.state["files"]),
+                                  sum(1 for f in files if f.name in self.state["files"]
+                                      or f.name in self.state.get("consumed", ())),
                                   len(files)))
 
     @property

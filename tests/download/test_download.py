@@ -220,6 +220,18 @@ def test_existing_verified_files_are_kept(hub, repo_folder, tmp_path):
     assert hub.bytes_served(name) == 0 and hub.bytes_served("config.json") == 0
 
 
+def test_a_damaged_file_already_there_is_fetched_again(hub, repo_folder, tmp_path):
+    """A file of the right size but wrong bytes (a broken earlier download) is not loaded:
+    it is fetched again and replaced."""
+    out = tmp_path / "grok-2"
+    out.mkdir()
+    name = "pytorch_model-00010-TP-common.safetensors"
+    (out / name).write_bytes(bytes(len(hub.files[name])))
+    run(look(_request(hub, out)))
+    assert (out / name).read_bytes() == (repo_folder / name).read_bytes()
+    assert hub.bytes_served(name) == len(hub.files[name])
+
+
 def test_cli_downloads_with_the_license_accepted_once(hub, repo_folder, tmp_path, monkeypatch,
                                                       capsys):
     point_hf_endpoint_at(hub, monkeypatch)
