@@ -122,9 +122,12 @@ def hub_error(exc: BaseException, where: str) -> UserError:
         return DownloadError(f"{where}: access refused (403); accept the Grok 2 Community "
                              f"License at https://huggingface.co/{REPO} with your account, and "
                              "log in (hf auth login or HF_TOKEN)")
-    if status == 401 or isinstance(exc, RepositoryNotFoundError):
+    if status == 401:
         return DownloadError(f"{where}: not authorized (401); log in with `hf auth login` or "
                              "set HF_TOKEN to a token of an account that accepted the license")
+    if isinstance(exc, RepositoryNotFoundError):
+        return DownloadError(f"{where}: repository not found ({status}); check --repo, or log "
+                             "in if it is private")
     if isinstance(exc, RevisionNotFoundError):
         return DownloadError(f"{where}: no such revision; check --revision")
     if status == 429:

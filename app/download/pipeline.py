@@ -102,11 +102,13 @@ def look(request: Request) -> Look:
     work = dl.work if dl.work.is_dir() else None
     known = dl.state.get("needs") or {}
     small = [f.name for f in snapshot.files if not f.name.endswith(".safetensors")]
-    heads = [] if not request.prepared_only else [
+    finished = request.prepared_only and _complete(out, request.quant)
+    heads = [] if not request.prepared_only or finished else [
         f.name for f in snapshot.files if f.name.endswith(".safetensors") and f.name not in known]
-    pre = prefetch(snapshot, [n for n in small if not dl.is_verified(n)] + heads, work,
-                   request.token)
-    config_bytes = pre.data.get(CONFIG_NAME) or (source / CONFIG_NAME).read_bytes()
+    wanted = [] if finished else [n for n in small if not dl.is_verified(n)] + heads
+    pre = prefetch(snapshot, wanted, work, request.token)
+    config_bytes = pre.data.get(CONFIG_NAME) or (
+        (out if finished else source) / CONFIG_NAME).read_bytes()
     cfg = _cfg(config_bytes)
     needs: dict[str, set[str]] = {}
     if request.prepared_only:
@@ -192,7 +194,7 @@ def _run_prepared(lk: Look, dl: Downloader) -> Path:
     from app.engine.prepare import UnitWriter
     from app.engine.weights import _Reader, index_folder
 
-    if _complete(lk.request.out):
+    if _complete(lk.request.out, lk.request.quant):
         return lk.request.out
     by_file: dict[str, list[str]] = {}
     for unit, files in lk.needs.items():
@@ -236,9 +238,14 @@ def _run_prepared(lk: Look, dl: Downloader) -> Path:
     return out
 
 
-
-def _complete(out: Path) -> bool:
+def _complete(out: Path, quant: str) -> bool:
+    """`out` already holds a finished preparation (at `quant`: another one is an error)."""
     try:
-        return json.loads((out / "prepared.json").read_text(encoding="utf-8"))["complete"] is True
+        manifest = json.loads((out / "prepared.json").read_text(encoding="utf-8"))
+        done, stored = manifest["complete"] is True, manifest["quant"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
+    if done and stored != quant:
+        raise UserError(f"{out}: already holds Grok-2 prepared as {stored}; load it, or choose "
+                        "another folder to prepare it as " + quant)
+    return done

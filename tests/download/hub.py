@@ -114,9 +114,11 @@ class StandInHub:
             def do_HEAD(self) -> None:
                 self._answer(body=False)
 
-            def _plain(self, code: int, payload: dict) -> None:
+            def _plain(self, code: int, payload: dict, error_code: str = "") -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(code)
+                if error_code:
+                    self.send_header("X-Error-Code", error_code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 if code == 429:
@@ -141,11 +143,11 @@ class StandInHub:
                 elif path.startswith(resolve):
                     rev, _, name = path[len(resolve):].partition("/")
                     if rev not in (COMMIT, "main") or name not in hub.files:
-                        self._plain(404, {"error": "Entry not found"})
+                        self._plain(404, {"error": "Entry not found"}, "EntryNotFound")
                         return
                     self._file(name, body)
                 else:
-                    self._plain(404, {"error": "Repository not found"})
+                    self._plain(404, {"error": "Repository not found"}, "RepoNotFound")
 
             def _file(self, name: str, body: bool) -> None:
                 data = hub.files[name]

@@ -158,6 +158,11 @@ def test_403_and_429_are_one_line_each(hub, tmp_path):
     assert "\n" not in str(exc.value)
 
 
+def test_unknown_repo_is_one_line(hub, tmp_path):
+    with pytest.raises(DownloadError, match=r"repository not found \(404\); check --repo"):
+        look(Request(tmp_path / "g", repo="xai-org/grok-9", endpoint=hub.endpoint))
+
+
 def test_no_network_is_one_line(tmp_path):
     dead = StandInHub(tmp_path)  # bound, never started: nothing answers
     endpoint = dead.endpoint

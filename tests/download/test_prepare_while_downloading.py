@@ -18,6 +18,7 @@ from app.download.fetch import Control, Stopped
 from app.download.pipeline import Request, look, run
 from app.engine.engine import Engine
 from app.engine.prepare import MANIFEST, prepare
+from app.errors import UserError
 from app.messages import GenerationParams, Token
 
 GREEDY = GenerationParams(temperature=0, max_tokens=16)
@@ -81,6 +82,11 @@ def test_interrupted_and_resumed_equals_download_then_prepare(hub, repo_folder, 
     _, peak = budget.schedule(lk.needs, sizes, set(), lambda n: 0, unit_names(2))
     assert max(source_bytes) <= peak < sum(s for n, s in sizes.items()
                                            if n.endswith(".safetensors"))
+    hub.served.clear()  # a rerun on the finished folder fetches nothing at all
+    assert run(look(Request(out, endpoint=hub.endpoint, prepared_only=True))) == out
+    assert hub.served == {}
+    with pytest.raises(UserError, match="prepared as int4"):
+        look(Request(out, endpoint=hub.endpoint, prepared_only=True, quant="int8"))
     ids = _tokens(out)
     assert ids and ids == _tokens(reference)
 
