@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from app.engine.chat_format import STOP_STRINGS, render_chat, stop_token_ids
+from app.engine.chat_format import STOP_STRINGS, encode_chat, stop_token_ids
 from app.engine.config import config_hash, load_config
 from app.engine.generate import new_generator, step_tokens, stream_events
 from app.engine.model import Grok2
@@ -104,7 +104,8 @@ class Engine:
     # ---- prompts --------------------------------------------------------------------------
 
     def chat_prompt_ids(self, messages: list[dict], continue_text: str | None = None) -> list[int]:
-        return self.tokenizer.encode(render_chat(messages, continue_text=continue_text))
+        """Token ids of the chat prompt; message content is literal text (see encode_chat)."""
+        return encode_chat(self.tokenizer, messages, continue_text=continue_text)
 
     def count_tokens(self, messages: list[dict]) -> int:
         return len(self.chat_prompt_ids(messages))

@@ -288,10 +288,24 @@ class Tokenizer:
         self.pad_id = tok.specials.get(PAD)
         self._bytes = {token: raw for raw, token in tok.ranks.items()}
         self._bytes.update({token: name.encode() for name, token in tok.specials.items()})
+        # A second instance that reads special-token text as ordinary text (tokenizers'
+        # `encode_special_tokens`): a separate object, so no caller ever sees the switch flip.
+        self._literal = type(hf).from_str(hf.to_str())
+        self._literal.encode_special_tokens = True
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of text; special-token strings in it become special tokens. No BOS/EOS."""
+        """Token ids of text; special-token strings in it become special tokens. No BOS/EOS.
+
+        For a prompt someone wrote as a whole (`/v1/completions`, `generate`): the template's
+        own `<|separator|>` must become the special token there. Message content goes through
+        `encode_literal` instead."""
         return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_literal(self, text: str) -> list[int]:
+        """Token ids of text with every special-token string in it encoded as ordinary text
+        (as tiktoken's `encode_ordinary`): a user who types `<|separator|>` gets the 13
+        characters, never the control token, so typed text cannot end a turn or forge one."""
+        return self._literal.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Any) -> str:
         """Text of ids: their bytes joined, then UTF-8 with U+FFFD for invalid sequences."""

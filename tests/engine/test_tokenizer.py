@@ -128,6 +128,22 @@ def test_special_strings_become_special_ids(layout) -> None:
     assert len(got) == 5
 
 
+def test_encode_literal_matches_tiktoken_ordinary(layout, corpus: str) -> None:
+    """encode_literal reads special-token text as ordinary text, exactly as tiktoken's
+    encode_ordinary does, and no special id ever appears in its output."""
+    data, tok = layout
+    ref = _tiktoken(data)
+    specials = set(tok.specials.values())
+    texts = [*CASES, corpus, *_fuzz_cases(300), "a<|separator|>b<|eos|><|reserved_9|>"]
+    for text in texts:
+        got = tok.encode_literal(text)
+        assert got == ref.encode_ordinary(text), repr(text)
+        assert not specials & set(got)
+        assert tok.decode(got) == text
+    # and the ordinary encode still makes specials of the same text (the switch is not shared)
+    assert tok.separator_id in tok.encode("<|separator|>")
+
+
 def test_ids_come_from_the_file(layout) -> None:
     """eos, separator, pad, special ids and vocab size are the file's, whatever the layout."""
     data, tok = layout
