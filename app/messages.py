@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from app.validation import check_fields
+
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
@@ -26,6 +28,7 @@ class GenerationParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and finiteness first: NaN and true pass the range checks
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
         if not 0 < self.top_p <= 1:
@@ -44,6 +47,8 @@ class GenerationParams:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationParams:
+        """From JSON data: unknown keys are ignored, missing keys take the default; raises
+        ValueError naming the key for a wrong type, a non-finite number or a value out of range."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
