@@ -58,7 +58,7 @@ class Settings:
     def __post_init__(self) -> None:
         check_fields(self)  # types and finiteness first: "8", true and NaN name their key
         if not isinstance(self.sampling, GenerationParams):
-            raise ValueError("'sampling' must be an object")
+            raise TypeError("'sampling' must be an object")
         _one_of("theme", self.theme, THEMES)
         _one_of("device", self.device, DEVICES)
         _one_of("quantization", self.quantization, QUANTIZATIONS)

@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 
 from app.checkpoint_files import TensorInfo, read_header
-from app.engine.config import Grok2Config, load_config
+from app.engine.config import Grok2Config, check_folder, load_config
 from app.engine.model import Grok2
 from app.errors import ModelFileError
 
@@ -44,10 +44,7 @@ class CheckpointIndex:
 
 
 def index_folder(folder: str | Path) -> CheckpointIndex:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ModelFileError(f"{folder}: model folder not found; choose the folder that holds "
-                             "config.json and the *.safetensors files")
+    folder = check_folder(folder)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ModelFileError(f"{folder}: no .safetensors files; download the Grok-2 weights "
@@ -100,8 +97,18 @@ def _check_sharded(index: CheckpointIndex, name: str, want: tuple[int, ...]) -> 
 
 
 def check_index(index: CheckpointIndex, model: Grok2) -> None:
-    """Every expected tensor exists, with the expected shape and a float dtype."""
-    for name, param in model.state_dict(keep_vars=True).items():
+    """Every expected tensor exists, with the expected shape and a float dtype, and no tensor
+    is left over: an unknown one (a bias, a 65th layer) means the files and config.json
+    describe different models, and loading without it would compute another model silently."""
+    expected = model.state_dict(keep_vars=True)
+    extra = sorted((set(index.full) | set(index.shards)) - set(expected))
+    if extra:
+        info = index.full.get(extra[0]) or next(iter(index.shards[extra[0]].values()))
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise ModelFileError(f"{info.file}: holds tensor {extra[0]}{more}, which a Grok-2 of "
+                             "this config.json does not have; check that config.json belongs "
+                             "to these weights (e.g. num_hidden_layers)")
+    for name, param in expected.items():
         want = tuple(param.shape)
         if name in index.full:
             info = index.full[name]
