@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,9 +271,25 @@ def error_kind(exc: sqlite3.Error) -> str:
     return "other"
 
 
+FULL_BELOW_BYTES = 1 << 20  # less free space than this, and an I/O error means a full disk
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(Path(path).parent).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
+
+
 def storage_error(exc: sqlite3.Error, path: Path, action: str) -> StorageError:
-    """One clear line for the user: what failed, on which file, and what to do."""
+    """One clear line for the user: what failed, on which file, and what to do.
+
+    SQLite reports a full disk while it creates the WAL or shared-memory file at open as a
+    plain "disk I/O error", so an I/O error on a disk with (almost) no free space is called
+    what it is."""
     kind = error_kind(exc)
+    if kind == "io" and _nearly_full(path):
+        kind = "full"
     saved = "; everything saved before this is kept"
     message = {
         "readonly": f"cannot {action} {path}: the database is read-only (check the permissions "
