@@ -419,10 +419,10 @@ def test_disk_full_at_open_is_called_a_full_disk(tmp_path):
         db = mount / "conversations.sqlite3"
         with Store.open(db) as store:
             _chat(store, "kept")
-        with open(mount / "fill", "wb", buffering=0) as fill:  # fill the disk to the last byte
-            with contextlib.suppress(OSError):
-                while True:
-                    fill.write(b"\0" * 4096)
+        # fill the disk to the last byte
+        with open(mount / "fill", "wb", buffering=0) as fill, contextlib.suppress(OSError):
+            while True:
+                fill.write(b"\0" * 4096)
         with pytest.raises(StorageError, match="the disk is full; free some space"):
             Store.open(db)
         (mount / "fill").unlink()
