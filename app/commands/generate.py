@@ -117,6 +117,7 @@ def _stops() -> tuple[str, ...]:
 
 def _summary(done) -> None:
     s = done.stats
+    sys.stdout.flush()  # the reply's final newline reaches a shared pipe or file before this
     print(f"[{done.reason}: {s.prompt_tokens} prompt + {s.completion_tokens} tokens, "
           f"first token {s.ttft_s:.2f} s, {s.tokens_per_s:.1f} tok/s]", file=sys.stderr)
 
