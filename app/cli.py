@@ -10,8 +10,7 @@ import argparse
 import importlib
 import sys
 
-from app import __version__
-from app import paths
+from app import __version__, paths
 from app.errors import UserError
 
 # command name -> module under app.commands that implements it

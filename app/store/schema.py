@@ -23,8 +23,8 @@ from datetime import datetime
 from pathlib import Path
 
 from app.errors import StorageError
-from app.paths import PRIVATE_DIR, PRIVATE_FILE, make_private
 from app.messages import GenerationParams
+from app.paths import PRIVATE_DIR, PRIVATE_FILE, make_private
 from app.store.conversation import ms_from_iso
 from app.store.rows import error_kind, storage_error
 
