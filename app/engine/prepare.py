@@ -196,8 +196,11 @@ def write_aligned(path: Path, tensors: dict[str, torch.Tensor]) -> str:
 
 
 def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()  # hashlib.file_digest is Python 3.11+; we support 3.10
     with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _intact(out: Path, unit: str, entry: dict) -> bool:
