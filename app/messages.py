@@ -7,6 +7,7 @@ with the id of the request it answers.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -97,6 +98,11 @@ class Finished:
     reason: FinishReason
     stats: GenerationStats = field(default_factory=GenerationStats)
     seed: int | None = None  # the sampling seed actually used (drawn at random if none given)
+
+
+# What an engine's stream_* methods return: Tokens, then one Finished. A generator, so a caller
+# that stops reading early can close() it (the engine then releases its lock).
+ReplyStream = Generator[Token | Finished, None, None]
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,9 @@ class Grok2Config:
         for key, value in data.items():
             if key not in known or value is None:
                 continue  # unknown keys (architectures, model_type, ...) are ignored
-            kwargs[key] = _coerce(key, value, known[key].type)
+            type_name = known[key].type
+            assert isinstance(type_name, str)  # a string: `from __future__ import annotations`
+            kwargs[key] = _coerce(key, value, type_name)
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:

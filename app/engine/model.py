@@ -13,12 +13,16 @@ K kv heads, G query heads per kv head (H = K*G), Dh head dim, E experts, V vocab
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from app.engine.config import Grok2Config
+
+if TYPE_CHECKING:
+    from app.engine.plan import Plan
 
 QUERY_CHUNK = 128  # queries per attention block: bounds the fp32 score memory (plan.py counts it)
 
@@ -43,6 +47,9 @@ class RMSNorm(nn.Module):
 
 class KVCache(nn.Module):
     """Preallocated keys and values for every layer: (layers, B, K, max_len, Dh)."""
+
+    k: Tensor  # buffers, registered in __init__
+    v: Tensor
 
     def __init__(self, cfg: Grok2Config, batch: int, max_len: int, dtype: torch.dtype,
                  device: torch.device | str) -> None:
@@ -222,6 +229,8 @@ class Grok2Body(nn.Module):
 
 
 class Grok2(nn.Module):
+    offload_plan: Plan  # set by app.engine.offload.install on an offloaded model
+
     def __init__(self, cfg: Grok2Config) -> None:
         super().__init__()
         self.config = cfg
@@ -230,7 +239,9 @@ class Grok2(nn.Module):
         self.cache: KVCache | None = None
 
     def setup_cache(self, max_len: int, batch: int = 1) -> KVCache:
-        w = self.model.layers[0].self_attn.k_proj.weight
+        layer = self.model.layers[0]
+        assert isinstance(layer, DecoderLayer)  # nn.ModuleList items are typed as Module
+        w = layer.self_attn.k_proj.weight
         dtype = w.dtype if w.dtype.is_floating_point else torch.bfloat16
         self.cache = KVCache(self.config, batch, max_len, dtype, w.device)
         return self.cache

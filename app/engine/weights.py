@@ -129,7 +129,7 @@ class _Reader:
     """Keeps each file open (memory-mapped) while loading."""
 
     def __init__(self) -> None:
-        self._open: dict[Path, object] = {}
+        self._open: dict[Path, safe_open] = {}
 
     def get(self, info: TensorInfo, name: str) -> torch.Tensor:
         if info.file not in self._open:

@@ -38,6 +38,12 @@ class SearchHit:
 # ---- row helpers --------------------------------------------------------------------------
 
 
+def inserted_id(cur: sqlite3.Cursor) -> int:
+    """The rowid of the row that `cur`'s INSERT just added (sqlite3 types it as optional)."""
+    assert cur.lastrowid is not None, "no INSERT ran on this cursor"
+    return cur.lastrowid
+
+
 def insert_message(
     conn: sqlite3.Connection,
     conv_id: int,
@@ -58,7 +64,7 @@ def insert_message(
         " updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (conv_id, parent_id, role, content, status, now, now),
     )
-    msg_id = int(cur.lastrowid)
+    msg_id = inserted_id(cur)
     updated = conn.execute(
         "UPDATE conversations SET current_leaf_id = ?, updated_ms = ? WHERE id = ?",
         (msg_id, now, conv_id),
@@ -83,7 +89,7 @@ def insert_conversation(conn: sqlite3.Connection, conv: Conversation) -> int:
             _ms_or_none(conv.deleted_at),
         ),
     )
-    conv_id = int(cur.lastrowid)
+    conv_id = inserted_id(cur)
     id_map: dict[int, int] = {}
     for m in conv.messages:
         parent = id_map[m.parent_id] if m.parent_id is not None else None
@@ -106,7 +112,7 @@ def insert_conversation(conn: sqlite3.Connection, conv: Conversation) -> int:
                 m.error,
             ),
         )
-        id_map[m.id] = int(cur.lastrowid)
+        id_map[m.id] = inserted_id(cur)
     leaf = id_map.get(conv.current_leaf_id) if conv.current_leaf_id is not None else None
     conn.execute("UPDATE conversations SET current_leaf_id = ? WHERE id = ?", (leaf, conv_id))
     return conv_id
