@@ -18,7 +18,7 @@ from typing import Any
 _KIND = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)
 def _field_types(cls: type) -> dict[str, tuple[type, bool]]:
     """field name -> (base type, None allowed) for the fields annotated bool/int/float/str,
     optionally `| None`; fields of other types are not checked here."""
@@ -50,10 +50,11 @@ def check_value(name: str, value: Any, kind: type, optional: bool = False) -> No
         raise ValueError(f"'{name}' must be a finite number (got {_show(value)})")
 
 
-def check_fields(obj: Any) -> None:
+def check_fields(obj: object) -> None:
     """Check every bool/int/float/str field of the dataclass instance `obj` (see check_value).
     Raises ValueError naming the first field that is wrong."""
-    for name, (kind, optional) in _field_types(type(obj)).items():
+    cls: type = type(obj)
+    for name, (kind, optional) in _field_types(cls).items():
         check_value(name, getattr(obj, name), kind, optional)
 
 
