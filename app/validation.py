@@ -18,7 +18,7 @@ from typing import Any
 _KIND = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _field_types(cls: type) -> dict[str, tuple[type, bool]]:
     """field name -> (base type, None allowed) for the fields annotated bool/int/float/str,
     optionally `| None`; fields of other types are not checked here."""
