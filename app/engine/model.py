@@ -12,6 +12,7 @@ K kv heads, G query heads per kv head (H = K*G), Dh head dim, E experts, V vocab
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -62,17 +63,34 @@ class KVCache(nn.Module):
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
-def rope_cos_sin(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos/sin (T, Dh/2) in fp32 for plain RoPE. rope_type "original" is unscaled (spec 2.4,
-    following SGLang and vLLM; llama.cpp's YaRN reading is a deviation). SGLang rounds its
-    cache to bf16; we keep fp32, which only matters for bit-matching."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (T, Dh/2)
-    return angles.cos().float(), angles.sin().float()
+@functools.lru_cache(maxsize=4)
+def rope_table(head_dim: int, theta: float, length: int,
+               device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos, sin (length, Dh/2) float32 for positions 0..length-1, built exactly as SGLang builds
+    its cos/sin cache: inverse frequencies, positions, angles, cos and sin all in float32, on the
+    device the attention runs on, and kept in float32 (docs/grok2.md#rope). Cached per device."""
+    with torch.inference_mode(False):  # a normal tensor, usable inside and outside inference mode
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
+        inv_freq = 1.0 / (theta ** exponents)  # (Dh/2,)
+        t = torch.arange(length, dtype=torch.float32, device=device)  # (length,)
+        angles = torch.outer(t, inv_freq)  # (length, Dh/2)
+        return angles.cos(), angles.sin()
+
+
+def rope_cos_sin(positions: Tensor, head_dim: int, theta: float,
+                 table_len: int = 0) -> tuple[Tensor, Tensor]:
+    """cos/sin (T, Dh/2) float32 at `positions`: rows of `rope_table`, so every position gets the
+    values SGLang's table holds (a table covers max_position_embeddings, like SGLang's). Plain,
+    unscaled RoPE: rope_type "original" follows SGLang and vLLM (docs/grok2.md#rope)."""
+    needed = int(positions.max()) + 1 if positions.numel() else 0
+    length = table_len if needed <= table_len else 1 << (needed - 1).bit_length()
+    cos, sin = rope_table(head_dim, float(theta), length, positions.device)
+    return cos[positions], sin[positions]
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Half-split (NeoX) rotation over the full head_dim. x: (B, N, T, Dh)."""
+    """Half-split (NeoX) rotation over the full head_dim. x: (B, N, T, Dh). As SGLang's CUDA
+    kernel: q/k are read as float32, rotated with the float32 table, rounded back to x.dtype."""
     half = x.shape[-1] // 2
     x1, x2 = x.float()[..., :half], x.float()[..., half:]
     out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
@@ -103,8 +121,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, K * G, Dh).transpose(1, 2)  # (B, H, T, Dh)
         k = self.k_proj(x).view(B, T, K, Dh).transpose(1, 2)  # (B, K, T, Dh)
         v = self.v_proj(x).view(B, T, K, Dh).transpose(1, 2)  # (B, K, T, Dh)
-        cos, sin = rope_cos_sin(positions, Dh, cfg.rope_theta)
-        cos, sin = cos.to(x.device), sin.to(x.device)
+        cos, sin = rope_cos_sin(positions.to(x.device), Dh, cfg.rope_theta,
+                                cfg.max_position_embeddings)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, int(positions[0]), k, v)  # (B, K, S, Dh)
