@@ -1,4 +1,4 @@
-"""The Grok-2 module tree and its forward pass (grok2-spec.md section 2, "reference semantics").
+"""The Grok-2 module tree and its forward pass (docs/grok2.md#forward-pass).
 
 Module and parameter names equal the official checkpoint's tensor names, so a state dict from
 the safetensors files loads without renaming (experts after merging their TP shards).
@@ -29,7 +29,7 @@ def soft_cap(x: Tensor, cap: float) -> Tensor:
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * w in fp32, cast back (no 1+w offset; spec 2)."""
+    """x / sqrt(mean(x^2) + eps) * w in fp32, cast back (no 1+w offset; docs/grok2.md#norms)."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -98,7 +98,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def length_temperature(positions: Tensor, length: int) -> Tensor:
-    """log2(p)/log2(L) for 0-based query position p > L, else 1 (spec 2.5, SGLang Triton)."""
+    """log2(p)/log2(L) for 0-based query position p > L, else 1
+    (docs/grok2.md#length-temperature)."""
     p = positions.to(torch.float32)
     scale = torch.log2(p.clamp(min=1.0)) / math.log2(length)
     return torch.where(p > length, scale, torch.ones_like(p))
@@ -162,8 +163,9 @@ class GatedMLP(nn.Module):
 
 
 class Expert(nn.Module):
-    """w2(gelu_erf(w1(x)) * w3(x)): w1 gate, w3 up, w2 down (spec 2.6). Exact-erf GELU as on
-    SGLang's CUDA path; its NPU path, sglang-jax and llama.cpp use the tanh approximation."""
+    """w2(gelu_erf(w1(x)) * w3(x)): w1 gate, w3 up, w2 down (docs/grok2.md#experts). Exact-erf
+    GELU as on SGLang's CUDA path; its NPU path, sglang-jax and llama.cpp use the tanh
+    approximation."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -206,7 +208,7 @@ class SparseMoE(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Sandwich norms: four RMSNorms per layer (spec 2.2)."""
+    """Sandwich norms: four RMSNorms per layer (docs/grok2.md#decoder-layer)."""
 
     def __init__(self, cfg: Grok2Config, layer_idx: int) -> None:
         super().__init__()
@@ -221,7 +223,8 @@ class DecoderLayer(nn.Module):
         self.post_moe_norm = RMSNorm(d, eps)
 
     def feed_forward(self, m: Tensor) -> Tensor:
-        """(dense + moe) / sqrt(2): residual_moe, spec 2.7. Offloading replaces this method."""
+        """(dense + moe) / sqrt(2): residual_moe (docs/grok2.md#dense-mlp-and-the-combination).
+        Offloading replaces this method."""
         dense = self.mlp(m).float()
         moe = self.block_sparse_moe(m).float()
         return ((dense + moe) * self.combine_scale).to(m.dtype)
@@ -273,6 +276,7 @@ class Grok2(nn.Module):
             h = h[:, -1:]
         x = self.model.norm(h)
         # SGLang folds 0.5 into the bf16 lm_head weight; scaling by a power of two is exact, so
-        # multiplying the fp32 logits is the same. Then the final soft cap (scale first, spec 2.8).
+        # multiplying the fp32 logits is the same. Then the final soft cap, scale first
+        # (docs/grok2.md#output-head).
         z = self.lm_head(x.to(self.lm_head.weight.device)).float() * cfg.output_multiplier_scale
         return soft_cap(z, cfg.final_logit_softcapping)  # (B, T, V)
