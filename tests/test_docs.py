@@ -233,7 +233,7 @@ def test_slug_follows_githubs_rule():
 
 def test_outside_path_checker_catches_planted_paths():
     """The path check flags each kind of outside path and passes ordinary text."""
-    planted = ["see ../" + SHARED + "/docs/design.md", "(" + SHARED + "/research/notes.md)",
+    planted = ["see ../" + SHARED + "/docs/overview.md", "(" + SHARED + "/research/notes.md)",
                SHARED + "/cases/2026-11/c03.json", "cd /" + "work/main && make"]
     for text in planted:
         assert outside_paths(text), text
