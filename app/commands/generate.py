@@ -1,4 +1,5 @@
-"""`grok-desktop generate`: one chat turn from the command line (design.md section 4)."""
+"""`grok-desktop generate`: one chat turn from the command line
+(docs/architecture.md#command-line)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`grok-desktop plan | prepare | bench`: fitting Grok-2 on this machine (design.md 4 and 6).
+"""`grok-desktop plan | prepare | bench`: fitting Grok-2 on this machine
+(docs/architecture.md#offloading).
 
 Imports nothing heavy at module level: `plan` on the real config needs no torch at all.
 """

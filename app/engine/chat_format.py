@@ -1,4 +1,5 @@
-"""Grok-2's chat prompt format and its stop conditions (spec section 5).
+"""Grok-2's chat prompt format and its stop conditions (docs/grok2.md#chat-template,
+docs/grok2.md#stop-rules).
 
 The template is the one SGLang, vLLM and llama.cpp ship for Grok-2: plain-text turns, each
 closed by the special token `<|separator|>` and a blank line, no BOS. `encode_chat` builds the
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 GENERATION_PROMPT = "Assistant:"  # no trailing space: the model writes the space itself
 
 # A model that runs past the end of its turn without a stop token goes on to write the user's
-# next turn; cut the reply before it (spec 5.2 recommends it; SGLang's own test clients stop on
+# next turn; cut the reply before it (docs/grok2.md#stop-rules; SGLang's own test clients stop on
 # similar strings). Engines should drop the matched text and finish with reason "stop".
 STOP_STRINGS = ("\nHuman:",)
 

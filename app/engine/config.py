@@ -1,7 +1,8 @@
 """Grok-2 configuration, read straight from the checkpoint's `config.json`.
 
 Field names are the file's own. `transformers.AutoConfig` is not used: the file says
-`model_type: "git"`, which AutoConfig maps to an unrelated image-captioning config (spec 1).
+`model_type: "git"`, which AutoConfig maps to an unrelated image-captioning config
+(docs/grok2.md#config).
 """
 
 from __future__ import annotations

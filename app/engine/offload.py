@@ -6,7 +6,8 @@
 - decode (fewer tokens than the threshold): the router runs on the GPU, the hidden state and
   the routing go to the CPU once, the GPU's shared MLP is launched (CUDA launches are
   asynchronous), the CPU computes the two routed experts where they live meanwhile, and the
-  result comes back to be added: (dense + moe) / sqrt 2 (spec 2.7).
+  result comes back to be added: (dense + moe) / sqrt 2
+  (docs/grok2.md#dense-mlp-and-the-combination).
 - prefill (at least `threshold` tokens): `ExpertStreamer` copies the experts from pinned host
   memory to GPU buffers on a side stream, one layer (or one expert) ahead, double-buffered,
   and computes them on the GPU.
@@ -219,7 +220,8 @@ _PINNED: set[int] = set()
 
 def _pin(t: Tensor) -> bool:
     """Page-lock an existing host buffer in place (cudaHostRegister: ~12x faster than copying
-    into a pinned allocation, research 2). Unpinned copies still work, at pageable speed."""
+    into a pinned allocation, docs/architecture.md#executing-the-plan). Unpinned copies still
+    work, at pageable speed."""
     if t.is_pinned():
         return True
     storage = t.untyped_storage()

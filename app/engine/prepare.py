@@ -1,4 +1,5 @@
-"""`prepare`: convert the official folder once into the runtime layout (design.md 6).
+"""`prepare`: convert the official folder once into the runtime layout
+(docs/architecture.md#prepare).
 
 Output folder:
     config.json, tokenizer.tok.json   copied

@@ -2,7 +2,8 @@
 
 Every `*.safetensors` header in the folder is read (no reliance on which file number holds
 what). Routed experts come TP-sharded (`*-TP-000` ... `*-TP-007`) and are merged on the fly:
-w1/w3 along dim 0, w2 along dim 1, in rank order (spec 3.3); unsharded experts are accepted too.
+w1/w3 along dim 0, w2 along dim 1, in rank order (docs/grok2.md#tp-shards); unsharded experts are
+accepted too.
 Everything is checked against the config before a byte of weights is allocated. The model is
 built on the meta device and each tensor goes from the memory-mapped file straight to its
 target device and dtype, one at a time: the weights are never held twice.

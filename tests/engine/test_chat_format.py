@@ -1,4 +1,5 @@
-"""Tests for app.engine.chat_format: Grok-2's prompt template and stop conditions (spec 5)."""
+"""Tests for app.engine.chat_format: Grok-2's prompt template and stop conditions
+(docs/grok2.md#chat-template)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for app.engine.tokenizer and app.engine.detokenizer (spec section 4)."""
+"""Tests for app.engine.tokenizer and app.engine.detokenizer (docs/grok2.md#tokenizer)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from app.engine.tokenizer import load_tokenizer, read_tok_file
 from app.errors import ModelFileError
 
 N_MERGES = 300
-# Spec 4.2, copied here rather than imported so the reference does not share a typo with the code.
+# docs/grok2.md#pre-tokenization-regex, copied here rather than imported so the reference does not
+# share a typo with the code.
 V1_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
     r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
