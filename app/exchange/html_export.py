@@ -122,8 +122,9 @@ def message_html(conv: Conversation, msg: Message, target: str = "browser") -> s
     if msg.role == "user":
         body = f'<div class="plain" dir="auto">{html.escape(msg.content)}</div>'
     else:
-        rendered = markdown_html(msg.content, target=target,
-                                 math_scale=4.0 if target == "qt" else 1.0)
+        qt = target == "qt"  # the PDF: 9 pt text, math drawn 4x for print
+        rendered = markdown_html(msg.content, target=target, math_scale=4.0 if qt else 1.0,
+                                 math_px=12.5 if qt else 16.0)
         body = f'<div class="text" dir="auto">{rendered}</div>'
     note = status_note(msg)
     note_html = f'<p class="note">{html.escape(note)}</p>' if note else ""

@@ -181,19 +181,20 @@ def fence_for(text: str, char: str = "`") -> str:
 
 def to_html(text: str, *, target: str = "browser", dark: bool = False,
             color: str = "#1f2328", math_scale: float = 1.0,
-            code_out: list[str] | None = None) -> str:
+            code_out: list[str] | None = None, copy_links: bool = False,
+            math_px: float = 16.0) -> str:
     """Markdown to an HTML fragment.
 
     target: "browser" (CSS classes from `page_css`, inline SVG math) or "qt" (Qt rich text).
     dark picks the Pygments style for the qt target; color is the math ink (qt target);
     math_scale > 1 draws math images that many times larger than shown, for sharp output
-    (Qt rasterises SVG images at their own size). code_out, if given, receives the code of
-    each block the qt target rendered inline (under a list item), in order, for its
-    `copy:N` link.
+    (Qt rasterises SVG images at their own size); math_px is the math font size in CSS px.
+    code_out, if given, receives the code of each block the qt target rendered inline (under
+    a list item), in order, for its `copy:N` link (shown when copy_links: the GUI).
     """
     env: dict[str, Any] = {"target": target, "dark": dark, "color": color,
-                           "scale": math_scale,
-                           "code": [] if code_out is None else code_out}
+                           "scale": math_scale, "px": math_px,
+                           "code": [] if code_out is None else code_out, "copy": copy_links}
     out = markdown().render(text, env)
     if target != "qt":
         return out
@@ -213,8 +214,9 @@ def _render_code(self: Any, tokens: list[Token], idx: int, options: Any, env: di
     # Qt: a code block inside a list or quote lives in the prose label, with a copy link.
     env.setdefault("code", []).append(code.removesuffix("\n"))
     n = len(env["code"]) - 1
-    link = f'<a href="copy:{n}">Copy</a>'
-    head = f"{html.escape(language) or 'code'} · {link}"
+    head = html.escape(language) or "code"
+    if env.get("copy"):
+        head += f' · <a href="copy:{n}">Copy</a>'
     return (f'<p style="margin:6px 0 0 0; font-size:small">{head}</p>'
             f'<pre style="margin:2px 0 6px 0; white-space:pre-wrap">{body}</pre>\n')
 
@@ -246,7 +248,8 @@ def _render_html_inline(self: Any, tokens: list[Token], idx: int, options: Any,
 def _math(token: Token, display: bool, env: dict) -> str:
     source = token.content.strip()
     image = math_image(source, display, env.get("target", "browser"),
-                       env.get("color", "#1f2328"), float(env.get("scale", 1.0)))
+                       env.get("color", "#1f2328"), float(env.get("scale", 1.0)),
+                       float(env.get("px", 16.0)))
     if image is None:  # does not parse: show what was typed
         markup = token.markup or ("$$" if display else "$")
         closer = {"\\(": "\\)", "\\[": "\\]"}.get(markup, markup)
@@ -263,10 +266,10 @@ def _math(token: Token, display: bool, env: dict) -> str:
 
 @lru_cache(maxsize=2048)
 def math_image(latex: str, display: bool, target: str = "browser", color: str = "#1f2328",
-               scale: float = 1.0) -> str | None:
+               scale: float = 1.0, px: float = 16.0) -> str | None:
     """LaTeX math as an inline `<svg>` (browser) or `<img>` (qt); None if it does not parse.
 
-    Sizes are CSS pixels for a 16 px body font (display math 1.1x). The SVG's baseline offset
+    Sizes are CSS pixels for a `px` body font (display math 1.1x). The SVG's baseline offset
     sets vertical-align in the browser; Qt can only centre an image on the line.
     """
     with warnings.catch_warnings():  # ziamath 0.13 uses the deprecated pkg_resources.path
@@ -274,7 +277,7 @@ def math_image(latex: str, display: bool, target: str = "browser", color: str = 
         import ziamath  # imported on first use: ~0.1 s for fonts
 
     ziamath.config.svg2 = False  # plain paths: Qt's SVG renderer lacks <symbol>
-    size = 17.6 if display else 16.0
+    size = px * 1.1 if display else px
     try:
         svg = ziamath.Latex(latex, size=size * scale, color=color, inline=not display).svg()
     except Exception:  # noqa: BLE001 - ziamath raises many kinds; the source is shown instead

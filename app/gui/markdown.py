@@ -30,7 +30,7 @@ def prose_html(text: str, *, dark: bool = False, color: str = "#1f2328",
     code_out receives the code of blocks nested in the prose, for their `copy:N` links.
     """
     return to_html(text, target="qt", dark=dark, color=color, math_scale=MATH_SCALE,
-                   code_out=code_out)
+                   code_out=code_out, copy_links=True)
 
 
 def code_html(code: str, language: str, *, dark: bool = False) -> str:
