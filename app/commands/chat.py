@@ -58,13 +58,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="a conversation id (repeat for several)",
     )
     which.add_argument("--all", action="store_true", help="every conversation not in the trash")
-    exp.add_argument("--format", required=True, choices=["md", "json", "html", "txt", "pdf"])
+    exp.add_argument(
+        "--format",
+        choices=["md", "json", "html", "txt", "pdf"],
+        help="the file format (default: from the --out extension)",
+    )
     exp.add_argument(
         "--out",
         required=True,
         type=Path,
         metavar="PATH",
-        help="a file, or a folder (one file per conversation)",
+        help="a file (its extension picks the format), or a folder (one file per conversation)",
     )
     exp.set_defaults(func=run_export)
 
@@ -256,12 +260,13 @@ def _one_line(text: str, width: int = 100) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from app.exchange.export import export_conversations
+    from app.exchange.export import export_conversations, format_for
     from app.store.store import Store
 
+    fmt = format_for(args.out, args.format)
     with Store.open() as store:
         ids = store.all_conversation_ids() if args.all else args.conversation
-        written = export_conversations(store, ids, args.format, args.out)
+        written = export_conversations(store, ids, fmt, args.out)
     where = written[0] if len(written) == 1 else f"{len(written)} files in {args.out}"
     print(f"exported {len(ids)} conversation{'s' * (len(ids) != 1)} to {where}")
     return 0
