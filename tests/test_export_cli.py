@@ -4,6 +4,7 @@ target. The format follows the extension the user typed."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,37 @@ def test_gui_export_target_prefers_the_typed_extension():
     assert export_target("/t/chats.txt", md, 2) == ("txt", Path("/t/chats"))
     assert export_status([Path("/t/conv.pdf")]) == "Exported to /t/conv.pdf"
     assert export_status([Path("/t/a/1.md"), Path("/t/a/2.md")]) == "Exported 2 files to /t/a"
+
+
+def test_list_json_is_an_array_for_scripts(home, capsys):
+    import json
+
+    capsys.readouterr()
+    assert main(["list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [sorted(r) for r in rows] == [
+        ["id", "messages", "pinned", "title", "updated", "uuid"]] * 2
+    assert {r["id"] for r in rows} == {1, 2} and all(r["messages"] == 2 for r in rows)
+    assert all(re.fullmatch(r"[0-9a-f-]{36}", r["uuid"]) for r in rows)
+    assert all(r["pinned"] is False for r in rows)
+    assert main(["list", "--json", "--search", "second"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["id"] for h in hits] == [2] and "second question" in hits[0]["snippet"]
+
+
+def test_every_conversation_option_takes_the_uuid(home, capsys, monkeypatch):
+    from app.commands import chat
+
+    with Store.open() as store:
+        uuid = store.get_conversation(1).uuid
+    out = home / "by-uuid.md"
+    assert main(["export", "-c", uuid.upper(), "--out", str(out)]) == 0
+    assert "first question" in out.read_text()
+    engine = FakeEngine()
+    monkeypatch.setattr(chat, "open_engine", lambda args: engine)
+    assert main(["ask", "--demo", "-c", uuid, "more"]) == 0
+    assert engine.calls[0][0][0]["content"] == "first question"  # continued conversation 1
+    capsys.readouterr()
+    assert main(["export", "-c", "not-a-uuid", "--out", str(home / "x.md")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'not-a-uuid'" in err and "list --json" in err
