@@ -24,13 +24,14 @@ def split_segments(text: str) -> list[Segment]:
 
 
 def prose_html(text: str, *, dark: bool = False, color: str = "#1f2328",
-               code_out: list[str] | None = None) -> str:
+               code_out: list[str] | None = None, font_px: float = 16.0) -> str:
     """Markdown prose as Qt rich text (headings, lists, tables, quotes, math images, links).
 
-    code_out receives the code of blocks nested in the prose, for their `copy:N` links.
+    code_out receives the code of blocks nested in the prose, for their `copy:N` links;
+    font_px (the label's font size in pixels) sizes the math to match the text.
     """
     return to_html(text, target="qt", dark=dark, color=color, math_scale=MATH_SCALE,
-                   code_out=code_out, copy_links=True)
+                   code_out=code_out, copy_links=True, math_px=font_px)
 
 
 def code_html(code: str, language: str, *, dark: bool = False) -> str:

@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from PySide6.QtCore import QEvent, Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QFontDatabase, QGuiApplication, QResizeEvent
+from PySide6.QtGui import (
+    QDesktopServices,
+    QFontDatabase,
+    QFontInfo,
+    QGuiApplication,
+    QResizeEvent,
+)
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -91,7 +97,8 @@ class ProseLabel(WrapLabel):
         palette = current_palette()
         self.nested_code = []
         self.setText(prose_html(segment.text, dark=palette.name == "dark", color=palette.text,
-                                code_out=self.nested_code))
+                                code_out=self.nested_code,
+                                font_px=QFontInfo(self.font()).pixelSize()))
         self.setAccessibleName(segment.text[:200])
 
     def _link(self, href: str) -> None:
