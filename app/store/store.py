@@ -180,8 +180,9 @@ class Store:
                 rows = self._read("SELECT id FROM conversations WHERE lower(uuid) = ?",
                                   (text.lower(),))
         if not rows:
+            label = text if text.isdigit() else repr(text)
             raise UserError(
-                f"no conversation {text!r} in {self.path}; use a number from `grok-desktop "
+                f"no conversation {label} in {self.path}; use a number from `grok-desktop "
                 "list` or a uuid from `grok-desktop list --json`"
             )
         return int(rows[0][0])
