@@ -28,7 +28,7 @@ from app.gui import theme
 from app.gui.chat import ChatController
 from app.gui.composer import Composer
 from app.gui.errors import ErrorBanner, show_error
-from app.gui.files import export_with_dialog, import_with_dialog
+from app.gui.files import export_status, export_with_dialog, import_with_dialog
 from app.gui.loading import ModelLoader, ProgressBanner
 from app.gui.menus import build_menus
 from app.gui.settings_backend import api_key, model_key, remote_config
@@ -312,7 +312,7 @@ class MainWindow(QMainWindow):
             self.show_error(str(exc))
             return
         if written:
-            self.statusBar().showMessage(f"Exported to {written[0].parent}", 5000)
+            self.statusBar().showMessage(export_status(written), 5000)
 
     def import_conversations(self) -> None:
         try:

@@ -169,6 +169,37 @@ class Store:
         )
         return row_to_conversation(rows[0], tuple(row_to_message(m) for m in messages))
 
+    def resolve_conversation(self, ref: str | int) -> int:
+        """A conversation's number from what a user typed: its number (`grok-desktop list`)
+        or its uuid (the export's `id`, any case). Raises UserError naming the reference."""
+        text = str(ref).strip()
+        if text.isdigit():
+            rows = self._read("SELECT id FROM conversations WHERE id = ?", (int(text),))
+        else:
+            rows = self._read("SELECT id FROM conversations WHERE uuid = ?", (text.lower(),))
+            if not rows:  # uuids from other tools may be stored in upper case
+                rows = self._read("SELECT id FROM conversations WHERE lower(uuid) = ?",
+                                  (text.lower(),))
+        if not rows:
+            label = text if text.isdigit() else repr(text)
+            raise UserError(
+                f"no conversation {label} in {self.path}; use a number from `grok-desktop "
+                "list` or a uuid from `grok-desktop list --json`"
+            )
+        return int(rows[0][0])
+
+    def message_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
+        """Number of stored messages (every branch) per conversation."""
+        ids = list(conversation_ids)
+        counts = dict.fromkeys(ids, 0)
+        for start in range(0, len(ids), 500):  # under SQLite's limit on ? parameters
+            chunk = ids[start : start + 500]
+            rows = self._read(
+                "SELECT conversation_id, count(*) FROM messages WHERE conversation_id IN"
+                f" ({','.join('?' * len(chunk))}) GROUP BY conversation_id", tuple(chunk))
+            counts.update({int(conv): int(n) for conv, n in rows})
+        return counts
+
     def all_conversation_ids(self, include_trash: bool = False) -> list[int]:
         where = "" if include_trash else " WHERE deleted_ms IS NULL"
         return [r[0] for r in self._read(f"SELECT id FROM conversations{where} ORDER BY id")]
