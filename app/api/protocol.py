@@ -32,7 +32,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -302,8 +302,8 @@ def _number(body: dict, name: str) -> float | None:
     return value
 
 
-def _check(name: str, value: float | None, ok: bool, allowed: str) -> None:
-    if value is not None and not ok:
+def _check(name: str, value: float | None, ok: Callable[[Any], bool], allowed: str) -> None:
+    if value is not None and not ok(value):
         raise ApiError(400, f"'{name}' must be {allowed} (got {value!r})", param=name)
 
 
@@ -312,21 +312,20 @@ def _params(body: dict, context_length: int) -> GenerationParams:
     temperature, top_p = _number(body, "temperature"), _number(body, "top_p")
     min_p, penalty = _number(body, "min_p"), _number(body, "repetition_penalty")
     top_k, seed = _integer(body, "top_k"), _integer(body, "seed")
-    t, p, m, r = (x if x is not None else 1.0 for x in (temperature, top_p, min_p, penalty))
-    _check("temperature", temperature, t >= 0, ">= 0 (0: greedy)")
-    _check("top_p", top_p, 0 < p <= 1, "in (0, 1]")
-    _check("top_k", top_k, (top_k or 0) >= -1, ">= 0 (0 or -1: off)")
-    _check("min_p", min_p, 0 <= m < 1, "in [0, 1) (0: off)")
-    _check("repetition_penalty", penalty, 0.01 <= r <= 2, "between 0.01 and 2 (1: off)")
+    _check("temperature", temperature, lambda t: t >= 0, ">= 0 (0: greedy)")
+    _check("top_p", top_p, lambda p: 0 < p <= 1, "in (0, 1]")
+    _check("top_k", top_k, lambda k: k >= -1, ">= 0 (0 or -1: off)")
+    _check("min_p", min_p, lambda m: 0 <= m < 1, "in [0, 1) (0: off)")
+    _check("repetition_penalty", penalty, lambda r: 0.01 <= r <= 2,
+           "between 0.01 and 2 (1: off)")
     for name in ("frequency_penalty", "presence_penalty"):  # accepted, not applied
-        value = _number(body, name)
-        _check(name, value, -2 <= (value or 0) <= 2, "between -2 and 2")
-    _check("seed", seed, 0 <= (seed or 0) < 2**63, "between 0 and 2**63 - 1")
+        _check(name, _number(body, name), lambda v: -2 <= v <= 2, "between -2 and 2")
+    _check("seed", seed, lambda v: 0 <= v < 2**63, "between 0 and 2**63 - 1")
     limit = _integer(body, "max_completion_tokens")
-    _check("max_completion_tokens", limit, (limit or 1) >= 1, ">= 1")
+    _check("max_completion_tokens", limit, lambda n: n >= 1, ">= 1")
     if limit is None:
         limit = _integer(body, "max_tokens")
-        _check("max_tokens", limit, (limit or 1) >= 1, ">= 1")
+        _check("max_tokens", limit, lambda n: n >= 1, ">= 1")
     values: dict[str, Any] = {"max_tokens": context_length if limit is None else limit}
     if temperature is not None:
         values["temperature"] = 0.0 if temperature < GREEDY_BELOW else float(temperature)
