@@ -460,3 +460,58 @@ def test_case_c03_usage_chunk_only_when_asked(demo_engine, start) -> None:
         chunks = sse_objects(text)
         assert status == 200 and chunks[-1] == "[DONE]"
         assert all(len(c["choices"]) == 1 and "usage" not in c for c in chunks[:-1])
+
+
+def test_slow_clients_do_not_block_others(start) -> None:
+    """A client that sends half its headers, one that sends half its body and one queued
+    behind a held generation: the others are still answered at once."""
+    engine = FakeEngine()
+    server = start(engine)
+    slow = []
+    for payload in (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConte",
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                    b"application/json\r\nContent-Length: 100\r\n\r\n{\"mess"):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.sendall(payload)
+        slow.append(sock)
+    began = time.monotonic()
+    assert request(server, "GET", "/v1/models")[0] == 200
+    assert request(server, "POST", "/v1/chat/completions", {"messages": HELLO})[0] == 200
+    assert time.monotonic() - began < 3
+    for sock in slow:
+        sock.close()
+
+
+def test_stop_answers_the_waiting_and_cuts_the_running(start) -> None:
+    """stop(): the queued request gets 503 "stopping", the running stream ends without
+    [DONE], and both connections close; the port is free for a new server at once."""
+    engine = FakeEngine(hold=True)
+    server = start(engine, max_queue=4)
+    results: dict[str, Any] = {}
+
+    def post(name: str, stream: bool) -> None:
+        try:
+            results[name] = request(server, "POST", "/v1/chat/completions",
+                                    {"messages": [{"role": "user", "content": name}],
+                                     "stream": stream})
+        except Exception as exc:  # noqa: BLE001  (a cut stream reads as an error)
+            results[name] = exc
+
+    running = threading.Thread(target=post, args=("A", True), daemon=True)
+    running.start()
+    deadline = time.monotonic() + 5
+    while engine.started != ["A"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    waiting = threading.Thread(target=post, args=("B", False), daemon=True)
+    waiting.start()
+    while server.line.waiting() != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.stop(5)
+    running.join(5)
+    waiting.join(5)
+    assert results["B"][0] == 503 and "stopping" in results["B"][2]["error"]["message"]
+    cut = results["A"]
+    assert isinstance(cut, Exception) or "[DONE]" not in cut[2]
+    assert engine.started == ["A"]
+    again = start(FakeEngine(), port=server.port)
+    assert request(again, "GET", "/v1/models")[0] == 200
