@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import string
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from app.api.server import ApiServer
+from app.api.server import ROUTES, ApiServer
 from app.messages import Finished, GenerationParams, GenerationStats, Token
 
 EXAMPLES = 150  # per test below; chat and completions each get two tests (valid, mutated)
@@ -82,7 +83,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
 def post(server: ApiServer, path: str, data: bytes, headers: dict[str, str] | None = None,
          method: str = "POST") -> tuple[int, str, str]:
     """Send and read the whole answer; a reset or cut answer is counted and re-raised."""
-    COUNTS[path, "cases"] += 1
+    path_only = path.partition("?")[0].rstrip("/")
+    endpoint = path_only if path_only in ROUTES else "other paths"
+    COUNTS[endpoint, "cases"] += 1
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
         conn.request(method, path, body=data if method == "POST" else None,
@@ -90,12 +93,12 @@ def post(server: ApiServer, path: str, data: bytes, headers: dict[str, str] | No
         response = conn.getresponse()
         text = response.read().decode("utf-8")
     except (OSError, http.client.HTTPException):
-        COUNTS[path, "dropped"] += 1
+        COUNTS[endpoint, "dropped"] += 1
         raise
     finally:
         conn.close()
     status = response.status
-    COUNTS[path, "2xx" if status < 300 else "4xx" if status < 500 else "500"] += 1
+    COUNTS[endpoint, "2xx" if status < 300 else "4xx" if status < 500 else "500"] += 1
     return status, response.getheader("Content-Type", ""), text
 
 
@@ -299,3 +302,37 @@ def test_headers_decide_as_the_rules_say(server: ApiServer, host: str, origin: s
     else:
         want = 200
     assert response.status == want, (headers, content_type, route)
+
+
+URL_CHARS = string.ascii_letters + string.digits + "/._-~%?=&+:@!$'()*,;"
+
+
+@FUZZ
+@given(method=st.sampled_from(["GET", "GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]),
+       path=st.one_of(st.just("/v1/models"), st.sampled_from(list(ROUTES)),
+                      st.text(URL_CHARS, max_size=30).map(lambda p: "/" + p)),
+       query=st.one_of(st.just(""), st.text(URL_CHARS, max_size=20).map(lambda q: "?" + q)),
+       auth=st.one_of(st.none(), st.text(string.printable.strip(), max_size=20)))
+def test_any_method_and_path_ends_cleanly(server: ApiServer, method: str, path: str,
+                                          query: str, auth: str | None) -> None:
+    """/v1/models with any query, and any method on any path (with any Authorization, which
+    this server ignores without a key): 2xx or a clean 4xx JSON error, never 500."""
+    headers = {"Authorization": auth} if auth is not None else {}
+    status, kind, text = post(server, path + query, b"{}", headers, method=method)
+    if method == "GET" and path.rstrip("/") == "/v1/models":
+        assert status == 200 and json.loads(text)["data"][0]["id"] == "grok-2-demo"
+    else:
+        assert_clean(status, kind, text, stream=False)
+
+
+@settings(FUZZ, max_examples=200)
+@given(query=st.text(URL_CHARS, max_size=30),
+       extra=st.dictionaries(st.sampled_from(["Accept", "Authorization", "User-Agent",
+                                              "X-Stainless-Os", "Accept-Encoding", "Cookie"]),
+                             st.text(string.printable.strip(), max_size=30), max_size=4))
+def test_models_answers_any_query_and_headers(server: ApiServer, query: str,
+                                              extra: dict[str, str]) -> None:
+    """GET /v1/models with any query string and the headers SDKs send: always the model."""
+    status, kind, text = post(server, "/v1/models?" + query, b"", extra, method="GET")
+    assert status == 200 and kind.startswith("application/json"), text
+    assert json.loads(text)["data"][0]["max_model_len"] == server.engine.context_length

@@ -468,9 +468,9 @@ def test_slow_clients_do_not_block_others(start) -> None:
     engine = FakeEngine()
     server = start(engine)
     slow = []
-    for payload in (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConte",
-                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
-                    b"application/json\r\nContent-Length: 100\r\n\r\n{\"mess"):
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    for payload in (head + b"Conte",
+                    head + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"):
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         sock.sendall(payload)
         slow.append(sock)

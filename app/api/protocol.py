@@ -96,8 +96,9 @@ def _check_values(value: Any) -> None:
     while stack:
         item, path = stack.pop()
         if isinstance(item, float) and not math.isfinite(item):
-            raise ApiError(400, f"{_name(path)} is {item!r}, which JSON does not allow: send a "
-                           "finite number", param=path or None)
+            shown = "NaN" if math.isnan(item) else "Infinity" if item > 0 else "-Infinity"
+            raise ApiError(400, f"{_name(path)} is {shown} (or too large a number), which JSON "
+                           "does not allow: send a finite number", param=path or None)
         if isinstance(item, str):
             _check_text(item, path)
         elif isinstance(item, dict):
