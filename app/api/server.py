@@ -184,7 +184,8 @@ class _Generation:
             self.cancel.set()
 
         watcher = asyncio.ensure_future(watch())
-        self.api._running.add(self.cancel)  # stop() cancels it from now on
+        with self.api._lock:
+            self.api._running.add(self.cancel)  # stop() cancels it from now on
         try:
             async with self.api.line.turn(gone) as admitted:
                 if not admitted:
@@ -200,7 +201,9 @@ class _Generation:
         except ApiError as exc:
             await _error_response(exc)(scope, receive, send)
         finally:
-            self.api._running.discard(self.cancel)
+            self.cancel.set()  # a no-op after a whole reply; stops the engine if we left early
+            with self.api._lock:
+                self.api._running.discard(self.cancel)
             watcher.cancel()
             if not self.pumped:  # refused, or left the line: release the unstarted generator
                 self.events.close()
@@ -497,9 +500,10 @@ class ApiServer:
         may pass 0). Safe to call twice and from any thread."""
         with self._lock:
             server, self._server = self._server, None
+            running = list(self._running)
         if server is None:
             return
-        for cancel in list(self._running):
+        for cancel in running:
             cancel.set()
         loop, thread = self._loop, self._thread
 
