@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from app import paths
+from app.api.guard import normalize_origin
 from app.checkpoint_files import TOKENIZER_NAME, read_header
 from app.errors import ModelFileError, UserError
 from app.messages import GenerationParams
@@ -50,6 +51,8 @@ class Settings:
     api_server_port: int = 1234
     api_server_key: str = ""
     api_server_allow_remote: bool = False  # listen on every address (needs a key)
+    # Web origins (http://localhost:3000) whose pages may call the API server from a browser.
+    api_cors_origins: list[str] = field(default_factory=list)
     sampling: GenerationParams = field(default_factory=GenerationParams)
     system_prompt: str = ""
     theme: str = "system"
@@ -75,6 +78,18 @@ class Settings:
             raise ValueError("'api_server_port' must be in 0..65535 (0: any free port)")
         if self.api_server_allow_remote and not self.api_server_key:
             raise ValueError("'api_server_allow_remote' needs an 'api_server_key'")
+        if self.api_cors_origins is None:  # JSON null: the default, no browser origins
+            object.__setattr__(self, "api_cors_origins", [])
+        if not isinstance(self.api_cors_origins, (list, tuple)):
+            raise TypeError("'api_cors_origins' must be a list of origins like "
+                            "\"http://localhost:3000\"")
+        origins = []
+        for i, origin in enumerate(self.api_cors_origins):
+            try:
+                origins.append(normalize_origin(origin))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"'api_cors_origins[{i}]': {exc}") from None
+        object.__setattr__(self, "api_cors_origins", list(dict.fromkeys(origins)))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -276,9 +276,11 @@ class EngineWorker:
         server = self._server
         return server.url if server is not None else None
 
-    def start_api_server(self, port: int, api_key: str = "", allow_remote: bool = False) -> str:
+    def start_api_server(self, port: int, api_key: str = "", allow_remote: bool = False,
+                         cors_origins: list[str] | tuple[str, ...] = ()) -> str:
         """Serve the loaded local model as an OpenAI-compatible API; returns its URL. Raises
-        UserError with the reason when there is no local model, or the port is taken."""
+        UserError with the reason when there is no local model, or the port is taken.
+        `cors_origins`: web origins whose pages may call it from a browser."""
         from app.api.server import ApiServer
 
         engine = self._engine
@@ -292,7 +294,8 @@ class EngineWorker:
         with self._server_lock:
             self._stop_server_locked(0.0)
             server = ApiServer(engine, host="0.0.0.0" if allow_remote else "127.0.0.1",
-                               port=port, api_key=api_key, allow_remote=allow_remote)
+                               port=port, api_key=api_key, allow_remote=allow_remote,
+                               cors_origins=cors_origins)
             server.start()
             self._server = server
         return server.url

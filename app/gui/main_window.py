@@ -358,7 +358,7 @@ class MainWindow(QMainWindow):
             return
         try:
             url = worker.start_api_server(s.api_server_port, s.api_server_key,
-                                          s.api_server_allow_remote)
+                                          s.api_server_allow_remote, s.api_cors_origins)
         except UserError as exc:
             self.status.set_api_server(None, f"API server off: {exc}")
             if announce:
