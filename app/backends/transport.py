@@ -24,8 +24,9 @@ from app import __version__
 from app.errors import UserError
 from app.messages import GenerationStats
 
-# Grok-2 ends a turn with <|separator|>, but SGLang stops on <|eos|> only (spec 5.2), so chat
-# requests name the end-of-turn markers as stop strings, as the model card's test client does.
+# Grok-2 ends a turn with <|separator|>, but SGLang stops on <|eos|> only
+# (docs/grok2.md#stop-rules), so chat requests name the end-of-turn markers as stop strings, as
+# the model card's test client does.
 GROK2_STOPS = ("<|separator|>", "<|eos|>", "\nHuman:")
 POLL_S = 0.05  # how often helper threads look at a cancel flag or a socket
 

@@ -1,4 +1,8 @@
-"""PDF export with Qt's own PDF writer: the HTML export laid out by QTextDocument.
+"""PDF export with Qt's own PDF writer: the HTML export (its Qt variant) laid out by
+QTextDocument.
+
+Lines wrap at word boundaries, or anywhere inside a word longer than the line (a URL, a hash),
+so nothing runs off the page. Math is drawn from SVG at 4x its size, so it stays sharp.
 
 Text stays text (selectable, searchable, with embedded font subsets), not a picture. Qt is
 imported inside the function so the core stays Qt-free; a headless process gets an offscreen
@@ -22,7 +26,7 @@ _app = None  # the QGuiApplication this module had to create, kept alive
 def write_pdf(conv: Conversation, path: Path) -> None:
     """Write `conv` (its current branch) as an A4 PDF at `path`, atomically."""
     from PySide6.QtCore import QMarginsF
-    from PySide6.QtGui import QPageLayout, QPageSize, QPdfWriter, QTextDocument
+    from PySide6.QtGui import QPageLayout, QPageSize, QPdfWriter, QTextDocument, QTextOption
 
     _ensure_gui_app()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,7 +39,10 @@ def write_pdf(conv: Conversation, path: Path) -> None:
         writer.setTitle(conv.title)
         writer.setCreator(APP_NAME)
         doc = QTextDocument()
-        doc.setHtml(to_html(conv))
+        option = doc.defaultTextOption()
+        option.setWrapMode(QTextOption.WrapMode.WrapAtWordBoundaryOrAnywhere)
+        doc.setDefaultTextOption(option)
+        doc.setHtml(to_html(conv, target="qt"))
         doc.print_(writer)
         del writer  # flushes and closes the file
         if os.path.getsize(tmp) == 0:

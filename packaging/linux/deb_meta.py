@@ -16,6 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pyinstaller"))
 import bundle_config as cfg
 
 MAINTAINER = "Grok Desktop developers <grok-desktop@users.noreply.github.com>"
+# Packages the app needs beyond the shared libraries dpkg-shlibdeps finds: a colour emoji
+# font, so emoji in replies and PDF exports are not empty boxes on a fresh Debian.
+EXTRA_DEPENDS = ("fonts-noto-color-emoji",)
 VARIANTS = {
     "cpu": "CPU-only build (PyTorch without CUDA): runs everywhere, no GPU acceleration.",
     "cuda": "NVIDIA build (PyTorch with CUDA 12): uses an NVIDIA GPU when the driver is "
@@ -31,9 +34,11 @@ def debian_version(version: str) -> str:
 
 
 def control_text(variant: str, installed_kib: int, depends: str, arch: str = "amd64") -> str:
-    """The DEBIAN/control file of the package."""
+    """The DEBIAN/control file of the package; `depends` (shared libraries) gets
+    EXTRA_DEPENDS appended."""
     if variant not in VARIANTS:
         raise SystemExit(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}")
+    depends = ", ".join([d for d in (depends,) if d] + list(EXTRA_DEPENDS))
     fields = {
         "Package": cfg.APP_ID,
         "Version": debian_version(cfg.VERSION),
