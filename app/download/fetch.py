@@ -80,8 +80,11 @@ class Control:
 
 
 def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
     with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _git_sha1(path: Path) -> str:

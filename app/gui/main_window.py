@@ -335,11 +335,15 @@ class MainWindow(QMainWindow):
         dialog.open()
         return dialog
 
+    def _settings_to_download(self, dialog: SettingsDialog) -> None:
+        dialog.reject()
+        self.open_download()
+
     def open_settings(self) -> SettingsDialog:
         conv = self.chat.conversation
         dialog = SettingsDialog(self.settings, conv.system_prompt if conv else None, self)
         dialog.accepted.connect(lambda: self.apply_settings_dialog(dialog))
-        dialog.download_requested.connect(lambda: (dialog.reject(), self.open_download()))
+        dialog.download_requested.connect(lambda: self._settings_to_download(dialog))
         dialog.open()
         return dialog
 

@@ -22,9 +22,8 @@ WEIGHTS_ONLY = ".gitattributes"
 
 
 @pytest.fixture(autouse=True)
-def small_chunks(monkeypatch):
-    """Tiny files: read 512 bytes at a time and report every chunk, so a stop lands mid-file."""
-    monkeypatch.setattr(fetch, "CHUNK", 512)
+def report_every_piece(monkeypatch):
+    """Tiny files: report every piece received, so a stop can land mid-file."""
     monkeypatch.setattr(fetch, "REPORT_EVERY_S", 0.0)
 
 

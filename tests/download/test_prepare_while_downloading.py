@@ -25,8 +25,7 @@ GREEDY = GenerationParams(temperature=0, max_tokens=16)
 
 
 @pytest.fixture(autouse=True)
-def small_chunks(monkeypatch):
-    monkeypatch.setattr(fetch, "CHUNK", 512)
+def report_every_piece(monkeypatch):
     monkeypatch.setattr(fetch, "REPORT_EVERY_S", 0.0)
 
 
