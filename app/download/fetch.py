@@ -13,9 +13,11 @@ A file already in the folder (say from `hf download`) is hashed and kept when it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -60,15 +62,28 @@ class Stopped(Exception):
 
 
 class Control:
-    """Pause or cancel a download from another thread; checked after each piece received."""
+    """Pause or cancel a download from another thread: checked after each piece received, and
+    the response being read is closed at once, so a stalled connection stops too."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self.reason = ""
+        self._close: Callable[[], None] | None = None
 
     def stop(self, reason: str = "paused") -> None:
         self.reason = reason
         self._event.set()
+        close = self._close
+        if close is not None:
+            with contextlib.suppress(Exception):  # the reader sees the stop either way
+                close()
+
+    def reading(self, close: Callable[[], None] | None) -> None:
+        """The download thread names how to abort the read in progress (None: none)."""
+        self._close = close
+        if close is not None and self._event.is_set():
+            with contextlib.suppress(Exception):
+                close()
 
     @property
     def stopped(self) -> bool:
@@ -77,6 +92,21 @@ class Control:
     def check(self) -> None:
         if self._event.is_set():
             raise Stopped(self.reason)
+
+
+def _abort(response) -> Callable[[], None]:
+    """How another thread ends a blocked read of `response`: shut its socket down (a plain
+    close does not wake a thread waiting in recv); the reader then sees an error, notices the
+    stop and closes the response itself. Without a socket to reach, the stop is seen when the
+    next bytes arrive (or the read times out)."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+
+    def abort() -> None:
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+
+    return abort
 
 
 def _sha256(path: Path) -> str:
@@ -262,6 +292,7 @@ class Downloader:
         try:
             with open_range(self.snapshot, remote.name, have, end if end < remote.size else None,
                             self.token) as response:
+                self.control.reading(_abort(response))
                 if response.status_code == 200 and have:  # the server ignored Range
                     have = 0
                     mode = "wb"
@@ -290,6 +321,8 @@ class Downloader:
             if self.control.stopped:  # the pause closed the connection mid-read
                 raise Stopped(self.control.reason) from exc
             raise hub_error(exc, remote.name) from exc
+        finally:
+            self.control.reading(None)
         if have < end:
             raise DownloadError(f"{remote.name}: the connection closed after {have:,} of "
                                 f"{end:,} bytes; the partial download is kept; run the "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import shutil
+import threading
+import time
 from collections import namedtuple
 from pathlib import Path
 
@@ -91,6 +93,37 @@ def test_interrupted_then_resumed_fetches_no_byte_twice(hub, repo_folder, tmp_pa
     assert hub.overlaps() == {}
     assert sum(hub.bytes_served(n) for n in hub.files) == lk.snapshot.total_bytes
     assert hub.served[name] == [(0, half), (half, len(hub.files[name]))]
+
+
+def test_pause_stops_a_stalled_connection_at_once(hub, repo_folder, tmp_path):
+    """Pausing from another thread (the GUI) while the hub sends nothing closes the read: the
+    download stops within a second, keeps what arrived, and resumes from there."""
+    name = "pytorch_model-00004-TP-common.safetensors"
+    hub.stall = (name, 1000)
+    control, arrived, outcome = Control(), threading.Event(), []
+    lk = look(_request(hub, tmp_path / "grok-2"))
+
+    def watch(p):
+        if p.file == name and p.file_done >= 1000:
+            arrived.set()
+
+    def download():
+        try:
+            run(lk, control, watch)
+        except Stopped as stop:
+            outcome.append(stop.reason)
+
+    worker = threading.Thread(target=download)
+    worker.start()
+    assert arrived.wait(20)
+    t0 = time.monotonic()
+    control.stop("paused")
+    worker.join(5)
+    assert outcome == ["paused"] and time.monotonic() - t0 < 2
+    hub.release.set()
+    run(look(_request(hub, tmp_path / "grok-2")))
+    assert hub.overlaps() == {}
+    assert hub.served[name] == [(0, 1000), (1000, len(hub.files[name]))]
 
 
 def test_corrupt_bytes_are_fetched_again(hub, repo_folder, tmp_path):

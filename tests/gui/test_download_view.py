@@ -75,9 +75,9 @@ def test_download_from_welcome_pause_resume_load_and_chat(qtbot, make_window, hu
     assert view.overall_bar.value() > 0 and "B/s" in view.stats.text() and "left" in view.stats.text()
     if os.environ.get("GROK_DL_SCREENSHOT"):
         view.window().grab().save(os.environ["GROK_DL_SCREENSHOT"])
-    qtbot.mouseClick(view.pause_button, Qt.MouseButton.LeftButton)
-    hub.release.set()  # the stalled response ends; the pause has already been asked for
-    wait(qtbot, lambda: view.state == "paused")
+    qtbot.mouseClick(view.pause_button, Qt.MouseButton.LeftButton)  # the hub is stalled:
+    wait(qtbot, lambda: view.state == "paused", timeout=5000)  # the pause ends the read
+    hub.release.set()
     assert view.start_button.text() == "Resume" and "kept" in view.message.text()
     again = DownloadDialog(window.settings, window)  # as after closing and reopening the app
     assert again.view.folder.text() == str(out) and "unfinished" in again.view.message.text()
