@@ -56,14 +56,8 @@ def _default_out(prepared_only: bool) -> Path:
     return paths.data_dir() / "models" / ("grok-2-prepared" if prepared_only else "grok-2")
 
 
-def _budgets() -> tuple[int, int]:
-    from app.engine.loader import detect_budgets
-
-    return detect_budgets()
-
-
 def run_download(args: argparse.Namespace) -> int:
-    from app.download.budget import propose, size
+    from app.download.budget import machine_budgets, propose, size
     from app.download.hub import REPO
     from app.download.pipeline import Request, look, run
     from app.placement import bandwidths
@@ -73,7 +67,7 @@ def run_download(args: argparse.Namespace) -> int:
     req = Request(out, args.repo or REPO, args.revision, prepared_only=args.keep_prepared_only,
                   quant=args.quant or "int4")
     lk = look(req)
-    gpu, cpu = _budgets()
+    gpu, cpu = machine_budgets()
     proposal = propose(lk.cfg, gpu, cpu, bandwidths(), args.quant)
     print(proposal.text, file=sys.stderr)
     if args.keep_prepared_only and not args.quant:

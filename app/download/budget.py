@@ -41,6 +41,15 @@ def size(n: float) -> str:
     return f"{int(n)} bytes"
 
 
+def machine_budgets() -> tuple[int, int]:
+    """This machine's free GPU memory (0 without CUDA) and total RAM, in bytes: the engine's
+    own probe, so the plan matches what loading will see. Imports torch: call it off the GUI
+    thread (the download view does, on its worker thread)."""
+    from app.engine.loader import detect_budgets
+
+    return detect_budgets()
+
+
 @dataclass(frozen=True)
 class Proposal:
     """The quantization the plan proposes and why; `bound` in tokens/s (0 when nothing fits)."""

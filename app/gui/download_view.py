@@ -2,8 +2,9 @@
 then per-file and overall progress with pause, cancel and resume (app/download/).
 
 The hub is asked and the files are fetched on a Python thread; progress reaches the widgets
-through a queued Qt signal. With "keep only the prepared model" that thread also quantizes
-(app.download.pipeline imports the engine there, never on the GUI thread).
+through a queued Qt signal. That thread also measures this machine for the plan (free GPU
+memory, RAM: the engine's probe) and, with "keep only the prepared model", quantizes: torch and
+the engine are imported there, never on the GUI thread.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from PySide6.QtWidgets import (
 
 from app import paths
 from app.download import license
-from app.download.budget import propose, size
+from app.download.budget import machine_budgets, propose, size
 from app.download.fetch import Control, Progress, Stopped
 from app.download.hub import REPO
 from app.download.pipeline import Look, Request, look, recent, run
 from app.errors import UserError
-from app.placement import bandwidths, budget_bytes, machine_ram_bytes
+from app.placement import bandwidths, budget_bytes
 from app.settings import Settings
 
 
@@ -235,7 +236,14 @@ class DownloadView(QWidget):
 
     def _look_thread(self, req: Request) -> None:
         try:
-            self.bridge.looked.emit(look(req))
+            lk = look(req)
+            gpu, cpu = budget_bytes(self.settings)  # the Settings budgets, where the user set
+            if gpu is None or cpu is None:           # them; else what this machine has
+                free_gpu, ram = machine_budgets()
+                gpu = free_gpu if gpu is None else gpu
+                cpu = ram if cpu is None else cpu
+            lk.proposal = propose(lk.cfg, gpu, cpu, bandwidths())
+            self.bridge.looked.emit(lk)
         except UserError as exc:
             self.bridge.failed.emit(str(exc))
         except Exception as exc:  # noqa: BLE001 - shown as one line, never a traceback
@@ -243,11 +251,9 @@ class DownloadView(QWidget):
 
     def _looked(self, lk: Look) -> None:
         self.look = lk
-        gpu, cpu = budget_bytes(self.settings)
-        proposal = propose(lk.cfg, gpu or 0, cpu or machine_ram_bytes(), bandwidths())
-        note = "" if gpu is not None else (" (the GPU budget is \"all of it\": set one in "
-                                            "Settings > Memory to plan with the GPU)")
-        self.plan_label.setText(proposal.text + note)
+        proposal = lk.proposal
+        assert proposal is not None
+        self.plan_label.setText(proposal.text)
         if proposal.fits and lk.request.prepared_only and not self._quant_set:
             self._quant_set = True
             self.quant.blockSignals(True)
