@@ -76,7 +76,7 @@ class DownloadView(QWidget):
         self.control: Control | None = None
         self.look: Look | None = None
         self.state = "idle"
-        self._quant_set = False  # the plan's quantization is applied once, then the user's
+        self.quant_chosen = False  # the plan's quantization is applied once, then the user's
         self.bridge = _Bridge(self)
         self.bridge.looked.connect(self._looked)
         self.bridge.progress.connect(self.show_progress)
@@ -131,6 +131,7 @@ class DownloadView(QWidget):
         self.prepared_only.toggled.connect(self._invalidate)
         self.prepared_only.toggled.connect(self._update_buttons)
         self.quant.currentIndexChanged.connect(self._invalidate)
+        self.quant.activated.connect(lambda _index: setattr(self, "quant_chosen", True))
 
         self.plan_label = QLabel("", self)
         self.plan_label.setWordWrap(True)
@@ -181,7 +182,7 @@ class DownloadView(QWidget):
         self.folder.setText(str(req.out))
         self.prepared_only.setChecked(req.prepared_only)
         self.quant.setCurrentText(req.quant)
-        self._quant_set = True
+        self.quant_chosen = True
         self.message.setText(f"An unfinished download to {req.out} is there: check and start "
                              "to resume it (nothing already received is fetched again).")
 
@@ -254,8 +255,8 @@ class DownloadView(QWidget):
         proposal = lk.proposal
         assert proposal is not None
         self.plan_label.setText(proposal.text)
-        if proposal.fits and lk.request.prepared_only and not self._quant_set:
-            self._quant_set = True
+        if proposal.fits and lk.request.prepared_only and not self.quant_chosen:
+            self.quant_chosen = True
             self.quant.blockSignals(True)
             self.quant.setCurrentText(proposal.quant)
             self.quant.blockSignals(False)

@@ -111,3 +111,27 @@ def test_errors_show_one_line_and_allow_resume(qtbot, make_window, hub, tmp_path
     qtbot.mouseClick(view.check_button, Qt.MouseButton.LeftButton)
     wait(qtbot, lambda: "401" in view.message.text())
     assert "\n" not in view.message.text() and view.state == "idle"
+
+
+def test_keep_prepared_only_from_the_view_loads_the_prepared_folder(qtbot, make_window, hub,
+                                                                    tmp_path):
+    """The download thread quantizes (the engine is imported there, not on the GUI thread);
+    the prepared folder becomes the model and loads."""
+    window = make_window()
+    view = window.open_download().view
+    out = tmp_path / "grok-2-int4"
+    view.folder.setText(str(out))
+    view.accept_box.setChecked(True)
+    view.prepared_only.setChecked(True)
+    assert view.quant.isEnabled()
+    view.quant.setCurrentText("int4")
+    view.quant_chosen = True  # the user chose: the plan's proposal does not override it
+    qtbot.mouseClick(view.check_button, Qt.MouseButton.LeftButton)
+    wait(qtbot, lambda: view.state == "ready")
+    assert "source files at a time" in view.disk_label.text()
+    assert view.look is not None and view.look.request.quant == "int4"
+    qtbot.mouseClick(view.start_button, Qt.MouseButton.LeftButton)
+    wait(qtbot, lambda: window.settings.model_folder == str(out), timeout=60_000)
+    assert (out / "prepared.json").is_file() and not (tmp_path / "grok-2-int4.download").exists()
+    wait(qtbot, lambda: window.worker.info is not None and not window.loader.loading)
+    assert window.worker.info.folder == str(out) and window.worker.info.quantization == "int4"
