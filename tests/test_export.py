@@ -265,9 +265,9 @@ def _valid_doc(store: Store) -> dict:
             lambda d: _edit(d, "role", "wizard"),
             r"conversations\[1\]\.messages\[1\]\.role: 'wizard' is not one of",
         ),
-        (lambda d: _edit(d, "parent_id", 7), r"parent_id: 7 is not an earlier message"),
+        (lambda d: _edit(d, "parent_id", 7), r"parent_id: 7 is not the id of a message"),
         (lambda d: _edit(d, "created_at", "yesterday"), "not an ISO 8601 time"),
-        (lambda d: _edit(d, "content", None), r"messages\[1\]\.content: expected str"),
+        (lambda d: _edit(d, "content", None), r"messages\[1\]\.content: expected a string, got null"),
     ],
 )
 def test_malformed_files_are_rejected_whole(store, tmp_path, damage, problem):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -73,7 +74,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "path",
         type=Path,
         metavar="PATH",
-        help="conversations JSON, or ChatGPT's conversations.json / export .zip",
+        help="our JSON export, or ChatGPT's export: its .zip, its folder or conversations.json",
+    )
+    imp.add_argument(
+        "--strict",
+        action="store_true",
+        help="import nothing if any conversation of a ChatGPT export is broken "
+        "(default: skip and list the broken ones)",
     )
     imp.set_defaults(func=run_import)
 
@@ -271,11 +278,34 @@ def run_import(args: argparse.Namespace) -> int:
     from app.exchange.importers import import_file
     from app.store.store import Store
 
+    progress = _ImportProgress(sys.stderr) if sys.stderr.isatty() else None
     with Store.open() as store:
-        result = import_file(store, args.path)
-    n = len(result.imported_ids)
-    line = f"imported {n} conversation{'s' * (n != 1)} from {args.path} ({result.source})"
-    if result.skipped:
-        line += f"; {result.skipped} already present, skipped"
-    print(line)
+        try:
+            result = import_file(store, args.path, strict=args.strict, progress=progress)
+        finally:
+            if progress is not None:
+                progress.clear()
+    print(result.summary(str(args.path)))
     return 0
+
+
+class _ImportProgress:
+    """`reading conversations 120/900` on one terminal line, for files with many."""
+
+    MIN_TOTAL = 50
+
+    def __init__(self, out: TextIO) -> None:
+        self.out, self.shown, self.last = out, False, -1.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if total < self.MIN_TOTAL or (now - self.last < 0.1 and done < total):
+            return
+        self.last, self.shown = now, True
+        self.out.write(f"\rreading conversations {done}/{total}")
+        self.out.flush()
+
+    def clear(self) -> None:
+        if self.shown:
+            self.out.write("\r\033[K")
+            self.out.flush()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 # CommonMark fences: up to 3 spaces, then 3+ backticks or 3+ tildes, then an info string.
 _FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
 
+
 @dataclass(frozen=True)
 class Segment:
     """A run of message text: prose, or one fenced code block (body without its fences)."""
@@ -75,6 +76,7 @@ def fence_for(text: str, char: str = "`") -> str:
 
 # ---- highlighting -----------------------------------------------------------------------
 
+
 def _words(text: str) -> list[str]:
     return text.split()
 
@@ -88,20 +90,33 @@ in instanceof typeof undefined fn impl mut pub use mod trait match loop where se
 func go chan defer select map range type struct string bool nil""")
 
 _KEYWORDS: dict[str, frozenset[str]] = {
-    "python": frozenset(_words("""False None True and as assert async await break class
+    "python": frozenset(
+        _words("""False None True and as assert async await break class
         continue def del elif else except finally for from global if import in is lambda nonlocal not or
-        pass raise return try while with yield self match case print len range""")),
-    "shell": frozenset(_words("""if then else elif fi for while do done case esac in
-        function return export local echo cd exit set unset source sudo pip python git""")),
-    "sql": frozenset(_words("""select from where insert into values update set delete
+        pass raise return try while with yield self match case print len range""")
+    ),
+    "shell": frozenset(
+        _words("""if then else elif fi for while do done case esac in
+        function return export local echo cd exit set unset source sudo pip python git""")
+    ),
+    "sql": frozenset(
+        _words("""select from where insert into values update set delete
         create table drop alter index join left right inner outer on group by order having limit and or not
-        null as distinct primary key references integer text""")),
+        null as distinct primary key references integer text""")
+    ),
     "c": frozenset(_C_LIKE),
     "json": frozenset(_words("true false null")),
 }
 _ALIASES = {
-    "py": "python", "python3": "python", "sh": "shell", "bash": "shell", "zsh": "shell",
-    "console": "shell", "shell-session": "shell", "sqlite": "sql", "postgresql": "sql",
+    "py": "python",
+    "python3": "python",
+    "sh": "shell",
+    "bash": "shell",
+    "zsh": "shell",
+    "console": "shell",
+    "shell-session": "shell",
+    "sqlite": "sql",
+    "postgresql": "sql",
 }
 _HASH_COMMENT = {"python", "shell", "yaml", "toml", "ruby", "r", "perl"}
 
@@ -140,7 +155,7 @@ def code_tokens(code: str, language: str) -> Iterator[tuple[str | None, str]]:
         if kind is None:
             continue
         if m.start() > pos:
-            yield None, code[pos:m.start()]
+            yield None, code[pos : m.start()]
         yield kind, m.group()
         pos = m.end()
     if pos < len(code):
@@ -152,10 +167,13 @@ def highlight_html(code: str, language: str, colors: Mapping[str, str]) -> str:
 
     `colors` maps keyword, string, comment, number, function to CSS colours.
     """
-    out = [html.escape(text) if kind is None
-           else f'<span style="color:{colors[kind]}">{html.escape(text)}</span>'
-           for kind, text in code_tokens(code, language)]
-    return f"<pre style=\"margin:0; white-space:pre-wrap\">{''.join(out)}</pre>"
+    out = [
+        html.escape(text)
+        if kind is None
+        else f'<span style="color:{colors[kind]}">{html.escape(text)}</span>'
+        for kind, text in code_tokens(code, language)
+    ]
+    return f'<pre style="margin:0; white-space:pre-wrap">{"".join(out)}</pre>'
 
 
 CSS_CLASSES = {"keyword": "k", "string": "s", "comment": "c", "number": "n", "function": "f"}
@@ -166,18 +184,22 @@ def highlight_classes(code: str, language: str) -> str:
     Without a language the code is only escaped."""
     if not language:
         return html.escape(code)
-    return "".join(html.escape(text) if kind is None
-                   else f'<span class="{CSS_CLASSES[kind]}">{html.escape(text)}</span>'
-                   for kind, text in code_tokens(code, language))
+    return "".join(
+        html.escape(text)
+        if kind is None
+        else f'<span class="{CSS_CLASSES[kind]}">{html.escape(text)}</span>'
+        for kind, text in code_tokens(code, language)
+    )
 
 
-def _style_for(kind: str | None, m: re.Match[str], keywords: frozenset[str],
-               code: str) -> str | None:
+def _style_for(
+    kind: str | None, m: re.Match[str], keywords: frozenset[str], code: str
+) -> str | None:
     if kind in ("comment", "string", "number"):
         return kind
     word = m.group()
     if word in keywords or word.lower() in keywords and keywords is _KEYWORDS["sql"]:
         return "keyword"
-    if code[m.end():m.end() + 1] == "(":
+    if code[m.end() : m.end() + 1] == "(":
         return "function"
     return None
