@@ -93,7 +93,10 @@ def _iso(seconds: float) -> str:
 
 
 def to_json(conversations: Sequence[Conversation]) -> str:
-    return json.dumps(export_document(conversations), ensure_ascii=False, indent=2) + "\n"
+    return (
+        json.dumps(export_document(conversations), ensure_ascii=False, indent=2, allow_nan=False)
+        + "\n"
+    )
 
 
 # ---- Markdown and plain text --------------------------------------------------------------
