@@ -366,17 +366,19 @@ def _two_nodes(changes: dict | None = None) -> list:
     return data
 
 
+_CYCLE = {("m0", "parent"): "m1", ("m1", "children"): ["m0"], ("root", "children"): []}
+
+
 @pytest.mark.parametrize(
     ("changes", "problem"),
     [
-        ({("m0", "parent"): "m1", ("m1", "children"): ["m0"], ("root", "children"): []},
-         r'cycle \("m[01]" -> "m[01]" -> "m[01]"\)'),
-        ({("m1", "parent"): "root"}, r'mapping\["m1"\]: has parent "root" but is listed as a child'),
-        ({("root", "children"): ["m0", "m1"]}, r'mapping\["m0"\]\.children: "m1" is also listed as a child of "root"'),
-        ({("m0", "children"): [{"id": "m1"}]}, r'mapping\["m0"\]\.children\[0\]: expected a node id'),
+        (_CYCLE, r'cycle \("m[01]" -> "m[01]" -> "m[01]"\)'),
+        ({("m1", "parent"): "root"}, r'\["m1"\]: has parent "root" but is listed as a child'),
+        ({("root", "children"): ["m0", "m1"]}, r'\["m0"\]\.children: "m1" is also listed as a'),
+        ({("m0", "children"): [{"id": "m1"}]}, r'\["m0"\]\.children\[0\]: expected a node id'),
         ({("m1", "message"): ["x"]}, r'mapping\["m1"\]\.message: expected an object or null'),
     ],
-)  # fmt: skip
+)
 def test_broken_chatgpt_trees_are_named(store, tmp_path, changes, problem):
     """Cycles, links that disagree, objects where ids belong: refused naming the node."""
     _refused(store, _write(tmp_path, _two_nodes(changes)), problem)
@@ -389,7 +391,7 @@ def test_repeated_node_and_message_ids_are_named(store, tmp_path):
     _refused(store, _write(tmp_path, text), r'mapping\["m1"\]: this node id appears twice')
     data = _two_nodes()
     data[0]["mapping"]["m1"]["message"]["id"] = "m0"
-    _refused(store, _write(tmp_path, data), r'message id "m0" is also used by node "m0"')
+    _refused(store, _write(tmp_path, data), r'message id "m0" is also in node "m0"')
 
 
 def test_several_broken_conversations_are_each_listed(store, tmp_path):

@@ -125,7 +125,7 @@ def _check_tree(mapping: dict[str, Any], where: str) -> list[str]:
             if msg_id in message_ids:
                 raise BadImport(
                     at(node_at, "message") + ".id",
-                    f"message id {quoted(msg_id)} is also used by node {quoted(message_ids[msg_id])}",
+                    f"message id {quoted(msg_id)} is also in node {quoted(message_ids[msg_id])}",
                 )
             message_ids[msg_id] = key
     for key, node in mapping.items():
