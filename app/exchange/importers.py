@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any
 from app.errors import BadImport, UserError
 from app.exchange.chatgpt import conversation_title, convert_conversation
 from app.exchange.export import FORMAT_NAME
-from app.exchange.jsoncheck import decode_text, may_hold_surrogates, parse_json, repair_surrogates
+from app.exchange.jsoncheck import (
+    decode_text,
+    may_hold_surrogates,
+    parse_json,
+    quoted,
+    repair_surrogates,
+)
 from app.exchange.our_json import check_document, conversation
 from app.store.conversation import Conversation
 
@@ -48,7 +54,7 @@ class Skipped:
     problem: str  # JSON path inside the conversation and what is wrong there
 
     def __str__(self) -> str:
-        title = f' "{self.title}"' if self.title else ""
+        title = f" {quoted(self.title)}" if self.title else ""  # JSON-escaped: one line
         return f"{self.where}{title}: {self.problem}"
 
 
