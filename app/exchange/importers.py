@@ -233,14 +233,17 @@ def _kind(data: Any, label: str, several: bool) -> str:
 
 
 def _ours(parsed: tuple[Any, bool], progress: Progress) -> ParsedImport:
-    data, _ = parsed
-    data, repairs = repair_surrogates(data)  # our files are small: always look
+    data, surrogates = parsed
+    notes = ()
+    if surrogates:
+        data, repairs = repair_surrogates(data)
+        notes = (repairs.note(),) if repairs.count else ()
     items = check_document(data)
     convs = []
     for i, item in enumerate(items):
         convs.append(conversation(item, f"conversations[{i}]"))
         progress(i + 1, len(items))
-    return ParsedImport(OURS, tuple(convs), (), (repairs.note(),) if repairs.count else ())
+    return ParsedImport(OURS, tuple(convs), (), notes)
 
 
 def _distinct_ids(parsed: ParsedImport) -> ParsedImport:

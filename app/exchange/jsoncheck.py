@@ -24,7 +24,12 @@ MAX_SECONDS = 253370764800.0
 SQLITE_INT = (-(2**63), 2**63 - 1)
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+# A \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF one, or the reverse: the only way
+# JSON text decoded from UTF-8 can hold a lone surrogate.
+_LONE_SURROGATE_ESCAPE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -94,9 +99,9 @@ def duplicate_keys(obj: Any) -> tuple[str, ...]:
 
 
 def may_hold_surrogates(raw: bytes) -> bool:
-    """False when the raw file cannot decode to lone surrogates (it has no \\uD800-\\uDFFF
-    escapes), so the walk in `repair_surrogates` can be skipped for big files."""
-    return _SURROGATE_ESCAPE.search(raw) is not None
+    """False when the raw file cannot decode to lone surrogates (every \\uD800-\\uDFFF escape
+    is half of a pair), so the walk in `repair_surrogates` can be skipped for big files."""
+    return _LONE_SURROGATE_ESCAPE.search(raw) is not None
 
 
 @dataclass
