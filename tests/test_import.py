@@ -339,7 +339,7 @@ def test_uploaded_files_in_metadata_become_markers(store, tmp_path):
 
 def test_code_output_and_reasoning_are_kept(store, tmp_path):
     """code and execution_output become fenced blocks; thoughts a quoted Reasoning block;
-    reasoning_recap ("Thought for 3 seconds") is left out."""
+    reasoning_recap ("Thought for 3 seconds") and empty code are left out."""
     data = _chatgpt(
         {"content_type": "thoughts",
          "thoughts": [{"summary": "Planning", "content": "Use a loop.\nThen print."}]},
@@ -347,6 +347,8 @@ def test_code_output_and_reasoning_are_kept(store, tmp_path):
         {"content_type": "code", "language": "python", "text": "for i in range(3):\n    print(i)"},
         {"content_type": "execution_output", "text": "0\n1\n```\n2"},
         {"content_type": "code", "language": "unknown", "text": "ls"},
+        {"content_type": "code", "language": "python", "text": "  \n"},
+        {"content_type": "code", "language": "sh```\nrm", "text": "pwd"},
         role="assistant",
     )  # fmt: skip
     assert _import_chatgpt(store, tmp_path, data) == [
@@ -354,6 +356,7 @@ def test_code_output_and_reasoning_are_kept(store, tmp_path):
         "```python\nfor i in range(3):\n    print(i)\n```",
         "````\n0\n1\n```\n2\n````",
         "```\nls\n```",
+        "```\npwd\n```",  # an empty block is left out; a language that is not a name too
     ]
 
 

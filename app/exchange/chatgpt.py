@@ -36,6 +36,7 @@ from app.store.conversation import Conversation, Message, make_title, newest_lea
 _STATUS = {"in_progress": "interrupted"}
 _FINISH = {"stop": "stop", "max_tokens": "length", "interrupted": "cancelled"}
 _ROLES = ("user", "assistant", "system")
+_LANGUAGE = re.compile(r"[\w+#.-]{1,40}\Z")  # safe as a fence's info string
 _LEFT_OUT = {
     "reasoning_recap",
     "user_editable_context",
@@ -291,8 +292,11 @@ def _content_text(content: dict[str, Any], where: str) -> str:
         text = _optional_str(content, "text", where)
         if text is None:
             text = _parts(content, where) if "parts" in content else ""
+        if not text.strip():
+            return ""
         language = _optional_str(content, "language", where) if kind == "code" else None
-        return fenced(text, "" if language in (None, "unknown") else language)
+        plain = language is None or language == "unknown" or not _LANGUAGE.match(language)
+        return fenced(text, "" if plain else language)
     if kind == "thoughts":
         return _thoughts(content, where)
     if kind in _LEFT_OUT:
