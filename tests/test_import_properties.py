@@ -152,7 +152,7 @@ def _content(kind: str, text: str) -> tuple[dict[str, Any], str, str]:
         body = text.replace("`", "'")  # no backticks inside: the fence is three
         return (
             {"content_type": "code", "language": "python", "text": body},
-            f"```python\n{body.rstrip(chr(10))}\n```",
+            f"```python\n{body.rstrip(chr(10))}\n```" if body.strip() else "",
             "assistant",
         )
     role = {"hidden": "system", "tool_call": "assistant", "tool": "tool"}.get(kind, kind)

@@ -170,10 +170,10 @@ def _children(node: dict[str, Any], key: str, mapping: dict[str, Any], node_at: 
 def _check_links_agree(key: str, parent: str | None, listed_by: str | None, node_at: str) -> None:
     if parent == listed_by:
         return
-    if listed_by is None:
+    if parent is None:
+        problem = f"is listed as a child of {quoted(listed_by or '')} but its parent is null"
+    elif listed_by is None:
         problem = f"has parent {quoted(parent)}, whose children list does not name it"
-    elif parent is None:
-        problem = f"is listed as a child of {quoted(listed_by)} but its parent is null"
     else:
         problem = f"has parent {quoted(parent)} but is listed as a child of {quoted(listed_by)}"
     raise BadImport(node_at, problem)
@@ -294,9 +294,10 @@ def _content_text(content: dict[str, Any], where: str) -> str:
             text = _parts(content, where) if "parts" in content else ""
         if not text.strip():
             return ""
-        language = _optional_str(content, "language", where) if kind == "code" else None
-        plain = language is None or language == "unknown" or not _LANGUAGE.match(language)
-        return fenced(text, "" if plain else language)
+        language = (_optional_str(content, "language", where) if kind == "code" else "") or ""
+        if language == "unknown" or not _LANGUAGE.match(language):
+            language = ""
+        return fenced(text, language)
     if kind == "thoughts":
         return _thoughts(content, where)
     if kind in _LEFT_OUT:

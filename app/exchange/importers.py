@@ -157,16 +157,13 @@ def _sources(path: Path) -> list[tuple[str, bytes]]:
     except PermissionError as exc:
         raise UserError(f"cannot import {path}: permission denied; check who owns it") from exc
     except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as exc:
-        raise _reject(path, f"cannot be read ({exc})") from exc
+        raise _reject(path, f"it cannot be read ({exc})") from exc
 
 
 def _pick(names: list[str], path: Path) -> list[str]:
-    def shard(name: str) -> re.Match[str] | None:
-        return _SHARD.match(name.rsplit("/", 1)[-1])
-
-    shards = sorted((n for n in names if shard(n)), key=lambda n: (int(shard(n)[1]), n))
+    shards = {n: m for n in names if (m := _SHARD.match(n.rsplit("/", 1)[-1]))}
     if shards:
-        return shards
+        return sorted(shards, key=lambda n: (int(shards[n][1]), n))
     whole = [n for n in names if n.rsplit("/", 1)[-1] == "conversations.json"]
     if not whole:
         raise _reject(path, "it holds no conversations.json or conversations-000.json")
@@ -193,7 +190,7 @@ def _convert(docs: list[tuple[str, Any]], strict: bool, progress: Progress) -> P
         if surrogates:
             data, repairs = repair_surrogates(data)
             if repairs.count:
-                notes.append(f"{label}: {repairs.note()}")
+                notes.append(f"{label}: {repairs.note()}" if label else repairs.note())
         prefix = f"{label} " if len(docs) > 1 else ""
         rows = data if isinstance(data, list) else [data]
         items += [(f"{prefix}[{i}]", item) for i, item in enumerate(rows)]
@@ -234,7 +231,7 @@ def _kind(data: Any, label: str, several: bool) -> str:
 
 def _ours(parsed: tuple[Any, bool], progress: Progress) -> ParsedImport:
     data, surrogates = parsed
-    notes = ()
+    notes: tuple[str, ...] = ()
     if surrogates:
         data, repairs = repair_surrogates(data)
         notes = (repairs.note(),) if repairs.count else ()

@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from app.errors import BadImport
@@ -110,7 +109,6 @@ class Repairs:
 
     count: int = 0
     first: str = ""
-    paths: list[str] = field(default_factory=list)
 
     def note(self) -> str:
         if not self.count:
@@ -126,25 +124,24 @@ def repair_surrogates(value: Any, where: str = "") -> tuple[Any, Repairs]:
     """A copy of `value` with every lone surrogate in keys and strings replaced by U+FFFD."""
     repairs = Repairs()
 
-    def fix(text: str, at: Callable[[], str]) -> str:
+    def fix(text: str, path: tuple[Any, ...]) -> str:
         fixed, n = _SURROGATE.subn("\ufffd", text)
         if n:
             if not repairs.count:
-                repairs.first = at()
+                repairs.first = join_path(where, path)
             repairs.count += n
         return fixed
 
     def walk(node: Any, path: tuple[Any, ...]) -> Any:
         if isinstance(node, str):
-            return fix(node, lambda: join_path(where, path))
+            return fix(node, path)
         if isinstance(node, list):
             return [walk(v, (*path, i)) for i, v in enumerate(node)]
         if isinstance(node, dict):
-            out = type(node)(
-                (fix(k, lambda k=k: join_path(where, (*path, k))), walk(v, (*path, k)))
-                for k, v in node.items()
-            )
-            if isinstance(node, _DupDict):
+            out = type(node)()
+            for key, child in node.items():
+                out[fix(key, (*path, key))] = walk(child, (*path, key))
+            if isinstance(node, _DupDict) and isinstance(out, _DupDict):
                 out.duplicates = node.duplicates
             return out
         return node

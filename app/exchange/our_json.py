@@ -154,7 +154,11 @@ def _cycle(
 ) -> BadImport:
     by_id = {m.id: m for m in messages}
     chain = [next(m.id for m in messages if m.id not in placed)]
-    while (parent := by_id[chain[-1]].parent_id) not in chain:
+    while True:
+        parent = by_id[chain[-1]].parent_id
+        assert parent is not None  # a message left unplaced has an unplaced parent
+        if parent in chain:
+            break
         chain.append(parent)
     cycle = [*chain[chain.index(parent) :], parent]
     return BadImport(
