@@ -399,7 +399,7 @@ def _relink_chatgpt(draw: st.DrawFn, doc: Any) -> None:
         return
     key, new_parent = draw(st.sampled_from(nodes)), draw(st.sampled_from(nodes))
     old = mapping[key].get("parent")
-    if draw(st.booleans()) and isinstance(mapping.get(old), dict):
+    if draw(st.booleans()) and isinstance(old, str) and isinstance(mapping.get(old), dict):
         children = mapping[old].get("children")
         if isinstance(children, list) and key in children:
             children.remove(key)
