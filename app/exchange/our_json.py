@@ -100,7 +100,7 @@ def check_settings(settings: dict[str, Any], where: str) -> None:
     try:
         GenerationParams.from_dict(settings)
     except (TypeError, ValueError) as exc:
-        raise BadImport(where, f"{exc}; correct the value or remove it") from exc
+        raise BadImport(where, str(exc)) from exc
 
 
 # ---- messages -----------------------------------------------------------------------------
