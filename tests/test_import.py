@@ -454,3 +454,40 @@ def test_round_trip_through_export_keeps_imported_chatgpt_text(store, tmp_path):
     with Store.open(tmp_path / "other.sqlite3") as other:
         (again,) = import_file(other, _write(tmp_path, doc, "ours.json")).imported_ids
         assert _texts(other, again) == ["42\nx"]
+
+
+def test_a_folder_with_conversations_json_imports_it(store, tmp_path):
+    """The unpacked older export: conversations.json beside chat.html."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "chat.html").write_text("<html></html>")
+    (folder / "conversations.json").write_bytes((CASES / "c_parts_int.json").read_bytes())
+    (conv_id,) = import_file(store, folder).imported_ids
+    assert _texts(store, conv_id) == ["42\nx"]
+
+
+def test_an_archive_without_conversations_is_refused(store, tmp_path):
+    """A zip that is not a ChatGPT export says what it lacks."""
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("cat.jpg", b"\xff\xd8")
+    _refused(store, archive, "it holds no conversations.json or conversations-000.json")
+
+
+def test_a_broken_shard_is_named(store, tmp_path):
+    """A truncated shard rejects the import, naming the shard inside the zip."""
+    archive = tmp_path / "split.zip"
+    with zipfile.ZipFile(CASES / "c16_split_export.zip") as src, zipfile.ZipFile(archive, "w") as z:
+        for name in src.namelist():
+            data = src.read(name)
+            z.writestr(name, data[:-20] if name == "conversations-001.json" else data)
+    _refused(store, archive, r"conversations-001\.json: it is not valid JSON")
+
+
+def test_lone_surrogates_in_a_chatgpt_export_are_replaced(store, tmp_path):
+    """Cut-off emoji (half a surrogate pair) in ChatGPT text: U+FFFD, reported."""
+    data = _chatgpt({"content_type": "text", "parts": ["smile \ud83d"]})
+    path = _write(tmp_path, data)  # json.dumps writes the escape \ud83d
+    result = import_file(store, path)
+    assert _texts(store, result.imported_ids[0]) == ["smile \ufffd"]
+    assert result.notes[0].endswith("first at [0].mapping.m0.message.content.parts[0]")
