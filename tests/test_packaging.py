@@ -225,6 +225,14 @@ def test_bundle_includes_every_app_module(cfg):
     assert {f"app.commands.{name}" for name in on_disk} <= modules
 
 
+def test_bundle_carries_the_https_stack_and_its_ca_file(cfg):
+    """httpx's CA bundle (certifi's cacert.pem) is pulled in and kept, and the licenses of the
+    HTTP stack travel with it."""
+    assert "certifi" in cfg.HIDDEN_IMPORTS
+    assert cfg.keep("certifi/cacert.pem")
+    assert {"httpx", "httpx_sse", "httpcore", "h11", "certifi", "idna"} <= set(cfg.LICENSED_DISTS)
+
+
 def test_bundle_filter_drops_build_only_files(cfg):
     """Headers, test binaries and foreign translations are dropped; runtime files are kept."""
     for dropped in ("torch/include/ATen/ATen.h", "torch/bin/test_api", "torch/lib/libfoo.a",
