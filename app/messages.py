@@ -8,9 +8,11 @@ with the id of the request it answers.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
+
+from app.validation import check_fields
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -62,6 +64,7 @@ class GenerationParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and finiteness first: NaN and true pass the range checks
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
         if not 0 < self.top_p <= 1:
@@ -80,6 +83,8 @@ class GenerationParams:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationParams:
+        """From JSON data: unknown keys are ignored, missing keys take the default; raises
+        ValueError naming the key for a wrong type, a non-finite number or a value out of range."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -128,6 +133,11 @@ class Finished:
     reason: FinishReason
     stats: GenerationStats = field(default_factory=GenerationStats)
     seed: int | None = None  # the sampling seed actually used (drawn at random if none given)
+
+
+# What an engine's stream_* methods return: Tokens, then one Finished. A generator, so a caller
+# that stops reading early can close() it (the engine then releases its lock).
+ReplyStream = Generator[Token | Finished, None, None]
 
 
 @dataclass(frozen=True)

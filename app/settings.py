@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from app import paths
-from app.atomic import atomic_write_text
+from app.atomic import atomic_write_bytes, atomic_write_text
 from app.checkpoint_files import TOKENIZER_NAME, read_header
 from app.errors import ModelFileError, UserError
 from app.messages import GenerationParams
+from app.validation import check_fields
 
 THEMES = ("system", "light", "dark")
 DEVICES = ("auto", "cuda", "cpu")
@@ -53,20 +54,25 @@ class Settings:
     welcome_done: bool = False  # the first-run view was answered (folder chosen or demo tried)
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and finiteness first: "8", true and NaN name their key
+        if not isinstance(self.sampling, GenerationParams):
+            raise TypeError("'sampling' must be an object")
         _one_of("theme", self.theme, THEMES)
         _one_of("device", self.device, DEVICES)
         _one_of("quantization", self.quantization, QUANTIZATIONS)
         _one_of("backend", self.backend, BACKENDS)
-        if self.gpu_memory_gb < 0 or self.cpu_memory_gb < 0:
-            raise ValueError("memory budgets must be >= 0")
+        for name in ("gpu_memory_gb", "cpu_memory_gb"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"'{name}' must be >= 0 (0: use what the machine has)")
         if self.context_tokens < 256:
-            raise ValueError("context_tokens must be >= 256")
+            raise ValueError("'context_tokens' must be >= 256")
         if self.remote_connect_timeout_s <= 0 or self.remote_read_timeout_s <= 0:
-            raise ValueError("remote timeouts must be > 0 seconds")
+            raise ValueError("'remote_connect_timeout_s' and 'remote_read_timeout_s' must be "
+                             "> 0 seconds")
         if not 0 <= self.api_server_port <= 65535:
-            raise ValueError("api_server_port must be in 0..65535 (0: any free port)")
+            raise ValueError("'api_server_port' must be in 0..65535 (0: any free port)")
         if self.api_server_allow_remote and not self.api_server_key:
-            raise ValueError("api_server_allow_remote needs an api_server_key")
+            raise ValueError("'api_server_allow_remote' needs an 'api_server_key'")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -81,7 +87,11 @@ class Settings:
         sampling = data.get("sampling", {})
         if not isinstance(sampling, dict):
             raise TypeError("'sampling' must be an object")
-        return cls(**values, sampling=GenerationParams.from_dict(sampling))
+        try:
+            params = GenerationParams.from_dict(sampling)
+        except ValueError as exc:
+            raise ValueError(f"in 'sampling': {exc}") from exc
+        return cls(**values, sampling=params)
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -93,11 +103,14 @@ def load_settings(path: Path | None = None) -> Settings:
     """Read the settings file; a missing file gives the defaults, a bad one a UserError."""
     path = path or paths.settings_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a Windows editor may have added a BOM
     except FileNotFoundError:
         return Settings()
     except OSError as exc:
         raise UserError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 or delete "
+                        "it to start from the defaults") from exc
     try:
         data = json.loads(text)
         if not isinstance(data, dict):
@@ -112,6 +125,7 @@ def save_settings(settings: Settings, path: Path | None = None) -> Path:
     """Write the settings atomically (app.atomic), readable by their owner only (0600).
     Raises UserError naming the file when it cannot be written."""
     path = path or paths.settings_path()
+    keep_unreadable_copy(path)
     text = json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n"
     try:
         atomic_write_text(path, text, mode=FILE_MODE)
@@ -119,6 +133,22 @@ def save_settings(settings: Settings, path: Path | None = None) -> Path:
         raise UserError(f"{path}: cannot be written ({exc.strerror}); check the disk and "
                         "the folder's permissions") from exc
     return path
+
+
+def keep_unreadable_copy(path: Path) -> Path | None:
+    """Before a save replaces a settings file that does not load (the app started from the
+    defaults and said why), copy it to `settings.json.unreadable` so nothing the user wrote is
+    lost; returns the copy's path, or None when the file loads or is absent."""
+    try:
+        load_settings(path)
+        return None
+    except UserError:
+        copy = path.with_name(path.name + ".unreadable")
+        try:
+            atomic_write_bytes(copy, path.read_bytes(), mode=FILE_MODE)
+        except OSError:
+            return None  # unreadable as bytes too: nothing could be kept either way
+        return copy
 
 
 def with_sampling(settings: Settings, **changes: Any) -> Settings:

@@ -29,7 +29,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from app.backends import RemoteConfig
 from app.errors import UserError
@@ -41,8 +41,12 @@ from app.messages import (
     Loaded,
     ModelInfo,
     Progress,
+    ReplyStream,
     Token,
 )
+
+if TYPE_CHECKING:
+    from app.api.protocol import ServedEngine
 
 ChatMessage = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
@@ -56,9 +60,14 @@ class EngineLike(Protocol):
 
     def stream_chat(self, messages: list[ChatMessage], params: GenerationParams,
                     cancel: threading.Event | None = None,
-                    continue_text: str | None = None) -> Iterator[Token | Finished]: ...
+                    continue_text: str | None = None) -> ReplyStream: ...
 
     def unload(self) -> None: ...
+
+
+def _serves_api(engine: EngineLike) -> TypeGuard[ServedEngine]:
+    """The local engine has `stream_ids`, which the API server drives; a remote backend not."""
+    return hasattr(engine, "stream_ids")
 
 
 # ---- requests and the worker's own events ---------------------------------------------------
@@ -277,7 +286,7 @@ class EngineWorker:
         if engine is None:
             raise UserError("The API server needs a loaded model: load Grok-2 (or the demo "
                             "model) first.")
-        if not hasattr(engine, "stream_ids"):
+        if not _serves_api(engine):
             raise UserError("The API server shares the local Grok-2 engine; the backend is a "
                             "remote server now, so give your tools that server's address "
                             "instead.")

@@ -12,12 +12,17 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from app.engine.chat_format import STOP_STRINGS
-from app.messages import Finished, GenerationParams, GenerationStats, ModelInfo, Token
+from app.messages import (
+    Finished,
+    GenerationParams,
+    GenerationStats,
+    ModelInfo,
+    ReplyStream,
+)
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 REFUSED = ("tools", "functions", "logprobs", "top_logprobs", "echo", "suffix")
@@ -37,7 +42,7 @@ class ServedEngine(Protocol):
 
     def stream_ids(self, ids: list[int], params: GenerationParams,
                    cancel: threading.Event | None = None,
-                   stop_strings: tuple[str, ...] = ()) -> Iterator[Token | Finished]: ...
+                   stop_strings: tuple[str, ...] = ()) -> ReplyStream: ...
 
 
 class ApiError(Exception):
@@ -155,8 +160,8 @@ def _number(body: dict, name: str, kind: type) -> int | float | None:
 
 
 def _params(body: dict, context_length: int) -> GenerationParams:
-    values = {name: value for name, kind in NUMBERS.items()
-              if (value := _number(body, name, kind)) is not None}
+    values: dict[str, Any] = {name: value for name, kind in NUMBERS.items()
+                              if (value := _number(body, name, kind)) is not None}
     values["top_k"] = max(values.get("top_k", 0), 0)  # -1 means off (SGLang, vLLM)
     if not 0 <= values.get("seed", 0) < 2**63:
         raise ApiError(400, "'seed' must be between 0 and 2**63 - 1", param="seed")

@@ -36,7 +36,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +54,15 @@ from app.backends.transport import (
     parse_base_url,
     server_message,
 )
-from app.messages import Finished, GenerationParams, GenerationStats, ModelInfo, Token
+from app.messages import (
+    Finished,
+    FinishReason,
+    GenerationParams,
+    GenerationStats,
+    ModelInfo,
+    ReplyStream,
+    Token,
+)
 
 __all__ = ["GROK2_STOPS", "RemoteBackend", "RemoteConfig", "RemoteDisconnected", "RemoteError"]
 
@@ -150,21 +158,21 @@ class RemoteBackend:
 
     def stream_chat(self, messages: list[ChatMessage], params: GenerationParams,
                     cancel: threading.Event | None = None,
-                    continue_text: str | None = None) -> Iterator[Token | Finished]:
+                    continue_text: str | None = None) -> ReplyStream:
         turns = [{"role": m["role"], "content": m["content"]} for m in messages]
         estimate = self.count_tokens(turns) + estimate_tokens(continue_text or "")
         if continue_text is not None and self.config.continue_via == "completions":
             prompt = _render(turns, continue_text)
-            body = {"prompt": prompt, "stop": list(self.config.stop)}
+            body: dict[str, Any] = {"prompt": prompt, "stop": list(self.config.stop)}
             return self._stream("completions", body, params, cancel, estimate)
-        body: dict[str, Any] = {"messages": turns, "stop": list(self.config.stop)}
+        body = {"messages": turns, "stop": list(self.config.stop)}
         if continue_text is not None:
             turns.append({"role": "assistant", "content": continue_text})
             body.update(continue_final_message=True, add_generation_prompt=False)
         return self._stream("chat/completions", body, params, cancel, estimate)
 
     def stream_prompt(self, prompt: str, params: GenerationParams,
-                      cancel: threading.Event | None = None) -> Iterator[Token | Finished]:
+                      cancel: threading.Event | None = None) -> ReplyStream:
         """Raw completion of `prompt` (no chat template, no stop strings)."""
         return self._stream("completions", {"prompt": prompt}, params, cancel,
                             estimate_tokens(prompt))
@@ -188,7 +196,7 @@ class RemoteBackend:
 
     def _stream(self, tail: str, body: dict[str, Any], params: GenerationParams,
                 cancel: threading.Event | None, prompt_estimate: int,
-                ) -> Iterator[Token | Finished]:
+                ) -> ReplyStream:
         clock = _Clock(time.perf_counter(), prompt_estimate)
         cancelled = cancel.is_set if cancel is not None else (lambda: False)
         try:
@@ -217,9 +225,9 @@ class RemoteBackend:
         yield Finished(finish, clock.stats(), params.seed)
 
     def _read(self, opened: Opened, clock: _Clock,
-              cancelled: Callable[[], bool]) -> Iterator[Token]:
+              cancelled: Callable[[], bool]) -> Generator[Token, None, FinishReason | None]:
         """Yield the reply's text; return our finish reason, or None if the stream was cut."""
-        finish = None
+        finish: FinishReason | None = None
         for payload in stream_data(opened.response):
             if payload.strip() == "[DONE]":
                 return finish or "stop"

@@ -39,8 +39,9 @@ from app import __version__
 from app.errors import UserError
 from app.messages import GenerationStats
 
-# Grok-2 ends a turn with <|separator|>, but SGLang stops on <|eos|> only (spec 5.2), so chat
-# requests name the end-of-turn markers as stop strings, as the model card's test client does.
+# Grok-2 ends a turn with <|separator|>, but SGLang stops on <|eos|> only
+# (docs/grok2.md#stop-rules), so chat requests name the end-of-turn markers as stop strings, as
+# the model card's test client does.
 GROK2_STOPS = ("<|separator|>", "<|eos|>", "\nHuman:")
 POLL_S = 0.05  # how often the API server's helper threads look at a flag or a socket
 
@@ -161,10 +162,10 @@ class _Connection:
         if event == "connection.connect_tcp.started":
             self.dialled = (str(info.get("host")), int(info.get("port") or 0))
             return
-        stream = info.get("return_value")
-        if not event.endswith(".complete") or not hasattr(stream, "get_extra_info"):
+        get_extra_info = getattr(info.get("return_value"), "get_extra_info", None)
+        if not event.endswith(".complete") or get_extra_info is None:
             return
-        sock = stream.get_extra_info("socket")  # after start_tls: the TLS socket
+        sock = get_extra_info("socket")  # after start_tls: the TLS socket
         if isinstance(sock, socket.socket):
             with self.lock:
                 self.sock, stopped = sock, self.stopped

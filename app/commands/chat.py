@@ -171,6 +171,7 @@ def stream_reply(
         if not writer.done:  # the stream ended without a Finished: treat as cut off
             writer.interrupt()
         out.write("\n")
+        out.flush()  # before anything goes to stderr: `2>&1` output stays in order
         return writer.store.get_message(writer.message_id).finish_reason or "interrupted"
     except KeyboardInterrupt:
         cancel.set()

@@ -121,7 +121,8 @@ class _Prepared:
     """Tensors of a prepared folder, each file memory-mapped on first use."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder, self.files = folder, {}
+        self.folder = folder
+        self.files: dict[str, dict[str, torch.Tensor]] = {}
 
     def tensors(self, module_name: str, module: nn.Module) -> dict[str, torch.Tensor]:
         unit = unit_of(module_name + ".x")
@@ -140,7 +141,7 @@ class _Official:
 
     def tensors(self, module_name: str, module: nn.Module) -> dict[str, torch.Tensor]:
         out = {}
-        for local, _ in list(module.named_parameters(recurse=False)) or [("weight", None)]:
+        for local in [n for n, _ in module.named_parameters(recurse=False)] or ["weight"]:
             name = f"{module_name}.{local}"
             src = read_tensor(self.index, self.reader, name)
             if isinstance(module, QuantLinear):

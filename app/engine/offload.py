@@ -9,7 +9,8 @@ swap shows in `print(model)` with where each part runs:
 - decode (fewer tokens than the threshold): the router runs on the GPU, the hidden state and
   the routing go to the CPU once, the GPU's shared MLP is launched (CUDA launches are
   asynchronous), the CPU computes the two routed experts where they live meanwhile, and the
-  result comes back to be added: (dense + moe) / sqrt 2 (spec 2.7).
+  result comes back to be added: (dense + moe) / sqrt 2
+  (docs/grok2.md#dense-mlp-and-the-combination).
 - prefill (at least `threshold` tokens): `ExpertStreamer` copies the experts from pinned host
   memory to GPU buffers on a side stream, one layer (or one expert) ahead, double-buffered,
   and computes them on the GPU.
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from app.engine.model import Expert, GatedMLP, Grok2, ResidualMoE, SparseMoE
+from app.engine.model import DecoderLayer, Expert, GatedMLP, Grok2, ResidualMoE, RMSNorm, SparseMoE
 from app.engine.plan import Plan
 from app.engine.quantize import QuantLinear, set_module
 
@@ -63,6 +64,7 @@ def install(model: Grok2, plan: Plan, gpu: torch.device, cpu: torch.device,
     if plan.has_gpu and plan.stream_slots and offloaded:
         streamer = ExpertStreamer(model, offloaded, plan.stream_slots, gpu, threshold)
     for i, layer in enumerate(model.model.layers):
+        assert isinstance(layer, DecoderLayer)  # nn.ModuleList items are typed as Module
         layer.register_forward_pre_hook(_to_device_of(layer.pre_attn_norm))
         if i in offloaded and plan.has_gpu:
             plain = layer.feed_forward
@@ -95,7 +97,7 @@ def _where(module: nn.Module) -> str:
     return f"{'/'.join(devices)} {'/'.join(formats)}"
 
 
-def _to_device_of(module: nn.Module) -> Callable:
+def _to_device_of(module: RMSNorm) -> Callable:
     def hook(_module: nn.Module, args: tuple) -> tuple:
         device = module.weight.device
         return tuple(a.to(device) if isinstance(a, Tensor) and a.is_floating_point() else a
@@ -126,8 +128,8 @@ class HybridFeedForward(nn.Module):
     def __init__(self, index: int, combine_scale: float, cpu: torch.device,
                  streamer: ExpertStreamer | None, placement: dict[str, str]) -> None:
         super().__init__()
-        self.index, self.combine_scale, self.cpu, self.streamer = (
-            index, combine_scale, cpu, streamer)
+        self.index, self.combine_scale, self.cpu_device, self.streamer = (
+            index, combine_scale, cpu, streamer)  # not `cpu`: that is nn.Module.cpu()
         self.placement = placement
 
     def extra_repr(self) -> str:
@@ -152,7 +154,8 @@ class HybridFeedForward(nn.Module):
                 return self._combine(self._dense(mlp, m), routed.to(m.dtype), m)
             except torch.cuda.OutOfMemoryError:
                 streamer.disable()  # the decode path below needs no GPU buffers
-        xc, wc, ic = x.to(self.cpu), weights.to(self.cpu), ids.to(self.cpu)  # one sync
+        cpu = self.cpu_device
+        xc, wc, ic = x.to(cpu), weights.to(cpu), ids.to(cpu)  # one sync
         mlp_on_gpu = mlp.down_proj.weight.device == m.device
         dense = mlp(m) if mlp_on_gpu else None  # queued on the GPU, runs meanwhile
         routed = mix_experts(xc, wc, ic, lambda e, t: moe.experts[e](t)).to(m.dtype)
@@ -179,16 +182,17 @@ class ExpertStreamer:
                  threshold: int) -> None:
         self.threshold, self.gpu, self.enabled = threshold, gpu, True
         self.layers = layers
-        self.experts = [model.model.layers[i].block_sparse_moe.experts for i in layers]
+        self.experts = [_experts_of(model, i) for i in layers]
         self.n_experts = len(self.experts[0])
-        self.template: Expert = self.experts[0][0]
+        self.template = self.experts[0][0]
+        assert isinstance(self.template, Expert)
         host = [dict(_tensors(e)) for e in self.experts[0]]
         self.slots = [{k: torch.empty_like(v, device=gpu) for k, v in host[0].items()}
                       for _ in range(min(slots, len(layers) * self.n_experts))]
         cuda = gpu.type == "cuda"
         self.copy_stream = torch.cuda.Stream(gpu) if cuda else None
-        self.ready: dict[int, object] = {}
-        self.free: list[object | None] = [None] * len(self.slots)
+        self.ready: dict[int, torch.cuda.Event] = {}
+        self.free: list[torch.cuda.Event | None] = [None] * len(self.slots)
         self.pinned = 0
         if cuda:
             for experts in self.experts:
@@ -218,8 +222,9 @@ class ExpertStreamer:
                 self.slots[slot][k].copy_(v)
             return
         with torch.cuda.stream(self.copy_stream):
-            if self.free[slot] is not None:
-                self.copy_stream.wait_event(self.free[slot])
+            free = self.free[slot]
+            if free is not None:
+                self.copy_stream.wait_event(free)
             for k, v in self._host(unit).items():
                 self.slots[slot][k].copy_(v, non_blocking=True)
             self.ready[unit] = torch.cuda.Event()
@@ -244,10 +249,17 @@ class ExpertStreamer:
                 y = functional_call(self.template, self.slots[slot], (x[rows],)).float()
                 out.index_add_(0, rows, y * weights[rows, k, None])
             if self.copy_stream is not None:
-                self.free[slot] = torch.cuda.Event()
-                self.free[slot].record(torch.cuda.current_stream(self.gpu))
+                done = self.free[slot] = torch.cuda.Event()
+                done.record(torch.cuda.current_stream(self.gpu))
             self._prefetch(unit + len(self.slots))
         return out
+
+
+def _experts_of(model: Grok2, i: int) -> nn.ModuleList:
+    """Layer i's routed experts."""
+    layer = model.model.layers[i]
+    assert isinstance(layer, DecoderLayer)  # nn.ModuleList items are typed as Module
+    return layer.block_sparse_moe.experts
 
 
 def _tensors(module: nn.Module) -> list[tuple[str, Tensor]]:
@@ -259,7 +271,8 @@ _PINNED: set[int] = set()
 
 def _pin(t: Tensor) -> bool:
     """Page-lock an existing host buffer in place (cudaHostRegister: ~12x faster than copying
-    into a pinned allocation, research 2). Unpinned copies still work, at pageable speed."""
+    into a pinned allocation, docs/architecture.md#executing-the-plan). Unpinned copies still
+    work, at pageable speed."""
     if t.is_pinned():
         return True
     storage = t.untyped_storage()

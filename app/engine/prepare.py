@@ -1,4 +1,5 @@
-"""`prepare`: convert the official folder once into the runtime layout (design.md 6).
+"""`prepare`: convert the official folder once into the runtime layout
+(docs/architecture.md#prepare).
 
 Output folder:
     config.json, tokenizer.tok.json   copied
@@ -26,6 +27,7 @@ import shutil
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -42,6 +44,9 @@ from app.engine.weights import (
     read_tensor,
 )
 from app.errors import ModelFileError, StorageError, UserError
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 MANIFEST = "prepared.json"
 FORMAT = "grok-desktop-prepared"
@@ -169,7 +174,9 @@ def write_aligned(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     (U8 `__pad` tensors fill the gaps): the CPU kernels need aligned data, and page-aligned
     tensors can be page-locked one by one. Written atomically (app.atomic). Returns the
     sha256 of the bytes written; raises OSError (disk full, ...) with `path` untouched."""
-    header, offset, pads, order = {"__metadata__": {"format": "pt"}}, 0, 0, []
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset, pads = 0, 0
+    order: list[bytes | torch.Tensor] = []
     for name in sorted(tensors):
         gap = -offset % ALIGN
         if gap:
@@ -188,15 +195,20 @@ def write_aligned(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     with atomic_file(path) as f:
         for chunk in (struct.pack("<Q", len(raw)), raw, *order):
-            data = chunk if isinstance(chunk, bytes) else chunk.view(torch.uint8).numpy()
+            # numpy's stubs declare ndarray a buffer only for Python 3.12+
+            data = chunk if isinstance(chunk, bytes) else cast(
+                "Buffer", chunk.view(torch.uint8).numpy())
             digest.update(data)
             f.write(data)
     return digest.hexdigest()
 
 
 def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()  # hashlib.file_digest is Python 3.11+; we support 3.10
     with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _intact(out: Path, unit: str, entry: dict) -> bool:

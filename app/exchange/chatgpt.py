@@ -14,8 +14,9 @@ from typing import Any
 from app.errors import BadImport
 from app.store.conversation import Conversation, Message, make_title, newest_leaf_under
 
-_STATUS = {"in_progress": "interrupted"}
-_FINISH = {"stop": "stop", "max_tokens": "length", "interrupted": "cancelled"}
+# keyed by whatever JSON value the export holds (None, a string, ...)
+_STATUS: dict[object, str] = {"in_progress": "interrupted"}
+_FINISH: dict[object, str] = {"stop": "stop", "max_tokens": "length", "interrupted": "cancelled"}
 _TEXT_TYPES = ("text", "multimodal_text")
 
 
@@ -33,7 +34,8 @@ def _conversation(data: dict[str, Any], where: str) -> Conversation:
     if leaf is None and messages:
         leaf = newest_leaf_under(messages, messages[0].id)
     first_user = next((m.content for m in messages if m.role == "user"), "")
-    title = data.get("title") if isinstance(data.get("title"), str) else ""
+    raw_title = data.get("title")
+    title = raw_title if isinstance(raw_title, str) else ""
     return Conversation(
         id=0,
         uuid=_uuid(data, created, title),
@@ -56,7 +58,7 @@ def _walk(
     kept: dict[str | None, int | None] = {None: None}
     messages: list[Message] = []
     roots = [k for k, n in mapping.items() if n.get("parent") not in mapping]
-    stack = [(k, None) for k in reversed(roots)]
+    stack: list[tuple[str, str | None]] = [(k, None) for k in reversed(roots)]
     while stack:
         key, parent_key = stack.pop()
         if key in kept:

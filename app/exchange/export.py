@@ -62,7 +62,9 @@ def conversation_to_json(conv: Conversation) -> dict[str, Any]:
         "settings": conv.params,
         "created_at": _iso(conv.created_at),
         "updated_at": _iso(conv.updated_at),
-        "current_message_id": local.get(conv.current_leaf_id),
+        "current_message_id": (
+            local.get(conv.current_leaf_id) if conv.current_leaf_id is not None else None
+        ),
         "messages": [_message_to_json(m, local) for m in conv.messages],
     }
     if conv.deleted_at is not None:

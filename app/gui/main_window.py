@@ -6,6 +6,7 @@ pieces; this module connects them and decides what the user sees first.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import cast
 
 from PySide6.QtCore import QByteArray, QSettings, QTimer
 from PySide6.QtGui import QCloseEvent, QGuiApplication
@@ -62,7 +63,7 @@ class MainWindow(QMainWindow):
         self._count_timer = QTimer(self, singleShot=True, interval=COUNT_DELAY_MS)
         self._count_timer.timeout.connect(self.update_token_count)
         self._connect()
-        self.actions = build_menus(self, self)
+        self.menu_actions = build_menus(self, self)
         self._restore_geometry()
         self.set_model(None)
 
@@ -374,13 +375,13 @@ class MainWindow(QMainWindow):
         except UserError as exc:
             self.show_error(str(exc))
         if theme_changed:
-            theme.apply_theme(QApplication.instance(), settings.theme)
+            theme.apply_theme(_qapp(), settings.theme)
             self.transcript.restyle()
             self.sidebar.refresh()
 
     def _system_scheme_changed(self) -> None:
         if self.settings.theme == "system":
-            theme.apply_theme(QApplication.instance(), "system")
+            theme.apply_theme(_qapp(), "system")
             self.transcript.restyle()
             self.sidebar.refresh()
 
@@ -408,3 +409,8 @@ class MainWindow(QMainWindow):
 def _window_state() -> QSettings:
     """Window geometry only (everything else is in settings.json), beside the settings file."""
     return QSettings(str(paths.config_dir() / "window.ini"), QSettings.Format.IniFormat)
+
+
+def _qapp() -> QApplication:
+    """The running application; PySide6 types QApplication.instance() as QCoreApplication."""
+    return cast(QApplication, QApplication.instance())

@@ -217,8 +217,8 @@ class MessageWidget(QFrame):
         else:
             self.body = self._assistant_body(view)
         self._layout.addWidget(self.body)
-        self.actions = self._actions_row(view)
-        self._layout.addWidget(self.actions)
+        self.action_row = self._actions_row(view)
+        self._layout.addWidget(self.action_row)
 
     def _user_body(self, view: MessageView) -> QWidget:
         holder = QWidget(self)
@@ -334,8 +334,9 @@ class MessageWidget(QFrame):
             return
         for i in reversed(range(self._layout.count())):
             item = self._layout.takeAt(i)
-            if item.widget() is not None:
-                item.widget().deleteLater()
+            widget = item.widget() if item is not None else None
+            if widget is not None:
+                widget.deleteLater()
         self._editor = None
         self._build()
 
@@ -370,7 +371,7 @@ class MessageWidget(QFrame):
         buttons.addWidget(send)
         box.addLayout(buttons)
         self.body.hide()
-        self.actions.hide()
+        self.action_row.hide()
         self._layout.insertWidget(0, editor)
         self._editor = editor
         edit.setFocus()
@@ -385,7 +386,7 @@ class MessageWidget(QFrame):
             self._editor.deleteLater()
             self._editor = None
         self.body.show()
-        self.actions.show()
+        self.action_row.show()
 
 
 def _same_frame(a: MessageView, b: MessageView) -> bool:

@@ -61,8 +61,9 @@ def align_labels(form: QFormLayout, width: int = LABEL_WIDTH) -> None:
     """Give every label of `form` the same width, so stacked forms line up."""
     for row in range(form.rowCount()):
         item = form.itemAt(row, QFormLayout.ItemRole.LabelRole)
-        if item is not None and item.widget() is not None:
-            item.widget().setFixedWidth(width)
+        label = item.widget() if item is not None else None
+        if label is not None:
+            label.setFixedWidth(width)
 
 
 def _note(text: str) -> QLabel:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from PySide6.QtCore import QEvent, QObject, QPoint, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QKeySequence
+from PySide6.QtGui import QColor, QKeyEvent, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFrame,
@@ -150,7 +150,8 @@ class Sidebar(QFrame):
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # Qt override
         """Delete (Backspace on macOS) trashes the selection; Ctrl+Z undoes that."""
-        if watched is self.list and event.type() == QEvent.Type.KeyPress:
+        if (watched is self.list and event.type() == QEvent.Type.KeyPress
+                and isinstance(event, QKeyEvent)):
             if event.matches(QKeySequence.StandardKey.Delete) or (
                     event.key() == Qt.Key.Key_Backspace and not event.modifiers()):
                 self.delete_selected()
@@ -318,7 +319,7 @@ class Sidebar(QFrame):
     def _context_menu(self, pos: QPoint) -> None:
         item = self.list.itemAt(pos)
         conv_id = item.data(ID_ROLE) if item is not None else None
-        if conv_id is None:
+        if item is None or conv_id is None:
             return
         if conv_id not in self.selected_ids():
             self.list.setCurrentItem(item)

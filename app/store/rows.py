@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,12 @@ class SearchHit:
 # ---- row helpers --------------------------------------------------------------------------
 
 
+def inserted_id(cur: sqlite3.Cursor) -> int:
+    """The rowid of the row that `cur`'s INSERT just added (sqlite3 types it as optional)."""
+    assert cur.lastrowid is not None, "no INSERT ran on this cursor"
+    return cur.lastrowid
+
+
 def insert_message(
     conn: sqlite3.Connection,
     conv_id: int,
@@ -57,7 +64,7 @@ def insert_message(
         " updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (conv_id, parent_id, role, content, status, now, now),
     )
-    msg_id = int(cur.lastrowid)
+    msg_id = inserted_id(cur)
     updated = conn.execute(
         "UPDATE conversations SET current_leaf_id = ?, updated_ms = ? WHERE id = ?",
         (msg_id, now, conv_id),
@@ -82,7 +89,7 @@ def insert_conversation(conn: sqlite3.Connection, conv: Conversation) -> int:
             _ms_or_none(conv.deleted_at),
         ),
     )
-    conv_id = int(cur.lastrowid)
+    conv_id = inserted_id(cur)
     id_map: dict[int, int] = {}
     for m in conv.messages:
         parent = id_map[m.parent_id] if m.parent_id is not None else None
@@ -105,7 +112,7 @@ def insert_conversation(conn: sqlite3.Connection, conv: Conversation) -> int:
                 m.error,
             ),
         )
-        id_map[m.id] = int(cur.lastrowid)
+        id_map[m.id] = inserted_id(cur)
     leaf = id_map.get(conv.current_leaf_id) if conv.current_leaf_id is not None else None
     conn.execute("UPDATE conversations SET current_leaf_id = ? WHERE id = ?", (leaf, conv_id))
     return conv_id
@@ -270,9 +277,25 @@ def error_kind(exc: sqlite3.Error) -> str:
     return "other"
 
 
+FULL_BELOW_BYTES = 1 << 20  # less free space than this, and an I/O error means a full disk
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(Path(path).parent).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
+
+
 def storage_error(exc: sqlite3.Error, path: Path, action: str) -> StorageError:
-    """One clear line for the user: what failed, on which file, and what to do."""
+    """One clear line for the user: what failed, on which file, and what to do.
+
+    SQLite reports a full disk while it creates the WAL or shared-memory file at open as a
+    plain "disk I/O error", so an I/O error on a disk with (almost) no free space is called
+    what it is."""
     kind = error_kind(exc)
+    if kind == "io" and _nearly_full(path):
+        kind = "full"
     saved = "; everything saved before this is kept"
     message = {
         "readonly": f"cannot {action} {path}: the database is read-only (check the permissions "

@@ -15,6 +15,7 @@ settings / seed / stats as JSON, `current_leaf_id`, FTS5 search over titles and 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from app.errors import StorageError
 from app.messages import GenerationParams
+from app.paths import PRIVATE_DIR, PRIVATE_FILE, make_private
 from app.store.conversation import ms_from_iso
 from app.store.rows import error_kind, storage_error
 
@@ -103,6 +105,17 @@ END;
 """
 
 
+def _create_private(path: Path) -> None:
+    """Create a new database file 0600 (an empty file is a valid empty SQLite database), so
+    chats are never readable by other users, not even for a moment."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE))
+    except FileExistsError:
+        pass
+    except OSError:
+        pass  # a read-only folder: sqlite3 reports it in its own words below
+
+
 def open_database(path: Path) -> tuple[sqlite3.Connection, bool, Path | None]:
     """(connection, read_only, backup made before migrating) for a current-schema database.
 
@@ -111,9 +124,13 @@ def open_database(path: Path) -> tuple[sqlite3.Connection, bool, Path | None]:
     """
     conn = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        _create_private(path)
         conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
         backup = _prepare(conn, path)
+        for file in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
+            if file.exists():  # SQLite gives its -wal/-shm files the database's mode
+                make_private(file, PRIVATE_FILE)
         conn.execute(RECOVER_INTERRUPTED)
         return conn, False, backup
     except sqlite3.Error as exc:
@@ -230,6 +247,7 @@ def backup_copy(conn: sqlite3.Connection, path: Path, version: int) -> Path:
     """A consistent copy (sqlite backup API) next to the database, named after its version."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     target = path.with_name(f"{path.name}.v{version}-backup-{stamp}")
+    _create_private(target)
     dest = sqlite3.connect(target)
     try:
         conn.backup(dest)

@@ -36,6 +36,7 @@ from app.store.rows import (
     SearchHit,
     insert_conversation,
     insert_message,
+    inserted_id,
     params_json,
     row_to_conversation,
     row_to_message,
@@ -136,7 +137,7 @@ class Store:
                 " updated_ms) VALUES (?, ?, ?, ?, ?, ?)",
                 (str(uuid.uuid4()), title, system_prompt, params_json(params) or "{}", now, now),
             )
-            return int(cur.lastrowid)
+            return inserted_id(cur)
 
     def list_conversations(self, limit: int = 200, offset: int = 0) -> list[ConversationSummary]:
         """Pinned first, then most recently updated; trashed ones are left out."""

@@ -94,6 +94,26 @@ def test_corrupted_file_is_detected(ckpt, tmp_path):
     prep.verify(out, full=True)
 
 
+def test_verify_works_without_hashlib_file_digest(ckpt, tmp_path, monkeypatch):
+    """hashlib.file_digest is Python 3.11+; on 3.10 (requires-python) a full verify and the
+    checksum of a touched file still work, and still catch a damaged file."""
+    import hashlib
+
+    out = prep.prepare(ckpt, tmp_path / "p", "int4")
+    monkeypatch.delattr(hashlib, "file_digest", raising=False)
+    prep.verify(out, full=True)
+    path = out / "layer-001-experts.safetensors"
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # mtime moved: rehash
+    with pytest.raises(ModelFileError, match="layer-001-experts"):
+        prep.verify(out)
+    with pytest.raises(ModelFileError, match="damaged"):
+        prep.verify(out, full=True)
+
+
 def test_free_disk_is_checked_first(ckpt, tmp_path, monkeypatch):
     """Too little free space stops before any weight file is written."""
     class Usage:
