@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 from app.backends import RemoteConfig
 from app.errors import UserError
 from app.messages import (
+    CancelEvent,
     Failed,
     Finished,
     GenerationParams,
@@ -119,7 +120,7 @@ class _Job:
     id: int
     request: Request
     loop: asyncio.AbstractEventLoop
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: threading.Event = field(default_factory=CancelEvent)  # remote: Stop at once
     started: float = field(default_factory=time.monotonic)
 
 
