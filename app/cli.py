@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from app import __version__
+from app import __version__, paths
 from app.errors import UserError
 
 # command name -> module under app.commands that implements it
@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        paths.torch_cache_env()  # before any command imports torch
         if args.command is None:
+            from app.gui.xcb_check import check_xcb_libraries
+
+            check_xcb_libraries()  # one line and status 2 instead of Qt's abort
             from app.gui.main import run_gui
 
             return run_gui(demo=args.demo, model=args.model)

@@ -7,10 +7,48 @@ with the id of the request it answers.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from app.validation import check_fields
+
 FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class CancelEvent(threading.Event):
+    """The Stop flag of one request: a threading.Event that also runs callbacks, in the thread
+    that sets it. A backend blocked in a network read registers one that shuts its socket
+    down, so Stop takes effect at once without a thread polling the flag. Engines that only
+    call `is_set()` between steps treat it as a plain Event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks_lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        super().set()
+        with self._callbacks_lock:
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run `callback` once when the event is set (now, if it is already set). Returns a
+        function that unregisters it; callbacks must be quick and must not raise."""
+        with self._callbacks_lock:
+            if not self.is_set():
+                self._callbacks.append(callback)
+                return lambda: self._forget(callback)
+        callback()
+        return lambda: None
+
+    def _forget(self, callback: Callable[[], None]) -> None:
+        with self._callbacks_lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
 
 
 @dataclass(frozen=True)
@@ -26,6 +64,7 @@ class GenerationParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and finiteness first: NaN and true pass the range checks
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
         if not 0 < self.top_p <= 1:
@@ -44,6 +83,8 @@ class GenerationParams:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationParams:
+        """From JSON data: unknown keys are ignored, missing keys take the default; raises
+        ValueError naming the key for a wrong type, a non-finite number or a value out of range."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -92,6 +133,11 @@ class Finished:
     reason: FinishReason
     stats: GenerationStats = field(default_factory=GenerationStats)
     seed: int | None = None  # the sampling seed actually used (drawn at random if none given)
+
+
+# What an engine's stream_* methods return: Tokens, then one Finished. A generator, so a caller
+# that stops reading early can close() it (the engine then releases its lock).
+ReplyStream = Generator[Token | Finished, None, None]
 
 
 @dataclass(frozen=True)

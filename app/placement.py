@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app import paths
-from app.engine.config import Grok2Config
+from app.engine.config import CONFIG_NAME, Grok2Config, load_config
 from app.engine.plan import GB, Bandwidths, PlanError, describe, make_plan, model_bytes
 from app.errors import UserError
 from app.settings import Settings
@@ -41,16 +41,12 @@ def machine_ram_bytes() -> int:
 
 
 def read_config(folder: str) -> tuple[Grok2Config, str]:
-    """The folder's config (and where it came from); the published Grok-2 config when the
-    folder is empty or has no readable config.json."""
-    path = Path(folder).expanduser() / "config.json" if folder else None
+    """The folder's config (and where it came from); the published Grok-2 config when no
+    folder is chosen or it has no config.json yet. A config.json that is there but broken
+    (incomplete, wrong types) raises ModelFileError: never a silent fallback to Grok-2's."""
+    path = Path(folder).expanduser() / CONFIG_NAME if folder else None
     if path is not None and path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict):
-                return Grok2Config.from_dict(data), str(path)
-        except (OSError, ValueError, TypeError):
-            pass
+        return load_config(path.parent), str(path)
     return Grok2Config(), "the published Grok-2 config"
 
 
@@ -77,7 +73,10 @@ def budget_bytes(settings: Settings) -> tuple[int | None, int | None]:
 def preview(settings: Settings) -> Preview:
     """Where Grok-2 would live under these settings and the decode bound, or why it does not
     fit. Only arithmetic: fast enough to run on every spin-box change."""
-    cfg, source = read_config(settings.model_folder)
+    try:
+        cfg, source = read_config(settings.model_folder)
+    except UserError as exc:
+        return Preview(False, str(exc))
     quant = AUTO_QUANT if settings.quantization == "auto" else settings.quantization
     gpu, cpu = budget_bytes(settings)
     context = min(settings.context_tokens, cfg.max_position_embeddings)

@@ -7,19 +7,19 @@ No Qt and no torch here.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from app import paths
+from app.api.guard import normalize_origin
+from app.atomic import atomic_write_bytes, atomic_write_text
 from app.checkpoint_files import TOKENIZER_NAME, read_header
 from app.errors import ModelFileError, UserError
 from app.messages import GenerationParams
+from app.validation import check_fields
 
 THEMES = ("system", "light", "dark")
 DEVICES = ("auto", "cuda", "cpu")
@@ -49,26 +49,45 @@ class Settings:
     api_server_port: int = 1234
     api_server_key: str = ""
     api_server_allow_remote: bool = False  # listen on every address (needs a key)
+    # Web origins (http://localhost:3000) whose pages may call the API server from a browser.
+    api_cors_origins: list[str] = field(default_factory=list)
     sampling: GenerationParams = field(default_factory=GenerationParams)
     system_prompt: str = ""
     theme: str = "system"
     welcome_done: bool = False  # the first-run view was answered (folder chosen or demo tried)
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and finiteness first: "8", true and NaN name their key
+        if not isinstance(self.sampling, GenerationParams):
+            raise TypeError("'sampling' must be an object")
         _one_of("theme", self.theme, THEMES)
         _one_of("device", self.device, DEVICES)
         _one_of("quantization", self.quantization, QUANTIZATIONS)
         _one_of("backend", self.backend, BACKENDS)
-        if self.gpu_memory_gb < 0 or self.cpu_memory_gb < 0:
-            raise ValueError("memory budgets must be >= 0")
+        for name in ("gpu_memory_gb", "cpu_memory_gb"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"'{name}' must be >= 0 (0: use what the machine has)")
         if self.context_tokens < 256:
-            raise ValueError("context_tokens must be >= 256")
+            raise ValueError("'context_tokens' must be >= 256")
         if self.remote_connect_timeout_s <= 0 or self.remote_read_timeout_s <= 0:
-            raise ValueError("remote timeouts must be > 0 seconds")
+            raise ValueError("'remote_connect_timeout_s' and 'remote_read_timeout_s' must be "
+                             "> 0 seconds")
         if not 0 <= self.api_server_port <= 65535:
-            raise ValueError("api_server_port must be in 0..65535 (0: any free port)")
+            raise ValueError("'api_server_port' must be in 0..65535 (0: any free port)")
         if self.api_server_allow_remote and not self.api_server_key:
-            raise ValueError("api_server_allow_remote needs an api_server_key")
+            raise ValueError("'api_server_allow_remote' needs an 'api_server_key'")
+        if self.api_cors_origins is None:  # JSON null: the default, no browser origins
+            object.__setattr__(self, "api_cors_origins", [])
+        if not isinstance(self.api_cors_origins, (list, tuple)):
+            raise TypeError("'api_cors_origins' must be a list of origins like "
+                            "\"http://localhost:3000\"")
+        origins = []
+        for i, origin in enumerate(self.api_cors_origins):
+            try:
+                origins.append(normalize_origin(origin))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"'api_cors_origins[{i}]': {exc}") from None
+        object.__setattr__(self, "api_cors_origins", list(dict.fromkeys(origins)))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -83,7 +102,11 @@ class Settings:
         sampling = data.get("sampling", {})
         if not isinstance(sampling, dict):
             raise TypeError("'sampling' must be an object")
-        return cls(**values, sampling=GenerationParams.from_dict(sampling))
+        try:
+            params = GenerationParams.from_dict(sampling)
+        except ValueError as exc:
+            raise ValueError(f"in 'sampling': {exc}") from exc
+        return cls(**values, sampling=params)
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -95,11 +118,14 @@ def load_settings(path: Path | None = None) -> Settings:
     """Read the settings file; a missing file gives the defaults, a bad one a UserError."""
     path = path or paths.settings_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a Windows editor may have added a BOM
     except FileNotFoundError:
         return Settings()
     except OSError as exc:
         raise UserError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 or delete "
+                        "it to start from the defaults") from exc
     try:
         data = json.loads(text)
         if not isinstance(data, dict):
@@ -111,31 +137,33 @@ def load_settings(path: Path | None = None) -> Settings:
 
 
 def save_settings(settings: Settings, path: Path | None = None) -> Path:
-    """Write the settings atomically (temp file in the same folder, then os.replace)."""
+    """Write the settings atomically (app.atomic), readable by their owner only (0600).
+    Raises UserError naming the file when it cannot be written."""
     path = path or paths.settings_path()
+    keep_unreadable_copy(path)
     text = json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n"
-    atomic_write_text(path, text, mode=FILE_MODE)
+    try:
+        atomic_write_text(path, text, mode=FILE_MODE)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be written ({exc.strerror}); check the disk and "
+                        "the folder's permissions") from exc
     return path
 
 
-def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
-    """Replace `path` with `text` so a crash leaves either the old or the new file. `mode` is
-    set on the temp file before any byte is written (mkstemp creates it 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def keep_unreadable_copy(path: Path) -> Path | None:
+    """Before a save replaces a settings file that does not load (the app started from the
+    defaults and said why), copy it to `settings.json.unreadable` so nothing the user wrote is
+    lost; returns the copy's path, or None when the file loads or is absent."""
     try:
-        if mode is not None:
-            with contextlib.suppress(OSError, NotImplementedError):  # Windows: no chmod bits
-                os.fchmod(fd, mode) if hasattr(os, "fchmod") else os.chmod(tmp, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"{path}: cannot be written ({exc.strerror}); check the disk and "
-                        "the folder's permissions") from exc
+        load_settings(path)
+        return None
+    except UserError:
+        copy = path.with_name(path.name + ".unreadable")
+        try:
+            atomic_write_bytes(copy, path.read_bytes(), mode=FILE_MODE)
+        except OSError:
+            return None  # unreadable as bytes too: nothing could be kept either way
+        return copy
 
 
 def with_sampling(settings: Settings, **changes: Any) -> Settings:

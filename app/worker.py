@@ -29,19 +29,24 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from app.backends import RemoteConfig
 from app.errors import UserError
 from app.messages import (
+    CancelEvent,
     Failed,
     Finished,
     GenerationParams,
     Loaded,
     ModelInfo,
     Progress,
+    ReplyStream,
     Token,
 )
+
+if TYPE_CHECKING:
+    from app.api.protocol import ServedEngine
 
 ChatMessage = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
@@ -55,9 +60,14 @@ class EngineLike(Protocol):
 
     def stream_chat(self, messages: list[ChatMessage], params: GenerationParams,
                     cancel: threading.Event | None = None,
-                    continue_text: str | None = None) -> Iterator[Token | Finished]: ...
+                    continue_text: str | None = None) -> ReplyStream: ...
 
     def unload(self) -> None: ...
+
+
+def _serves_api(engine: EngineLike) -> TypeGuard[ServedEngine]:
+    """The local engine has `stream_ids`, which the API server drives; a remote backend not."""
+    return hasattr(engine, "stream_ids")
 
 
 # ---- requests and the worker's own events ---------------------------------------------------
@@ -110,7 +120,7 @@ class _Job:
     id: int
     request: Request
     loop: asyncio.AbstractEventLoop
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: threading.Event = field(default_factory=CancelEvent)  # remote: Stop at once
     started: float = field(default_factory=time.monotonic)
 
 
@@ -267,23 +277,26 @@ class EngineWorker:
         server = self._server
         return server.url if server is not None else None
 
-    def start_api_server(self, port: int, api_key: str = "", allow_remote: bool = False) -> str:
+    def start_api_server(self, port: int, api_key: str = "", allow_remote: bool = False,
+                         cors_origins: list[str] | tuple[str, ...] = ()) -> str:
         """Serve the loaded local model as an OpenAI-compatible API; returns its URL. Raises
-        UserError with the reason when there is no local model, or the port is taken."""
+        UserError with the reason when there is no local model, or the port is taken.
+        `cors_origins`: web origins whose pages may call it from a browser."""
         from app.api.server import ApiServer
 
         engine = self._engine
         if engine is None:
             raise UserError("The API server needs a loaded model: load Grok-2 (or the demo "
                             "model) first.")
-        if not hasattr(engine, "stream_ids"):
+        if not _serves_api(engine):
             raise UserError("The API server shares the local Grok-2 engine; the backend is a "
                             "remote server now, so give your tools that server's address "
                             "instead.")
         with self._server_lock:
             self._stop_server_locked(0.0)
             server = ApiServer(engine, host="0.0.0.0" if allow_remote else "127.0.0.1",
-                               port=port, api_key=api_key, allow_remote=allow_remote)
+                               port=port, api_key=api_key, allow_remote=allow_remote,
+                               cors_origins=cors_origins)
             server.start()
             self._server = server
         return server.url

@@ -305,3 +305,14 @@ def test_ask_command_keeps_options_as_conversation_settings(home, monkeypatch, c
         assert store.get_conversation(1).params["temperature"] == 0.1
     assert main(["ask", "--demo", "--top-p", "7", "bad"]) == 2
     assert "top_p" in capsys.readouterr().err
+
+
+def test_generate_ends_the_reply_with_a_newline_before_the_stats(tmp_path):
+    """With stdout and stderr in one pipe (2>&1), the stats line starts on its own line."""
+    env = {**os.environ, "GROK_DESKTOP_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "generate", "--demo", "--prompt", "Hello",
+         "--max-tokens", "4"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, timeout=180, check=True)
+    lines = proc.stdout.splitlines()
+    assert lines[-1].startswith("[length: ") and lines[-2].strip(), proc.stdout

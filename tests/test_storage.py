@@ -3,6 +3,7 @@ and what happens when the disk is full or the database read-only."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -46,7 +47,7 @@ def test_store_lives_at_database_path_in_wal_mode(store):
     assert store.path == paths.database_path()
     assert str(store.path).startswith(os.environ["GROK_DESKTOP_HOME"])
     assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_core_modules_import_neither_torch_nor_qt():
@@ -199,8 +200,8 @@ def test_search_finds_titles_and_message_text_with_snippets(store):
     _reply(store, conv, user, "Use the partition function; pivots matter.")
     other, _ = _chat(store, "Unrelated")
     hits = store.search("partition piv")
-    assert [(h.conversation_id, h.snippet) for h in hits] == [
-        (conv, "Use the [partition] function; [pivots] matter.")
+    assert [(h.conversation_id, h.snippet, h.marks) for h in hits] == [
+        (conv, "Use the partition function; pivots matter.", ((8, 17), (28, 34)))
     ]
     assert store.search("quicksort")[0].message_id is None  # a title hit
     assert store.search('C++ "quoted') == []  # user text is never FTS syntax
@@ -399,3 +400,44 @@ def test_titles_drop_markdown_marks():
     assert make_title("Use `ls -la` and _this_ please") == "Use ls -la and this please"
     assert make_title("snake_case_name and 2 * 3 * 4") == "snake_case_name and 2 * 3 * 4"
     assert make_title("   ") == "New conversation"
+
+
+def _tmpfs(path: Path, size: str) -> bool:
+    """Mount a small tmpfs at path (root only); False where this machine does not allow it."""
+    path.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, check=False).returncode == 0
+
+
+def test_disk_full_at_open_is_called_a_full_disk(tmp_path):
+    """A database opened on a full disk (SQLite then says only 'disk I/O error' while making
+    its WAL files) is reported as a full disk, on a real full filesystem."""
+    mount = tmp_path / "small"
+    if not _tmpfs(mount, "512k"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        db = mount / "conversations.sqlite3"
+        with Store.open(db) as store:
+            _chat(store, "kept")
+        # fill the disk to the last byte
+        with open(mount / "fill", "wb", buffering=0) as fill, contextlib.suppress(OSError):
+            while True:
+                fill.write(b"\0" * 4096)
+        with pytest.raises(StorageError, match="the disk is full; free some space"):
+            Store.open(db)
+        (mount / "fill").unlink()
+        with Store.open(db) as store:  # nothing was lost
+            assert store.integrity_check() == "ok"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_io_error_with_free_space_keeps_its_own_wording(tmp_path, monkeypatch):
+    """The full-disk wording is only used when the disk really has no room."""
+    from app.store import rows
+
+    exc = sqlite3.OperationalError("disk I/O error")
+    exc.sqlite_errorname = "SQLITE_IOERR_WRITE"
+    assert "is the disk still there" in str(rows.storage_error(exc, tmp_path / "c.db", "open"))
+    monkeypatch.setattr(rows.shutil, "disk_usage", lambda _p: shutil._ntuple_diskusage(10, 10, 0))
+    assert "the disk is full" in str(rows.storage_error(exc, tmp_path / "c.db", "open"))

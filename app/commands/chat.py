@@ -7,6 +7,7 @@ conversation started in a terminal continues in the app and the other way round.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 import time
@@ -32,9 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ask.add_argument(
         "--conversation",
         "-c",
-        type=int,
         metavar="ID",
-        help="continue this conversation (ids: `grok-desktop list`)",
+        help="continue this conversation: its number (`grok-desktop list`) or uuid",
     )
     ask.add_argument("--system", metavar="TEXT", help="the conversation's system prompt")
     add_sampling_arguments(ask)
@@ -46,6 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lst.add_argument("--limit", type=int, default=30, metavar="N")
     lst.add_argument("--search", metavar="WORDS", help="only conversations containing the words")
     lst.add_argument("--trash", action="store_true", help="list the trash instead")
+    lst.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON array (id, uuid, title, updated, messages, pinned) for scripts",
+    )
     lst.set_defaults(func=run_list)
 
     exp = sub.add_parser("export", help="write conversations as md, json, html, txt or pdf")
@@ -53,19 +58,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     which.add_argument(
         "--conversation",
         "-c",
-        type=int,
         action="append",
         metavar="ID",
-        help="a conversation id (repeat for several)",
+        help="a conversation number (`grok-desktop list`) or uuid (repeat for several)",
     )
     which.add_argument("--all", action="store_true", help="every conversation not in the trash")
-    exp.add_argument("--format", required=True, choices=["md", "json", "html", "txt", "pdf"])
+    exp.add_argument(
+        "--format",
+        choices=["md", "json", "html", "txt", "pdf"],
+        help="the file format (default: from the --out extension)",
+    )
     exp.add_argument(
         "--out",
         required=True,
         type=Path,
         metavar="PATH",
-        help="a file, or a folder (one file per conversation)",
+        help="a file (its extension picks the format), or a folder (one file per conversation)",
     )
     exp.set_defaults(func=run_export)
 
@@ -111,6 +119,7 @@ def run_ask(args: argparse.Namespace) -> int:
     _params(defaults.sampling, _overrides(args))  # bad values fail before a long model load
     with Store.open() as store:
         if args.conversation is not None:
+            args.conversation = store.resolve_conversation(args.conversation)
             _check_open(store, args.conversation)
         engine = open_engine(args)
         conv_id = _prepare_conversation(store, args, defaults)
@@ -178,6 +187,7 @@ def stream_reply(
         if not writer.done:  # the stream ended without a Finished: treat as cut off
             writer.interrupt()
         out.write("\n")
+        out.flush()  # before anything goes to stderr: `2>&1` output stays in order
         return writer.store.get_message(writer.message_id).finish_reason or "interrupted"
     except KeyboardInterrupt:
         cancel.set()
@@ -244,6 +254,9 @@ def run_list(args: argparse.Namespace) -> int:
     from app.store.store import Store
 
     with Store.open() as store:
+        if args.json:
+            print(json.dumps(_list_json(store, args), ensure_ascii=False, indent=2))
+            return 0
         if args.search:
             for hit in store.search(args.search, limit=args.limit):
                 print(f"{hit.conversation_id:>6}  {hit.title}\n        {_one_line(hit.snippet)}")
@@ -257,18 +270,50 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_json(store: Store, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`list --json`: one object per conversation, in the order the plain listing uses."""
+    from app.store.conversation import iso_from_ms
+
+    snippets: dict[int, str] = {}
+    items: list[Any]  # ConversationSummary, or Conversation for search hits (same fields)
+    if args.search:
+        hits = store.search(args.search, limit=args.limit)
+        snippets = {h.conversation_id: h.snippet for h in hits}
+        items = [store.get_conversation(h.conversation_id) for h in hits]
+    else:
+        items = store.list_trash() if args.trash else store.list_conversations(limit=args.limit)
+    counts = store.message_counts([s.id for s in items])
+    out = []
+    for s in items:
+        row: dict[str, Any] = {
+            "id": s.id, "uuid": s.uuid, "title": s.title,
+            "updated": iso_from_ms(round(s.updated_at * 1000)),
+            "messages": counts[s.id], "pinned": s.pinned,
+        }
+        if s.deleted_at is not None:
+            row["deleted"] = iso_from_ms(round(s.deleted_at * 1000))
+        if s.id in snippets:
+            row["snippet"] = snippets[s.id]
+        out.append(row)
+    return out
+
+
 def _one_line(text: str, width: int = 100) -> str:
     line = " ".join(text.split())
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from app.exchange.export import export_conversations
+    from app.exchange.export import export_conversations, format_for
     from app.store.store import Store
 
+    fmt = format_for(args.out, args.format)
     with Store.open() as store:
-        ids = store.all_conversation_ids() if args.all else args.conversation
-        written = export_conversations(store, ids, args.format, args.out)
+        if args.all:
+            ids = store.all_conversation_ids()
+        else:
+            ids = [store.resolve_conversation(ref) for ref in args.conversation]
+        written = export_conversations(store, ids, fmt, args.out)
     where = written[0] if len(written) == 1 else f"{len(written)} files in {args.out}"
     print(f"exported {len(ids)} conversation{'s' * (len(ids) != 1)} to {where}")
     return 0

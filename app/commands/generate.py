@@ -1,4 +1,5 @@
-"""`grok-desktop generate`: one chat turn from the command line (design.md section 4)."""
+"""`grok-desktop generate`: one chat turn from the command line
+(docs/architecture.md#command-line)."""
 
 from __future__ import annotations
 
@@ -117,6 +118,7 @@ def _stops() -> tuple[str, ...]:
 
 def _summary(done) -> None:
     s = done.stats
+    sys.stdout.flush()  # the reply's final newline reaches a shared pipe or file before this
     print(f"[{done.reason}: {s.prompt_tokens} prompt + {s.completion_tokens} tokens, "
           f"first token {s.ttft_s:.2f} s, {s.tokens_per_s:.1f} tok/s]", file=sys.stderr)
 

@@ -1,4 +1,5 @@
-"""`grok-desktop plan | prepare | bench`: fitting Grok-2 on this machine (design.md 4 and 6).
+"""`grok-desktop plan | prepare | bench`: fitting Grok-2 on this machine
+(docs/architecture.md#offloading).
 
 Imports nothing heavy at module level: `plan` on the real config needs no torch at all.
 """
@@ -62,6 +63,7 @@ def _budgets(args: argparse.Namespace) -> tuple[int, int]:
         gpu, cpu = detect_budgets()
     gpu = int(args.gpu_mem * 1e9) if args.gpu_mem is not None else gpu
     cpu = int(args.cpu_mem * 1e9) if args.cpu_mem is not None else cpu
+    assert gpu is not None and cpu is not None  # given, else detected above
     if gpu < 0 or cpu <= 0:
         raise UserError("--gpu-mem must be >= 0 and --cpu-mem > 0 (in GB)")
     return gpu, cpu

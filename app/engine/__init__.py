@@ -1,6 +1,6 @@
 """The Grok-2 engine: torch only, never Qt.
 
-Public contract (design.md section 3):
+Public contract (docs/architecture.md#the-engine-contract):
     load_model(path, *, device="cpu", dtype=torch.float32) -> Grok2 (nn.Module; forward(ids) -> logits)
     load_tokenizer(path) -> Tokenizer
     Engine.load(path, ...) -> Engine   # model + tokenizer + generation, what the app and CLI use

@@ -5,6 +5,7 @@ prefill and decode speed next to the plan's bound (`grok-desktop bench`).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -15,11 +16,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from app import paths
+from app.atomic import atomic_write_text
 from app.engine import quantize
 from app.engine.config import Grok2Config
 from app.engine.model import Grok2
@@ -61,9 +64,7 @@ def _store(key: str, value: object) -> None:
     except (OSError, ValueError):
         data = {}
     data.setdefault(machine_key(), {})[key] = value
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def timed(fn: Callable[[], object], repeat: int = 5, sync: bool = False) -> float:
@@ -126,7 +127,7 @@ def measure_cpu_kernels(n: int = 16384, k: int = 8192, repeat: int = 5) -> dict[
     """Seconds and effective GB/s of weight bytes for every candidate, at one matrix shape.
     The default is a real expert's w1, larger than any L3 cache: a small matrix stays cached
     between repeats and flatters compute-bound kernels (measured here: 4x)."""
-    out = {}
+    out: dict[str, dict[str, dict[str, float]]] = {}
     for kind, candidates in kernel_candidates(n, k).items():
         nbytes = Format(kind, 128).nbytes(n, k)
         out[kind] = {}
@@ -185,11 +186,11 @@ def bench_model(model: Grok2, plan: Plan, bw: Bandwidths, prompt_lengths=(32, 25
     cuda = torch.cuda.is_available()
     gen = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
-    result = {"prefill": [], "plan": plan.quant}
+    result: dict[str, Any] = {"prefill": [], "plan": plan.quant}
     for n in prompt_lengths:
         model.setup_cache(n + decode_tokens + 1)
         ids = torch.randint(0, vocab, (1, n), generator=gen).to(device)
-        s = timed(lambda ids=ids: model(ids, start_pos=0, last_only=True), repeat=1, sync=cuda)
+        s = timed(functools.partial(model, ids, start_pos=0, last_only=True), repeat=1, sync=cuda)
         result["prefill"].append({"tokens": n, "seconds": s, "tokens_per_s": n / s})
     result["ttft_s"] = result["prefill"][0]["seconds"]
     n = prompt_lengths[0]

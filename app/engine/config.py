@@ -1,7 +1,8 @@
 """Grok-2 configuration, read straight from the checkpoint's `config.json`.
 
 Field names are the file's own. `transformers.AutoConfig` is not used: the file says
-`model_type: "git"`, which AutoConfig maps to an unrelated image-captioning config (spec 1).
+`model_type: "git"`, which AutoConfig maps to an unrelated image-captioning config
+(docs/grok2.md#config).
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from typing import Any
 from app.errors import ModelFileError
 
 CONFIG_NAME = "config.json"
+# The fields that fix the tensor shapes: a config.json without one of them is incomplete, and
+# guessing Grok-2's value would blame the weights for a broken config.
+REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "intermediate_size", "moe_intermediate_size",
+            "num_local_experts", "num_experts_per_tok")
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,15 @@ class Grok2Config:
     torch_dtype: str = "bfloat16"
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = [f"{name} must be positive" for name in REQUIRED if getattr(self, name) <= 0]
+        if problems:  # the checks below divide by these
+            raise ValueError("; ".join(problems))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{f.name} must be a finite number, found {value}")
+        if self.rms_norm_eps <= 0 or self.rope_theta <= 0:
+            problems.append("rms_norm_eps and rope_theta must be positive")
         if self.num_attention_heads % self.num_key_value_heads:
             problems.append("num_attention_heads must be a multiple of num_key_value_heads")
         if self.num_experts_per_tok > self.num_local_experts:
@@ -69,11 +83,6 @@ class Grok2Config:
             problems.append("global_attn_every_n other than 1 is not supported")
         if not self.residual_moe:
             problems.append("residual_moe=false is not supported (Grok-2 uses true)")
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "head_dim", "intermediate_size",
-                     "moe_intermediate_size", "num_local_experts", "num_experts_per_tok"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -92,7 +101,9 @@ class Grok2Config:
         for key, value in data.items():
             if key not in known or value is None:
                 continue  # unknown keys (architectures, model_type, ...) are ignored
-            kwargs[key] = _coerce(key, value, known[key].type)
+            type_name = known[key].type
+            assert isinstance(type_name, str)  # a string: `from __future__ import annotations`
+            kwargs[key] = _coerce(key, value, type_name)
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,20 +121,48 @@ def _coerce(key: str, value: Any, type_name: str) -> Any:
     return value
 
 
+def check_folder(folder: str | Path) -> Path:
+    """The model folder as a Path, or one ModelFileError: no such folder, not a folder, or a
+    folder this user may not read (named with the fix)."""
+    folder = Path(folder).expanduser()
+    try:
+        if not folder.exists():
+            raise ModelFileError(f"{folder}: no such folder; choose the folder that holds "
+                                 "config.json and the *.safetensors files")
+        if not folder.is_dir():
+            raise ModelFileError(f"{folder}: not a folder; choose the folder that holds "
+                                 "config.json, not a file in it")
+        next(folder.iterdir(), None)  # a folder without read permission fails here
+    except PermissionError as exc:
+        raise ModelFileError(f"{folder}: cannot be read (permission denied); give your user "
+                             "read access to the folder and its files") from exc
+    return folder
+
+
 def load_config(folder: str | Path) -> Grok2Config:
-    path = Path(folder) / CONFIG_NAME
+    """Read and check `folder`/config.json. Raises ModelFileError naming the folder or the
+    file, the key and the fix: no such folder, unreadable, not JSON, a shape field missing
+    (REQUIRED), a wrong type, a non-finite or impossible value, or a variant we cannot run."""
+    path = check_folder(folder) / CONFIG_NAME
     if not path.is_file():
         raise ModelFileError(f"{path}: config.json is missing; point to the complete Grok-2 folder")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except PermissionError as exc:
+        raise ModelFileError(f"{path}: cannot be read (permission denied); give your user read "
+                             "access to it") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{path}: not valid JSON ({exc}); download the file again") from exc
     if not isinstance(data, dict):
         raise ModelFileError(f"{path}: expected a JSON object; download the file again")
+    missing = [key for key in REQUIRED if data.get(key) is None]
+    if missing:
+        raise ModelFileError(f"{path}: {', '.join(missing)} missing; the file is incomplete: "
+                             "download config.json again")
     try:
         return Grok2Config.from_dict(data)
     except ValueError as exc:
-        raise ModelFileError(f"{path}: {exc}") from exc
+        raise ModelFileError(f"{path}: {exc}; fix the value or download config.json again") from exc
 
 
 def config_hash(folder: str | Path) -> str:

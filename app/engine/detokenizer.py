@@ -1,4 +1,4 @@
-"""Streaming detokenizer: token ids in, complete UTF-8 text out (style.md: never decode per token).
+"""Streaming detokenizer: token ids in, complete UTF-8 text out (docs/grok2.md#encode-and-decode).
 
 One Grok-2 token can end in the middle of a multi-byte character (an emoji is often split over
 two or three tokens, and some regular tokens are not valid UTF-8 on their own). Decoding each

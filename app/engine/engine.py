@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
-from app.engine.chat_format import STOP_STRINGS, render_chat, stop_token_ids
+from app.engine.chat_format import STOP_STRINGS, encode_chat, stop_token_ids
 from app.engine.config import config_hash, load_config
 from app.engine.generate import new_generator, step_tokens, stream_events
 from app.engine.model import Grok2
 from app.engine.tokenizer import Tokenizer, load_tokenizer
 from app.engine.weights import default_device, load_model
 from app.errors import ModelFileError, UserError
-from app.messages import Finished, GenerationParams, ModelInfo, Progress, Token
+from app.messages import Finished, GenerationParams, ModelInfo, Progress, ReplyStream
 
 ProgressCallback = Callable[[Progress], None]
 DEFAULT_CONTEXT = 8192
@@ -104,7 +104,8 @@ class Engine:
     # ---- prompts --------------------------------------------------------------------------
 
     def chat_prompt_ids(self, messages: list[dict], continue_text: str | None = None) -> list[int]:
-        return self.tokenizer.encode(render_chat(messages, continue_text=continue_text))
+        """Token ids of the chat prompt; message content is literal text (see encode_chat)."""
+        return encode_chat(self.tokenizer, messages, continue_text=continue_text)
 
     def count_tokens(self, messages: list[dict]) -> int:
         return len(self.chat_prompt_ids(messages))
@@ -113,17 +114,17 @@ class Engine:
 
     def stream_chat(self, messages: list[dict], params: GenerationParams,
                     cancel: threading.Event | None = None,
-                    continue_text: str | None = None) -> Iterator[Token | Finished]:
+                    continue_text: str | None = None) -> ReplyStream:
         ids = self.chat_prompt_ids(messages, continue_text)
         return self.stream_ids(ids, params, cancel, STOP_STRINGS)
 
     def stream_prompt(self, prompt: str, params: GenerationParams,
-                      cancel: threading.Event | None = None) -> Iterator[Token | Finished]:
+                      cancel: threading.Event | None = None) -> ReplyStream:
         return self.stream_ids(self.tokenizer.encode(prompt), params, cancel, ())
 
     def stream_ids(self, ids: list[int], params: GenerationParams,
                    cancel: threading.Event | None = None,
-                   stop_strings: tuple[str, ...] = ()) -> Iterator[Token | Finished]:
+                   stop_strings: tuple[str, ...] = ()) -> ReplyStream:
         """Prefill `ids` (reusing the cached prefix) and stream the reply."""
         if not ids:
             raise UserError("the prompt is empty")
@@ -134,7 +135,7 @@ class Engine:
                             "length in Settings")
         return self._run(ids, params, cancel, stop_strings, room)
 
-    def _run(self, ids, params, cancel, stop_strings, room) -> Iterator[Token | Finished]:
+    def _run(self, ids, params, cancel, stop_strings, room) -> ReplyStream:
         try:
             yield from self._generate(ids, params, cancel, stop_strings, room)
         except torch.cuda.OutOfMemoryError as exc:
@@ -143,7 +144,7 @@ class Engine:
             raise UserError("the GPU ran out of memory while generating; lower the context "
                             "length or the GPU memory budget in Settings") from exc
 
-    def _generate(self, ids, params, cancel, stop_strings, room) -> Iterator[Token | Finished]:
+    def _generate(self, ids, params, cancel, stop_strings, room) -> ReplyStream:
         with self._lock:
             generator, seed = new_generator(params)
             reuse = _common_prefix(self._cached_ids, ids)

@@ -18,7 +18,7 @@ import torch
 
 from app.engine.model import Grok2
 from app.engine.sampling import make_generator, sample_next
-from app.messages import Finished, GenerationParams, GenerationStats, Token
+from app.messages import Finished, FinishReason, GenerationParams, GenerationStats, Token
 
 PREFILL_CHUNK = 2048  # tokens per prefill forward: bounds activation memory on long prompts
 
@@ -83,7 +83,8 @@ def stream_events(tokens: Iterator[int], tokenizer, *, prompt_tokens: int,
     decoder = tokenizer.stream_decoder()
     hidden = tokenizer.special_ids
     limit = min(params.max_tokens, max_total) if max_total is not None else params.max_tokens
-    pending, pending_ids, count, reason = "", [], 0, "length"
+    pending, pending_ids, count = "", [], 0
+    reason: FinishReason = "length"
     while count < limit:
         if cancel is not None and cancel.is_set():
             reason = "cancelled"
@@ -120,7 +121,8 @@ def stream_events(tokens: Iterator[int], tokenizer, *, prompt_tokens: int,
 
 def generate_text(events: Iterator[Token | Finished]) -> tuple[str, list[int], Finished]:
     """Collect a whole reply: text, generated ids (stop token excluded) and the finish event."""
-    parts, ids = [], []
+    parts: list[str] = []
+    ids: list[int] = []
     for event in events:
         if isinstance(event, Finished):
             return "".join(parts), ids, event

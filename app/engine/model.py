@@ -1,4 +1,4 @@
-"""The Grok-2 module tree and its forward pass (grok2-spec.md section 2, "reference semantics").
+"""The Grok-2 module tree and its forward pass (docs/grok2.md#forward-pass).
 
 Module and parameter names equal the official checkpoint's tensor names, so a state dict from
 the safetensors files loads without renaming (experts after merging their TP shards).
@@ -12,13 +12,18 @@ K kv heads, G query heads per kv head (H = K*G), Dh head dim, E experts, V vocab
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from app.engine.config import Grok2Config
+
+if TYPE_CHECKING:
+    from app.engine.plan import Plan
 
 QUERY_CHUNK = 128  # queries per attention block: bounds the fp32 score memory (plan.py counts it)
 
@@ -28,7 +33,7 @@ def soft_cap(x: Tensor, cap: float) -> Tensor:
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * w in fp32, cast back (no 1+w offset; spec 2)."""
+    """x / sqrt(mean(x^2) + eps) * w in fp32, cast back (no 1+w offset; docs/grok2.md#norms)."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -43,6 +48,9 @@ class RMSNorm(nn.Module):
 
 class KVCache(nn.Module):
     """Preallocated keys and values for every layer: (layers, B, K, max_len, Dh)."""
+
+    k: Tensor  # buffers, registered in __init__
+    v: Tensor
 
     def __init__(self, cfg: Grok2Config, batch: int, max_len: int, dtype: torch.dtype,
                  device: torch.device | str) -> None:
@@ -62,17 +70,34 @@ class KVCache(nn.Module):
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
-def rope_cos_sin(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos/sin (T, Dh/2) in fp32 for plain RoPE. rope_type "original" is unscaled (spec 2.4,
-    following SGLang and vLLM; llama.cpp's YaRN reading is a deviation). SGLang rounds its
-    cache to bf16; we keep fp32, which only matters for bit-matching."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (T, Dh/2)
-    return angles.cos().float(), angles.sin().float()
+@functools.lru_cache(maxsize=4)
+def rope_table(head_dim: int, theta: float, length: int,
+               device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos, sin (length, Dh/2) float32 for positions 0..length-1, built exactly as SGLang builds
+    its cos/sin cache: inverse frequencies, positions, angles, cos and sin all in float32, on the
+    device the attention runs on, and kept in float32 (docs/grok2.md#rope). Cached per device."""
+    with torch.inference_mode(False):  # a normal tensor, usable inside and outside inference mode
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
+        inv_freq = 1.0 / (theta ** exponents)  # (Dh/2,)
+        t = torch.arange(length, dtype=torch.float32, device=device)  # (length,)
+        angles = torch.outer(t, inv_freq)  # (length, Dh/2)
+        return angles.cos(), angles.sin()
+
+
+def rope_cos_sin(positions: Tensor, head_dim: int, theta: float,
+                 table_len: int = 0) -> tuple[Tensor, Tensor]:
+    """cos/sin (T, Dh/2) float32 at `positions`: rows of `rope_table`, so every position gets the
+    values SGLang's table holds (a table covers max_position_embeddings, like SGLang's). Plain,
+    unscaled RoPE: rope_type "original" follows SGLang and vLLM (docs/grok2.md#rope)."""
+    needed = int(positions.max()) + 1 if positions.numel() else 0
+    length = table_len if needed <= table_len else 1 << (needed - 1).bit_length()
+    cos, sin = rope_table(head_dim, float(theta), length, positions.device)
+    return cos[positions], sin[positions]
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Half-split (NeoX) rotation over the full head_dim. x: (B, N, T, Dh)."""
+    """Half-split (NeoX) rotation over the full head_dim. x: (B, N, T, Dh). As SGLang's CUDA
+    kernel: q/k are read as float32, rotated with the float32 table, rounded back to x.dtype."""
     half = x.shape[-1] // 2
     x1, x2 = x.float()[..., :half], x.float()[..., half:]
     out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
@@ -80,7 +105,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def length_temperature(positions: Tensor, length: int) -> Tensor:
-    """log2(p)/log2(L) for 0-based query position p > L, else 1 (spec 2.5, SGLang Triton)."""
+    """log2(p)/log2(L) for 0-based query position p > L, else 1
+    (docs/grok2.md#length-temperature)."""
     p = positions.to(torch.float32)
     scale = torch.log2(p.clamp(min=1.0)) / math.log2(length)
     return torch.where(p > length, scale, torch.ones_like(p))
@@ -103,8 +129,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, K * G, Dh).transpose(1, 2)  # (B, H, T, Dh)
         k = self.k_proj(x).view(B, T, K, Dh).transpose(1, 2)  # (B, K, T, Dh)
         v = self.v_proj(x).view(B, T, K, Dh).transpose(1, 2)  # (B, K, T, Dh)
-        cos, sin = rope_cos_sin(positions, Dh, cfg.rope_theta)
-        cos, sin = cos.to(x.device), sin.to(x.device)
+        cos, sin = rope_cos_sin(positions.to(x.device), Dh, cfg.rope_theta,
+                                cfg.max_position_embeddings)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, int(positions[0]), k, v)  # (B, K, S, Dh)
@@ -144,8 +170,9 @@ class GatedMLP(nn.Module):
 
 
 class Expert(nn.Module):
-    """w2(gelu_erf(w1(x)) * w3(x)): w1 gate, w3 up, w2 down (spec 2.6). Exact-erf GELU as on
-    SGLang's CUDA path; its NPU path, sglang-jax and llama.cpp use the tanh approximation."""
+    """w2(gelu_erf(w1(x)) * w3(x)): w1 gate, w3 up, w2 down (docs/grok2.md#experts). Exact-erf
+    GELU as on SGLang's CUDA path; its NPU path, sglang-jax and llama.cpp use the tanh
+    approximation."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -187,30 +214,46 @@ class SparseMoE(nn.Module):
         return out.to(x.dtype).view(shape)
 
 
+class ResidualMoE(nn.Module):
+    """The layer's feed-forward: (dense + moe) * combine_scale, combine_scale = 1/sqrt(2)
+    (residual_moe, docs/grok2.md#dense-mlp-and-the-combination). It holds no parameters: the shared MLP and the routed experts stay
+    children of the layer under the checkpoint's names (`mlp`, `block_sparse_moe`) and are
+    passed in. This module only says how they combine and where they run: offloading swaps it
+    for `offload.HybridFeedForward`, which shows the placement in `print(model)`."""
+
+    def __init__(self, combine_scale: float) -> None:
+        super().__init__()
+        self.combine_scale = combine_scale
+
+    def forward(self, m: Tensor, mlp: GatedMLP, moe: SparseMoE) -> Tensor:
+        """m (B, T, D) -> (B, T, D), summed in fp32, returned in m's dtype."""
+        dense = mlp(m).float()
+        routed = moe(m).float()
+        return ((dense + routed) * self.combine_scale).to(m.dtype)
+
+    def extra_repr(self) -> str:
+        return f"(mlp + block_sparse_moe) * {self.combine_scale:.6g}"
+
+
 class DecoderLayer(nn.Module):
-    """Sandwich norms: four RMSNorms per layer (spec 2.2)."""
+    """Sandwich norms: four RMSNorms per layer (docs/grok2.md#decoder-layer)."""
 
     def __init__(self, cfg: Grok2Config, layer_idx: int) -> None:
         super().__init__()
         d, eps = cfg.hidden_size, cfg.rms_norm_eps
-        self.combine_scale = cfg.moe_combine_scale
         self.self_attn = Attention(cfg, layer_idx)
         self.mlp = GatedMLP(d, cfg.intermediate_size)
         self.block_sparse_moe = SparseMoE(cfg)
+        self.feed_forward: nn.Module = ResidualMoE(cfg.moe_combine_scale)  # offloading swaps it
         self.pre_attn_norm = RMSNorm(d, eps)
         self.post_attn_norm = RMSNorm(d, eps)
         self.pre_moe_norm = RMSNorm(d, eps)
         self.post_moe_norm = RMSNorm(d, eps)
 
-    def feed_forward(self, m: Tensor) -> Tensor:
-        """(dense + moe) / sqrt(2): residual_moe, spec 2.7. Offloading replaces this method."""
-        dense = self.mlp(m).float()
-        moe = self.block_sparse_moe(m).float()
-        return ((dense + moe) * self.combine_scale).to(m.dtype)
-
     def forward(self, h: Tensor, positions: Tensor, cache: KVCache | None) -> Tensor:
         h = h + self.post_attn_norm(self.self_attn(self.pre_attn_norm(h), positions, cache))
-        return h + self.post_moe_norm(self.feed_forward(self.pre_moe_norm(h)))
+        m = self.pre_moe_norm(h)
+        return h + self.post_moe_norm(self.feed_forward(m, self.mlp, self.block_sparse_moe))
 
 
 class Grok2Body(nn.Module):
@@ -222,6 +265,8 @@ class Grok2Body(nn.Module):
 
 
 class Grok2(nn.Module):
+    offload_plan: Plan  # set by app.engine.offload.install on an offloaded model
+
     def __init__(self, cfg: Grok2Config) -> None:
         super().__init__()
         self.config = cfg
@@ -230,7 +275,9 @@ class Grok2(nn.Module):
         self.cache: KVCache | None = None
 
     def setup_cache(self, max_len: int, batch: int = 1) -> KVCache:
-        w = self.model.layers[0].self_attn.k_proj.weight
+        layer = self.model.layers[0]
+        assert isinstance(layer, DecoderLayer)  # nn.ModuleList items are typed as Module
+        w = layer.self_attn.k_proj.weight
         dtype = w.dtype if w.dtype.is_floating_point else torch.bfloat16
         self.cache = KVCache(self.config, batch, max_len, dtype, w.device)
         return self.cache
@@ -255,6 +302,7 @@ class Grok2(nn.Module):
             h = h[:, -1:]
         x = self.model.norm(h)
         # SGLang folds 0.5 into the bf16 lm_head weight; scaling by a power of two is exact, so
-        # multiplying the fp32 logits is the same. Then the final soft cap (scale first, spec 2.8).
+        # multiplying the fp32 logits is the same. Then the final soft cap, scale first
+        # (docs/grok2.md#output-head).
         z = self.lm_head(x.to(self.lm_head.weight.device)).float() * cfg.output_multiplier_scale
         return soft_cap(z, cfg.final_logit_softcapping)  # (B, T, V)

@@ -1,5 +1,6 @@
 """The placement plan: where every Grok-2 weight lives and computes, decided from the config,
-the quantization and the memory budgets before a byte of weights is loaded (design.md 6).
+the quantization and the memory budgets before a byte of weights is loaded
+(docs/architecture.md#the-placement-plan).
 
 Pure arithmetic on `Grok2Config` (no torch import), so `grok-desktop plan` runs anywhere, for
 the real 270 B config, without the weights. Units: bytes; GB in messages means 10**9 bytes.
@@ -200,7 +201,8 @@ class Plan:
 
     def decode_bound(self, bw: Bandwidths, kv_tokens: int = 1024) -> float:
         """Tokens/s no implementation can beat: the GPU's serial part, then the GPU's shared MLPs
-        in parallel with the CPU's experts (Grok-2 adds them, spec 2.7), then the hops."""
+        in parallel with the CPU's experts (Grok-2 adds them:
+        docs/grok2.md#dense-mlp-and-the-combination), then the hops."""
         cfg, s = self.cfg, sizes(self.cfg, self.quant, self.group)
         b = self.bytes_per_token(kv_tokens)
         if not self.has_gpu:

@@ -1,4 +1,5 @@
-"""`prepare`: convert the official folder once into the runtime layout (design.md 6).
+"""`prepare`: convert the official folder once into the runtime layout
+(docs/architecture.md#prepare).
 
 Output folder:
     config.json, tokenizer.tok.json   copied
@@ -11,8 +12,8 @@ Output folder:
 Tensor names are the quantized model's state-dict names (`...q_proj.qweight`, `.scales`, or
 `.weight` where nothing is quantized), so loading is a name-for-name fill.
 
-Each file is written to a temporary name, fsynced, renamed, then recorded in the manifest
-(itself replaced atomically): an interruption loses at most the file in progress, and a rerun
+Each file is written atomically (app.atomic: a temporary name, fsynced, renamed), then
+recorded in the manifest (itself replaced atomically): an interruption loses at most the file in progress, and a rerun
 resumes after the last recorded file. Loading verifies every file's size, and the checksum of
 any file whose mtime changed since it was recorded.
 """
@@ -22,14 +23,15 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
-import os
 import shutil
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
+from app.atomic import atomic_file, atomic_write_text, remove_temps
 from app.checkpoint_files import TOKENIZER_NAME, read_header
 from app.engine.config import CONFIG_NAME, config_hash, load_config
 from app.engine.plan import Format, model_bytes
@@ -42,6 +44,9 @@ from app.engine.weights import (
     read_tensor,
 )
 from app.errors import ModelFileError, StorageError, UserError
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 MANIFEST = "prepared.json"
 FORMAT = "grok-desktop-prepared"
@@ -94,6 +99,7 @@ def prepare(src: str | Path, out: str | Path, quant: str = "int4", group: int = 
     formats = quantizable(meta, quant, group)
     out.mkdir(parents=True, exist_ok=True)
     manifest = _start_manifest(src, out, quant, group)
+    remove_temps(out)  # what an interrupted run was writing (this run rewrites that file)
     _save_manifest(out, manifest)
     for extra in (CONFIG_NAME, TOKENIZER_NAME):
         if (src / extra).is_file():
@@ -153,10 +159,9 @@ def _check_disk(out: Path, need: int) -> None:
 
 
 def _write_unit(out: Path, unit: str, tensors: dict[str, torch.Tensor]) -> dict:
-    final, tmp = out / f"{unit}.safetensors", out / f"{unit}.safetensors.partial"
+    final = out / f"{unit}.safetensors"
     try:
-        digest = write_aligned(tmp, tensors)
-        os.replace(tmp, final)
+        digest = write_aligned(final, tensors)
     except OSError as exc:
         raise StorageError(f"{final}: cannot be written ({exc.strerror}); check free space "
                            "and permissions, then run prepare again to resume") from exc
@@ -167,8 +172,11 @@ def _write_unit(out: Path, unit: str, tensors: dict[str, torch.Tensor]) -> dict:
 def write_aligned(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     """A standard safetensors file, tensors in name order, each starting on a page boundary
     (U8 `__pad` tensors fill the gaps): the CPU kernels need aligned data, and page-aligned
-    tensors can be page-locked one by one. Returns the sha256 of the bytes written."""
-    header, offset, pads, order = {"__metadata__": {"format": "pt"}}, 0, 0, []
+    tensors can be page-locked one by one. Written atomically (app.atomic). Returns the
+    sha256 of the bytes written; raises OSError (disk full, ...) with `path` untouched."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset, pads = 0, 0
+    order: list[bytes | torch.Tensor] = []
     for name in sorted(tensors):
         gap = -offset % ALIGN
         if gap:
@@ -185,19 +193,22 @@ def write_aligned(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     raw = json.dumps(header).encode()
     raw += b" " * (-(8 + len(raw)) % ALIGN)
     digest = hashlib.sha256()
-    with path.open("wb") as f:
+    with atomic_file(path) as f:
         for chunk in (struct.pack("<Q", len(raw)), raw, *order):
-            data = chunk if isinstance(chunk, bytes) else chunk.view(torch.uint8).numpy()
+            # numpy's stubs declare ndarray a buffer only for Python 3.12+
+            data = chunk if isinstance(chunk, bytes) else cast(
+                "Buffer", chunk.view(torch.uint8).numpy())
             digest.update(data)
             f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
     return digest.hexdigest()
 
 
 def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()  # hashlib.file_digest is Python 3.11+; we support 3.10
     with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _intact(out: Path, unit: str, entry: dict) -> bool:
@@ -213,9 +224,11 @@ def _intact(out: Path, unit: str, entry: dict) -> bool:
 
 
 def _save_manifest(out: Path, manifest: dict) -> None:
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
+    try:
+        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    except OSError as exc:
+        raise StorageError(f"{out / MANIFEST}: cannot be written ({exc.strerror}); check free "
+                           "space and permissions, then run prepare again to resume") from exc
 
 
 def read_manifest(folder: str | Path) -> dict:

@@ -118,6 +118,9 @@ class QuantLinear(nn.Module):
     (int4 on a GPU). `weight` is the packed tensor, so code asking a layer for its device or
     dtype (model.setup_cache, lm_head placement) keeps working."""
 
+    qweight: Tensor  # buffers, registered in __init__
+    scales: Tensor
+
     def __init__(self, in_features: int, out_features: int, fmt: Format, qweight: Tensor,
                  scales: Tensor, layout: str = "cpu") -> None:
         super().__init__()
@@ -223,6 +226,7 @@ def quantize_model(model: nn.Module, quant: str, group: int = 128) -> nn.Module:
     Weights on the meta device become empty QuantLinears (the loader fills them)."""
     for name, fmt in quantizable(model, quant, group).items():
         linear = model.get_submodule(name)
+        assert isinstance(linear, nn.Linear)  # quantizable() names Linears only
         w = linear.weight
         if w.is_meta:
             new = QuantLinear.empty(linear.in_features, linear.out_features, fmt)

@@ -2,7 +2,8 @@
 
 Same file names (`pytorch_model-000NN-TP-common.safetensors`, expert shards
 `-TP-000..007`), tensor names, bf16 storage, config.json fields and tokenizer.tok.json format
-as xai-org/grok-2 (spec 3.2), at toy sizes. The tests and the demo mode use it.
+as xai-org/grok-2 (docs/grok2.md#files-and-tensors), at toy sizes. The tests and the demo mode
+use it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ TINY_CONFIG: dict[str, Any] = {
     "attn_temperature_len": 1024,
 }
 
-# file number -> tensor name pattern (spec 3.2); {i} layer, {e} expert
+# file number -> tensor name pattern (docs/grok2.md#files-and-tensors); {i} layer, {e} expert
 COMMON_FILES = {
     0: ["model.embed_tokens.weight"],
     1: ["lm_head.weight"],

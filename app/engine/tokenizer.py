@@ -1,9 +1,10 @@
-"""The Grok-2 tokenizer: reads `tokenizer.tok.json`, encodes and decodes (spec section 4).
+"""The Grok-2 tokenizer: reads `tokenizer.tok.json`, encodes and decodes (docs/grok2.md#tokenizer).
 
 The file holds tiktoken-style ranks (a token's id is its BPE merge rank). `load_tokenizer`
-converts it once into a Hugging Face `tokenizers` BPE (merges recovered from the ranks, spec
-4.5) and caches that JSON under `paths.cache_dir()/tokenizers/<sha256 of the file>.json`, so a
-later start skips the conversion. Decoding concatenates token bytes (no HF decoder involved).
+converts it once into a Hugging Face `tokenizers` BPE (merges recovered from the ranks,
+docs/grok2.md#conversion-to-hugging-face-tokenizers) and caches that JSON under
+`paths.cache_dir()/tokenizers/<sha256 of the file>.json`, so a later start skips the conversion.
+Decoding concatenates token bytes (no HF decoder involved).
 `build_tok_json` trains a small vocabulary in the same file format for the demo and the tests.
 """
 
@@ -12,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app import paths
+from app.atomic import atomic_write_text
 from app.engine.detokenizer import StreamDecoder
 from app.errors import ModelFileError
 
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 TOK_FILE = "tokenizer.tok.json"
 PAD, SEPARATOR, EOS = "<|pad|>", "<|separator|>", "<|eos|>"
-# word_split "V1": the cl100k pattern with one digit per piece (spec 4.2).
+# word_split "V1": the cl100k pattern with one digit per piece
+# (docs/grok2.md#pre-tokenization-regex).
 V1_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
     r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -138,7 +139,7 @@ def read_tok_file(path: str | Path) -> TokFile:
     return TokFile(file, sha, dict(regular), specials, pattern, vocab_size)
 
 
-# --- conversion to a Hugging Face tokenizer (spec 4.5) ----------------------------------------
+# --- conversion to a Hugging Face tokenizer (docs/grok2.md#conversion-to-hugging-face-tokenizers)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -258,15 +259,7 @@ def _cached_hf_tokenizer(tok: TokFile) -> Any:
 def _write_atomic(target: Path, text: str) -> None:
     """Best effort: a cache that cannot be written only costs the conversion next time."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.replace(tmp, target)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write_text(target, text)
     except OSError as exc:
         log.warning("could not write tokenizer cache %s: %s", target, exc)
 
@@ -288,10 +281,24 @@ class Tokenizer:
         self.pad_id = tok.specials.get(PAD)
         self._bytes = {token: raw for raw, token in tok.ranks.items()}
         self._bytes.update({token: name.encode() for name, token in tok.specials.items()})
+        # A second instance that reads special-token text as ordinary text (tokenizers'
+        # `encode_special_tokens`): a separate object, so no caller ever sees the switch flip.
+        self._literal = type(hf).from_str(hf.to_str())
+        self._literal.encode_special_tokens = True
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of text; special-token strings in it become special tokens. No BOS/EOS."""
+        """Token ids of text; special-token strings in it become special tokens. No BOS/EOS.
+
+        For a prompt someone wrote as a whole (`/v1/completions`, `generate`): the template's
+        own `<|separator|>` must become the special token there. Message content goes through
+        `encode_literal` instead."""
         return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_literal(self, text: str) -> list[int]:
+        """Token ids of text with every special-token string in it encoded as ordinary text
+        (as tiktoken's `encode_ordinary`): a user who types `<|separator|>` gets the 13
+        characters, never the control token, so typed text cannot end a turn or forge one."""
+        return self._literal.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Any) -> str:
         """Text of ids: their bytes joined, then UTF-8 with U+FFFD for invalid sequences."""

@@ -2,7 +2,8 @@
 
 Every `*.safetensors` header in the folder is read (no reliance on which file number holds
 what). Routed experts come TP-sharded (`*-TP-000` ... `*-TP-007`) and are merged on the fly:
-w1/w3 along dim 0, w2 along dim 1, in rank order (spec 3.3); unsharded experts are accepted too.
+w1/w3 along dim 0, w2 along dim 1, in rank order (docs/grok2.md#tp-shards); unsharded experts are
+accepted too.
 Everything is checked against the config before a byte of weights is allocated. The model is
 built on the meta device and each tensor goes from the memory-mapped file straight to its
 target device and dtype, one at a time: the weights are never held twice.
@@ -21,7 +22,7 @@ import torch
 from safetensors import safe_open
 
 from app.checkpoint_files import TensorInfo, read_header
-from app.engine.config import Grok2Config, load_config
+from app.engine.config import Grok2Config, check_folder, load_config
 from app.engine.model import Grok2
 from app.errors import ModelFileError
 
@@ -44,10 +45,7 @@ class CheckpointIndex:
 
 
 def index_folder(folder: str | Path) -> CheckpointIndex:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ModelFileError(f"{folder}: model folder not found; choose the folder that holds "
-                             "config.json and the *.safetensors files")
+    folder = check_folder(folder)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ModelFileError(f"{folder}: no .safetensors files; download the Grok-2 weights "
@@ -100,8 +98,18 @@ def _check_sharded(index: CheckpointIndex, name: str, want: tuple[int, ...]) -> 
 
 
 def check_index(index: CheckpointIndex, model: Grok2) -> None:
-    """Every expected tensor exists, with the expected shape and a float dtype."""
-    for name, param in model.state_dict(keep_vars=True).items():
+    """Every expected tensor exists, with the expected shape and a float dtype, and no tensor
+    is left over: an unknown one (a bias, a 65th layer) means the files and config.json
+    describe different models, and loading without it would compute another model silently."""
+    expected = model.state_dict(keep_vars=True)
+    extra = sorted((set(index.full) | set(index.shards)) - set(expected))
+    if extra:
+        info = index.full.get(extra[0]) or next(iter(index.shards[extra[0]].values()))
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise ModelFileError(f"{info.file}: holds tensor {extra[0]}{more}, which a Grok-2 of "
+                             "this config.json does not have; check that config.json belongs "
+                             "to these weights (e.g. num_hidden_layers)")
+    for name, param in expected.items():
         want = tuple(param.shape)
         if name in index.full:
             info = index.full[name]
@@ -122,7 +130,7 @@ class _Reader:
     """Keeps each file open (memory-mapped) while loading."""
 
     def __init__(self) -> None:
-        self._open: dict[Path, object] = {}
+        self._open: dict[Path, safe_open] = {}
 
     def get(self, info: TensorInfo, name: str) -> torch.Tensor:
         if info.file not in self._open:

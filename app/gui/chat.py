@@ -124,6 +124,7 @@ class ChatController(QObject):
             conv_id = self.store.create_conversation(system_prompt=settings.system_prompt)
             self.conversation = self.store.get_conversation(conv_id)
         conv = self.conversation
+        assert conv is not None  # set above when there was none
         user_id = self.store.add_message(conv.id, conv.current_leaf_id, "user", text)
         if new:  # announced once it has its first message, so it has its title
             self.conversation = self.store.get_conversation(conv.id)

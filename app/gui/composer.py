@@ -5,7 +5,7 @@ It is disabled with the reason shown in place of the text while no model is load
 
 from __future__ import annotations
 
-from PySide6.QtCore import QEvent, Qt, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import (
     QFrame,
@@ -127,7 +127,7 @@ class Composer(QFrame):
 
     # ---- events ---------------------------------------------------------------------------
 
-    def eventFilter(self, watched: object, event: QEvent) -> bool:
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         if watched is self.edit and event.type() in (QEvent.Type.FocusIn, QEvent.Type.FocusOut):
             self._box.setProperty("focused", event.type() == QEvent.Type.FocusIn)
             self._box.style().unpolish(self._box)

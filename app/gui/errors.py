@@ -44,7 +44,9 @@ class ErrorBanner(QFrame):
         self.hide()
 
     def show_error(self, message: str, detail: str = "") -> None:
-        if self.isVisibleTo(self.parentWidget()) and message == self.message:
+        parent = self.parentWidget()  # Qt's isVisibleTo(nullptr) is isVisible()
+        shown = self.isVisibleTo(parent) if parent is not None else self.isVisible()
+        if shown and message == self.message:
             return  # the same error again: already on screen
         self.message, self.detail = message, detail
         self.shown_count += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from typing import cast
 
 from PySide6.QtWidgets import QApplication
 
@@ -19,7 +20,9 @@ from app.worker import EngineWorker
 
 
 def create_app(argv: list[str] | None = None) -> QApplication:
-    app = QApplication.instance() or QApplication(argv or sys.argv[:1])
+    # PySide6 types instance() as QCoreApplication; here it can only be a QApplication
+    app = cast("QApplication | None", QApplication.instance()) or QApplication(
+        argv or sys.argv[:1])
     app.setApplicationName(APP_NAME)
     app.setOrganizationName(APP_ID)
     app.setApplicationVersion(__version__)

@@ -6,6 +6,7 @@ pieces; this module connects them and decides what the user sees first.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import cast
 
 from PySide6.QtCore import QByteArray, QSettings, QTimer
 from PySide6.QtGui import QCloseEvent, QGuiApplication
@@ -27,7 +28,7 @@ from app.gui import theme
 from app.gui.chat import ChatController
 from app.gui.composer import Composer
 from app.gui.errors import ErrorBanner, show_error
-from app.gui.files import export_with_dialog, import_with_dialog
+from app.gui.files import export_status, export_with_dialog, import_with_dialog
 from app.gui.loading import ModelLoader, ProgressBanner
 from app.gui.menus import build_menus
 from app.gui.settings_backend import api_key, model_key, remote_config
@@ -62,7 +63,7 @@ class MainWindow(QMainWindow):
         self._count_timer = QTimer(self, singleShot=True, interval=COUNT_DELAY_MS)
         self._count_timer.timeout.connect(self.update_token_count)
         self._connect()
-        self.actions = build_menus(self, self)
+        self.menu_actions = build_menus(self, self)
         self._restore_geometry()
         self.set_model(None)
 
@@ -311,7 +312,7 @@ class MainWindow(QMainWindow):
             self.show_error(str(exc))
             return
         if written:
-            self.statusBar().showMessage(f"Exported to {written[0].parent}", 5000)
+            self.statusBar().showMessage(export_status(written), 5000)
 
     def import_conversations(self) -> None:
         try:
@@ -357,7 +358,7 @@ class MainWindow(QMainWindow):
             return
         try:
             url = worker.start_api_server(s.api_server_port, s.api_server_key,
-                                          s.api_server_allow_remote)
+                                          s.api_server_allow_remote, s.api_cors_origins)
         except UserError as exc:
             self.status.set_api_server(None, f"API server off: {exc}")
             if announce:
@@ -374,13 +375,13 @@ class MainWindow(QMainWindow):
         except UserError as exc:
             self.show_error(str(exc))
         if theme_changed:
-            theme.apply_theme(QApplication.instance(), settings.theme)
+            theme.apply_theme(_qapp(), settings.theme)
             self.transcript.restyle()
             self.sidebar.refresh()
 
     def _system_scheme_changed(self) -> None:
         if self.settings.theme == "system":
-            theme.apply_theme(QApplication.instance(), "system")
+            theme.apply_theme(_qapp(), "system")
             self.transcript.restyle()
             self.sidebar.refresh()
 
@@ -408,3 +409,8 @@ class MainWindow(QMainWindow):
 def _window_state() -> QSettings:
     """Window geometry only (everything else is in settings.json), beside the settings file."""
     return QSettings(str(paths.config_dir() / "window.ini"), QSettings.Format.IniFormat)
+
+
+def _qapp() -> QApplication:
+    """The running application; PySide6 types QApplication.instance() as QCoreApplication."""
+    return cast(QApplication, QApplication.instance())

@@ -50,7 +50,8 @@ def _bound(menu: QMenu, actions: dict[str, QAction], name: str, text: str,
 def build_menus(window: MenuHost, parent: QWidget) -> dict[str, QAction]:
     """Fill the window's menu bar; returns the actions that carry shortcuts, by name.
     `parent` is the same window as a QWidget, the parent of the dialogs the Help menu opens."""
-    bar, actions = window.menuBar(), {}
+    bar = window.menuBar()
+    actions: dict[str, QAction] = {}
     file_menu = bar.addMenu("&File")
     _bound(file_menu, actions, "new_chat", "&New chat", window.new_chat)
     _bound(file_menu, actions, "export", "&Export…", window.export)

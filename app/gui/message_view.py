@@ -1,7 +1,8 @@
 """One message on screen: a user bubble or an assistant reply, with its action buttons.
 
-Assistant text is cut into prose (rendered by Qt's Markdown parser, raw HTML off) and code
-blocks (highlighted, each with its own Copy button). While a reply streams, only the pieces
+Assistant text is cut into prose and top-level code blocks by the shared Markdown pipeline
+(app/gui/markdown.py: markdown-it-py, Pygments, math images; raw HTML shown as text): prose
+in a rich-text label, each code block in its own widget with a Copy button. While a reply streams, only the pieces
 whose text changed are re-rendered, normally just the last one.
 """
 
@@ -9,8 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from PySide6.QtCore import QEvent, Qt, QTimer, Signal
-from PySide6.QtGui import QFontDatabase, QGuiApplication, QResizeEvent, QTextDocument
+from PySide6.QtCore import QEvent, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import (
+    QDesktopServices,
+    QFontDatabase,
+    QFontInfo,
+    QGuiApplication,
+    QResizeEvent,
+)
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -22,11 +29,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.markdown import Code, Prose, Segment, highlight_html, split_segments
+from app.exchange.markup import SAFE_SCHEMES, break_long_words
+from app.gui.markdown import Code, Prose, Segment, code_html, prose_html, split_segments
 from app.gui.theme import current_palette
 
-_MD = (QTextDocument.MarkdownFeature.MarkdownDialectGitHub
-       | QTextDocument.MarkdownFeature.MarkdownNoHTML)
 _SELECTABLE = (Qt.TextInteractionFlag.TextSelectableByMouse
                | Qt.TextInteractionFlag.TextSelectableByKeyboard
                | Qt.TextInteractionFlag.LinksAccessibleByMouse)
@@ -45,12 +51,6 @@ class MessageView:
     meta: str = ""  # e.g. "120 tokens · 14.2 tok/s"
     error: str = ""
     can_regenerate: bool = True
-
-
-def markdown_html(text: str) -> str:
-    doc = QTextDocument()
-    doc.setMarkdown(text, _MD)
-    return doc.toHtml()
 
 
 class WrapLabel(QLabel):
@@ -87,13 +87,27 @@ class ProseLabel(WrapLabel):
         self.setObjectName("MessageText")
         self.setTextFormat(Qt.TextFormat.RichText)
         self.setTextInteractionFlags(_SELECTABLE)
-        self.setOpenExternalLinks(True)
+        self.setOpenExternalLinks(False)  # links are checked in _link first
+        self.linkActivated.connect(self._link)
+        self.nested_code: list[str] = []  # code blocks inside lists, for their Copy links
         self.set_segment(segment)
 
     def set_segment(self, segment: Prose) -> None:
         self.segment = segment
-        self.setText(markdown_html(segment.text))
+        palette = current_palette()
+        self.nested_code = []
+        self.setText(prose_html(segment.text, dark=palette.name == "dark", color=palette.text,
+                                code_out=self.nested_code,
+                                font_px=QFontInfo(self.font()).pixelSize()))
         self.setAccessibleName(segment.text[:200])
+
+    def _link(self, href: str) -> None:
+        """`copy:N` copies nested code block N; http, https and mailto links open."""
+        if href.startswith("copy:") and href[5:].isdigit() and int(href[5:]) < len(
+                self.nested_code):
+            QGuiApplication.clipboard().setText(self.nested_code[int(href[5:])])
+        elif href.lower().startswith(SAFE_SCHEMES):
+            QDesktopServices.openUrl(QUrl(href))
 
 
 class CodeBlock(QFrame):
@@ -134,9 +148,8 @@ class CodeBlock(QFrame):
     def set_segment(self, segment: Code) -> None:
         self.segment = segment
         self.language.setText(segment.language or "code")
-        colors = {k: getattr(current_palette(), k)
-                  for k in ("keyword", "string", "comment", "number", "function")}
-        self.view.setText(highlight_html(segment.code, segment.language, colors))
+        dark = current_palette().name == "dark"
+        self.view.setText(code_html(segment.code, segment.language, dark=dark))
         self.view.setAccessibleName(f"{segment.language or 'code'} code block")
 
     def copy(self) -> None:
@@ -217,8 +230,8 @@ class MessageWidget(QFrame):
         else:
             self.body = self._assistant_body(view)
         self._layout.addWidget(self.body)
-        self.actions = self._actions_row(view)
-        self._layout.addWidget(self.actions)
+        self.action_row = self._actions_row(view)
+        self._layout.addWidget(self.action_row)
 
     def _user_body(self, view: MessageView) -> QWidget:
         holder = QWidget(self)
@@ -232,7 +245,7 @@ class MessageWidget(QFrame):
         self.text_label = WrapLabel(bubble)
         self.text_label.setObjectName("MessageText")
         self.text_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.text_label.setText(view.text)
+        self.text_label.setText(break_long_words(view.text))  # a 300-character word wraps
         self.text_label.setTextInteractionFlags(_SELECTABLE)
         self.text_label.setAccessibleName(view.text[:200])
         inner.addWidget(self.text_label)
@@ -334,8 +347,9 @@ class MessageWidget(QFrame):
             return
         for i in reversed(range(self._layout.count())):
             item = self._layout.takeAt(i)
-            if item.widget() is not None:
-                item.widget().deleteLater()
+            widget = item.widget() if item is not None else None
+            if widget is not None:
+                widget.deleteLater()
         self._editor = None
         self._build()
 
@@ -370,7 +384,7 @@ class MessageWidget(QFrame):
         buttons.addWidget(send)
         box.addLayout(buttons)
         self.body.hide()
-        self.actions.hide()
+        self.action_row.hide()
         self._layout.insertWidget(0, editor)
         self._editor = editor
         edit.setFocus()
@@ -385,7 +399,7 @@ class MessageWidget(QFrame):
             self._editor.deleteLater()
             self._editor = None
         self.body.show()
-        self.actions.show()
+        self.action_row.show()
 
 
 def _same_frame(a: MessageView, b: MessageView) -> bool:

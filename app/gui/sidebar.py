@@ -7,12 +7,24 @@ the window what the user picked through signals.
 
 from __future__ import annotations
 
+import html
 import time
 
-from PySide6.QtCore import QEvent, QObject, QPoint, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QKeySequence
+from PySide6.QtCore import (
+    QEvent,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QPoint,
+    QSize,
+    Qt,
+    QTimer,
+    Signal,
+)
+from PySide6.QtGui import QColor, QKeyEvent, QKeySequence, QPainter, QTextDocument
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QFrame,
     QHBoxLayout,
     QLabel,
@@ -21,6 +33,9 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QMenu,
     QPushButton,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QVBoxLayout,
     QWidget,
 )
@@ -28,9 +43,11 @@ from PySide6.QtWidgets import (
 from app.errors import UserError
 from app.gui.theme import current_palette
 from app.store.conversation import ConversationSummary
+from app.store.rows import SearchHit
 from app.store.store import Store
 
 ID_ROLE = Qt.ItemDataRole.UserRole
+SNIPPET_ROLE = Qt.ItemDataRole.UserRole + 1  # rich text of a search hit: title and snippet
 UNDO_MS = 10_000
 SEARCH_DELAY_MS = 200
 
@@ -46,6 +63,61 @@ def _section(stamp: float, pinned: bool, now: float) -> str:
     if age_days < 30:
         return "Previous 30 days"
     return "Older"
+
+
+def snippet_html(hit: SearchHit, accent: str, muted: str, width: int = 80) -> str:
+    """A search hit as rich text: the title, then the snippet with each match in bold and
+    the accent colour (not literal brackets)."""
+    text = hit.snippet.replace("\n", " ")[:width]
+    out, pos = [], 0
+    for start, end in hit.marks:
+        if start >= len(text):
+            break
+        out.append(html.escape(text[pos:start]))
+        out.append(f'<b style="color:{accent}">{html.escape(text[start:end])}</b>')
+        pos = min(end, len(text))
+    out.append(html.escape(text[pos:]))
+    return (f"{html.escape(hit.title or 'New conversation')}<br>"
+            f'<span style="color:{muted}">{"".join(out)}</span>')
+
+
+class SnippetDelegate(QStyledItemDelegate):
+    """Paints search hits (items with SNIPPET_ROLE) as rich text; other items as usual."""
+
+    def _document(self, option: QStyleOptionViewItem, markup: str) -> QTextDocument:
+        doc = QTextDocument()
+        doc.setDefaultFont(option.font)
+        doc.setDocumentMargin(2)
+        doc.setHtml(markup)
+        doc.setTextWidth(max(40, option.rect.width() - 8))
+        return doc
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem,
+              index: QModelIndex | QPersistentModelIndex) -> None:  # Qt override
+        markup = index.data(SNIPPET_ROLE)
+        if not markup:
+            super().paint(painter, option, index)
+            return
+        opt = QStyleOptionViewItem(option)
+        self.initStyleOption(opt, index)
+        opt.text = ""
+        style = opt.widget.style() if opt.widget is not None else QApplication.style()
+        style.drawControl(QStyle.ControlElement.CE_ItemViewItem, opt, painter, opt.widget)
+        doc = self._document(opt, markup)
+        painter.save()
+        painter.translate(opt.rect.left() + 4, opt.rect.top() + 2)
+        doc.drawContents(painter)
+        painter.restore()
+
+    def sizeHint(self, option: QStyleOptionViewItem,
+                 index: QModelIndex | QPersistentModelIndex) -> QSize:  # Qt override
+        markup = index.data(SNIPPET_ROLE)
+        if not markup:
+            return super().sizeHint(option, index)
+        opt = QStyleOptionViewItem(option)
+        self.initStyleOption(opt, index)
+        doc = self._document(opt, markup)
+        return QSize(int(doc.idealWidth()), int(doc.size().height()) + 4)
 
 
 class Sidebar(QFrame):
@@ -88,6 +160,7 @@ class Sidebar(QFrame):
         self.list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.list.setItemDelegate(SnippetDelegate(self.list))  # highlighted search snippets
         self.list.setEditTriggers(QAbstractItemView.EditTrigger.EditKeyPressed)
         self.list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.list.customContextMenuRequested.connect(self._context_menu)
@@ -150,7 +223,8 @@ class Sidebar(QFrame):
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # Qt override
         """Delete (Backspace on macOS) trashes the selection; Ctrl+Z undoes that."""
-        if watched is self.list and event.type() == QEvent.Type.KeyPress:
+        if (watched is self.list and event.type() == QEvent.Type.KeyPress
+                and isinstance(event, QKeyEvent)):
             if event.matches(QKeySequence.StandardKey.Delete) or (
                     event.key() == Qt.Key.Key_Backspace and not event.modifiers()):
                 self.delete_selected()
@@ -199,6 +273,8 @@ class Sidebar(QFrame):
             if hit.snippet:
                 item.setToolTip(hit.snippet)
                 item.setText(f"{item.text()}\n{hit.snippet.replace(chr(10), ' ')[:80]}")
+                palette = current_palette()
+                item.setData(SNIPPET_ROLE, snippet_html(hit, palette.accent, palette.muted))
 
     def _add_header(self, text: str) -> None:
         item = QListWidgetItem(text)
@@ -318,7 +394,7 @@ class Sidebar(QFrame):
     def _context_menu(self, pos: QPoint) -> None:
         item = self.list.itemAt(pos)
         conv_id = item.data(ID_ROLE) if item is not None else None
-        if conv_id is None:
+        if item is None or conv_id is None:
             return
         if conv_id not in self.selected_ids():
             self.list.setCurrentItem(item)

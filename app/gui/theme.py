@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from string import Template
+from typing import cast
 
 from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import (
@@ -86,7 +87,8 @@ def resolve(choice: str) -> Palette:
         return DARK
     if choice == "light":
         return LIGHT
-    app = QGuiApplication.instance()
+    # PySide6 types instance() as QCoreApplication (the GUI always runs a QApplication)
+    app = cast("QGuiApplication | None", QGuiApplication.instance())
     scheme = app.styleHints().colorScheme() if app is not None else Qt.ColorScheme.Unknown
     return DARK if scheme == Qt.ColorScheme.Dark else LIGHT
 

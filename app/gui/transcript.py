@@ -180,7 +180,7 @@ class Transcript(QScrollArea):
         top = self.verticalScrollBar().value()
         for page in self._pages:
             for widget in page.messages():
-                y = widget.mapTo(self.widget(), QPoint(0, 0)).y()
+                y = widget.mapTo(self._body(), QPoint(0, 0)).y()
                 if y + widget.height() > top:
                     self._anchor = (widget, y - top)
                     QTimer.singleShot(0, self._release_anchor)
@@ -193,8 +193,13 @@ class Transcript(QScrollArea):
     def _apply_anchor(self) -> None:
         if self._anchor is not None:
             widget, offset = self._anchor
-            y = widget.mapTo(self.widget(), QPoint(0, 0)).y()
+            y = widget.mapTo(self._body(), QPoint(0, 0)).y()
             self.verticalScrollBar().setValue(y - offset)
+
+    def _body(self) -> QWidget:
+        body = self.widget()
+        assert body is not None  # set in __init__, never taken
+        return body
 
     def _make(self, view: MessageView, page: QWidget) -> MessageWidget:
         widget = MessageWidget(view, page)
@@ -304,7 +309,8 @@ class _Page(QWidget):
         return self._layout.count()
 
     def messages(self) -> list[MessageWidget]:
-        items = (self._layout.itemAt(i).widget() for i in range(self._layout.count()))
+        items = (item.widget() for i in range(self._layout.count())
+                 if (item := self._layout.itemAt(i)) is not None)
         return [w for w in items if isinstance(w, MessageWidget)]
 
 

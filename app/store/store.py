@@ -36,6 +36,7 @@ from app.store.rows import (
     SearchHit,
     insert_conversation,
     insert_message,
+    inserted_id,
     params_json,
     row_to_conversation,
     row_to_message,
@@ -136,7 +137,7 @@ class Store:
                 " updated_ms) VALUES (?, ?, ?, ?, ?, ?)",
                 (str(uuid.uuid4()), title, system_prompt, params_json(params) or "{}", now, now),
             )
-            return int(cur.lastrowid)
+            return inserted_id(cur)
 
     def list_conversations(self, limit: int = 200, offset: int = 0) -> list[ConversationSummary]:
         """Pinned first, then most recently updated; trashed ones are left out."""
@@ -167,6 +168,37 @@ class Store:
             (conversation_id,),
         )
         return row_to_conversation(rows[0], tuple(row_to_message(m) for m in messages))
+
+    def resolve_conversation(self, ref: str | int) -> int:
+        """A conversation's number from what a user typed: its number (`grok-desktop list`)
+        or its uuid (the export's `id`, any case). Raises UserError naming the reference."""
+        text = str(ref).strip()
+        if text.isdigit():
+            rows = self._read("SELECT id FROM conversations WHERE id = ?", (int(text),))
+        else:
+            rows = self._read("SELECT id FROM conversations WHERE uuid = ?", (text.lower(),))
+            if not rows:  # uuids from other tools may be stored in upper case
+                rows = self._read("SELECT id FROM conversations WHERE lower(uuid) = ?",
+                                  (text.lower(),))
+        if not rows:
+            label = text if text.isdigit() else repr(text)
+            raise UserError(
+                f"no conversation {label} in {self.path}; use a number from `grok-desktop "
+                "list` or a uuid from `grok-desktop list --json`"
+            )
+        return int(rows[0][0])
+
+    def message_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
+        """Number of stored messages (every branch) per conversation."""
+        ids = list(conversation_ids)
+        counts = dict.fromkeys(ids, 0)
+        for start in range(0, len(ids), 500):  # under SQLite's limit on ? parameters
+            chunk = ids[start : start + 500]
+            rows = self._read(
+                "SELECT conversation_id, count(*) FROM messages WHERE conversation_id IN"
+                f" ({','.join('?' * len(chunk))}) GROUP BY conversation_id", tuple(chunk))
+            counts.update({int(conv): int(n) for conv, n in rows})
+        return counts
 
     def all_conversation_ids(self, include_trash: bool = False) -> list[int]:
         where = "" if include_trash else " WHERE deleted_ms IS NULL"

@@ -1,7 +1,8 @@
 """Debian metadata for the .deb: the version mapping and the DEBIAN/control text.
 
 Used by build_deb.sh (`python3 deb_meta.py control --variant cpu --installed-size N --depends
-"..."` prints the control file; `version` prints the Debian version, `changelog` a changelog);
+"..."` prints the control file, with the X11 libraries of Qt's xcb plugin added to Depends;
+`version` prints the Debian version, `changelog` a changelog);
 tested by tests/test_packaging.py. Name and version come from app/__init__.py.
 """
 
@@ -15,7 +16,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pyinstaller"))
 import bundle_config as cfg
 
+sys.path.insert(0, str(cfg.ROOT))
+from app.gui.xcb_check import packages as xcb_packages
+
 MAINTAINER = "Grok Desktop developers <grok-desktop@users.noreply.github.com>"
+# Packages the app needs beyond the shared libraries dpkg-shlibdeps finds: a colour emoji
+# font, so emoji in replies and PDF exports are not empty boxes on a fresh Debian.
+EXTRA_DEPENDS = ("fonts-noto-color-emoji",)
 VARIANTS = {
     "cpu": "CPU-only build (PyTorch without CUDA): runs everywhere, no GPU acceleration.",
     "cuda": "NVIDIA build (PyTorch with CUDA 12): uses an NVIDIA GPU when the driver is "
@@ -30,10 +37,19 @@ def debian_version(version: str) -> str:
     return re.sub(r"\.?post(\d+)", r"+post\1", v)
 
 
+def merge_depends(depends: str, extra: list[str]) -> str:
+    """`depends` (dpkg-shlibdeps' line) plus each package of `extra` it does not name yet."""
+    entries = [e.strip() for e in depends.split(",") if e.strip()]
+    named = {alt.split()[0] for e in entries for alt in e.split("|") if alt.split()}
+    return ", ".join(entries + [p for p in extra if p not in named])
+
+
 def control_text(variant: str, installed_kib: int, depends: str, arch: str = "amd64") -> str:
-    """The DEBIAN/control file of the package."""
+    """The DEBIAN/control file of the package; `depends` (shared libraries) gets
+    EXTRA_DEPENDS appended."""
     if variant not in VARIANTS:
         raise SystemExit(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}")
+    depends = ", ".join([d for d in (depends,) if d] + list(EXTRA_DEPENDS))
     fields = {
         "Package": cfg.APP_ID,
         "Version": debian_version(cfg.VERSION),
@@ -81,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "changelog":
         sys.stdout.write(changelog_text(args.date))
     else:
-        sys.stdout.write(control_text(args.variant, args.installed_size, args.depends, args.arch))
+        # dpkg-shlibdeps' line plus the X11 libraries of Qt's xcb plugin (the list the app
+        # checks before it starts the GUI, app/gui/xcb_check.py): named even when the build
+        # machine lacks some and --ignore-missing-info skipped them
+        depends = merge_depends(args.depends, xcb_packages())
+        sys.stdout.write(control_text(args.variant, args.installed_size, depends, args.arch))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""A plain, obviously-correct float64 Grok-2 forward written from grok2-spec.md section 2.10.
+"""A plain, obviously-correct float64 Grok-2 forward written from
+docs/grok2.md#reference-pseudocode.
 
 Loops over heads and tokens instead of batching, so it shares no code (and no bugs) with
 app/engine/model.py. Takes a state dict with merged (unsharded) expert weights.

@@ -1,4 +1,4 @@
-"""The model file against the float64 reference written from the spec."""
+"""The model file against the float64 reference written from docs/grok2.md."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def merged_state_dict(folder) -> dict[str, torch.Tensor]:
 
 
 def test_forward_matches_reference_past_temperature_len(ckpt):
-    """Logits match the spec reference, including query positions past attn_temperature_len."""
+    """Logits match the float64 reference, including query positions past attn_temperature_len."""
     model = load_model(ckpt, device="cpu", dtype=torch.float32)
     ids = [5, 17, 250, 3, 99, 42, 7, 7, 7, 120, 1, 64]  # 12 > attn_temperature_len=4
     got = model(torch.tensor([ids]))[0].double()

@@ -57,7 +57,7 @@ def test_tiers_and_bytes_per_token():
                      for i in range(64))
     assert 48 <= cpu_layers <= 64  # a 48 GB card has room for few, if any, layers of experts
     assert plan.bytes_per_token()["cpu"] == cpu_layers * 2 * s.expert
-    assert abs(64 * 2 * s.expert / 1e9 - 27.4) < 0.1  # research note section 1
+    assert abs(64 * 2 * s.expert / 1e9 - 27.4) < 0.1  # docs/grok2.md#size-and-memory
     slow, fast = Bandwidths(cpu=60 * GB), Bandwidths(cpu=200 * GB)
     assert 1.8 < plan.decode_bound(slow) < plan.decode_bound(fast) < 7.4
 

@@ -10,7 +10,8 @@ from app.engine.weights import read_header
 
 
 def test_official_file_layout(tmp_path):
-    """15 common files + 3 expert files x 8 ranks, bf16, names as in spec 3.2."""
+    """15 common files + 3 expert files x 8 ranks, bf16, names as in
+    docs/grok2.md#files-and-tensors."""
     folder = write_tiny_checkpoint(tmp_path / "m", n_merges=50)
     files = sorted(p.name for p in folder.glob("*.safetensors"))
     assert len(files) == 39

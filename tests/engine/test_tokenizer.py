@@ -1,4 +1,4 @@
-"""Tests for app.engine.tokenizer and app.engine.detokenizer (spec section 4)."""
+"""Tests for app.engine.tokenizer and app.engine.detokenizer (docs/grok2.md#tokenizer)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from app.engine.tokenizer import load_tokenizer, read_tok_file
 from app.errors import ModelFileError
 
 N_MERGES = 300
-# Spec 4.2, copied here rather than imported so the reference does not share a typo with the code.
+# docs/grok2.md#pre-tokenization-regex, copied here rather than imported so the reference does not
+# share a typo with the code.
 V1_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
     r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -126,6 +127,22 @@ def test_special_strings_become_special_ids(layout) -> None:
     got = tok.encode("a<|separator|>b<|eos|><|reserved_9|>")
     assert ids["<|separator|>"] in got and ids["<|eos|>"] in got and ids["<|reserved_9|>"] in got
     assert len(got) == 5
+
+
+def test_encode_literal_matches_tiktoken_ordinary(layout, corpus: str) -> None:
+    """encode_literal reads special-token text as ordinary text, exactly as tiktoken's
+    encode_ordinary does, and no special id ever appears in its output."""
+    data, tok = layout
+    ref = _tiktoken(data)
+    specials = set(tok.specials.values())
+    texts = [*CASES, corpus, *_fuzz_cases(300), "a<|separator|>b<|eos|><|reserved_9|>"]
+    for text in texts:
+        got = tok.encode_literal(text)
+        assert got == ref.encode_ordinary(text), repr(text)
+        assert not specials & set(got)
+        assert tok.decode(got) == text
+    # and the ordinary encode still makes specials of the same text (the switch is not shared)
+    assert tok.separator_id in tok.encode("<|separator|>")
 
 
 def test_ids_come_from_the_file(layout) -> None:

@@ -8,7 +8,8 @@ share of the 64-layer plan applied to these layers) measures decode and a 2,000-
 Reports ms per layer (slope between all layers and half of them), the extrapolation to 64
 layers, the bound from this machine's measured bandwidths, and, in the same run, the same
 layers in bf16 dispatched by Hugging Face accelerate's `cpu_offload`. It also checks the GPU
-int4 paths (tinygemm and dequantize) against the dequantized weight. Exits 0 with
+int4 paths (tinygemm and dequantize) against the dequantized weight, and the RoPE table built on
+CUDA against SGLang's recipe. Exits 0 with
 "skipped" without CUDA; writes gpu_check.json under $OUT when set.
 """
 
@@ -53,6 +54,27 @@ def check_gpu_int4() -> dict:
         out[f"int4_rel_err_m{m}"] = ((got - ref).norm() / ref.norm()).item()
         out[f"int4_us_m{m}"] = 1e6 * bench.timed(lambda x=x: q(x), 20, sync=True)
     return out
+
+
+def check_rope_table() -> dict:
+    """Our RoPE table on CUDA against one built SGLang's way on CUDA (its model is constructed
+    under `with torch.device(gpu)`), and how far the CPU-built table is from it
+    (docs/grok2.md#rope)."""
+    from app.engine.model import rope_cos_sin
+
+    cfg, pos = Grok2Config(), [0, 1025, 32767, 100000]
+    with torch.device("cuda"):
+        inv_freq = 1.0 / (int(cfg.rope_theta) ** (torch.arange(0, 128, 2, dtype=torch.float) / 128))
+        t = torch.arange(cfg.max_position_embeddings, dtype=torch.float)
+        freqs = torch.einsum("i,j -> ij", t, inv_freq)
+        want = torch.cat((freqs.cos(), freqs.sin()), dim=-1)[pos]
+    tables = {}
+    for device in ("cuda", "cpu"):
+        cos, sin = rope_cos_sin(torch.tensor(pos, device=device), 128, cfg.rope_theta,
+                                cfg.max_position_embeddings)
+        tables[device] = torch.cat((cos, sin), dim=-1).to("cuda")
+    return {"cuda_table_bit_equal": bool(torch.equal(tables["cuda"], want)),
+            "cpu_vs_cuda_max_abs": (tables["cpu"] - want).abs().max().item()}
 
 
 def layer_slope(model, run, layers: int) -> tuple[float, float]:
@@ -140,6 +162,8 @@ def main() -> int:
     report["cpu_kernels_chosen"] = bench.select_cpu_kernels(refresh=True)
     log("checking GPU int4 paths")
     report["gpu_int4"] = check_gpu_int4()
+    report["rope_table"] = check_rope_table()
+    log(json.dumps(report["rope_table"]))
     cfg = Grok2Config(num_hidden_layers=args.layers)
     log(f"building {args.layers} real-size layers (int4) on the GPU")
     model = bench.synthetic_model(cfg, "int4", device="cuda")

@@ -196,9 +196,9 @@ def test_new_chat_shortcut_clears_the_transcript(qtbot, make_window, keys):
     load_demo(qtbot, window)
     send(qtbot, window, "hello")
     wait(qtbot, lambda: replies(window) and not window.chat.generating)
-    window.actions["new_chat"].trigger()
+    window.menu_actions["new_chat"].trigger()
     assert window.chat.conversation is None and window.transcript.views == []
-    assert window.actions["new_chat"].shortcut().toString() == keys
+    assert window.menu_actions["new_chat"].shortcut().toString() == keys
 
 
 def test_disk_full_stops_the_reply_with_one_message(qtbot, make_window, monkeypatch):

@@ -96,7 +96,7 @@ def test_actions_follow_the_message_state(qtbot):
         MessageView(4, "assistant", "half", status="interrupted"),
     ])
     def buttons(message_id: int) -> list[QToolButton]:
-        return transcript.widget_for(message_id).actions.findChildren(QToolButton)
+        return transcript.widget_for(message_id).action_row.findChildren(QToolButton)
 
     names = {i: {b.accessibleName() for b in buttons(i)} for i in (1, 2, 4)}
     assert {"Copy message", "Edit and resend"} <= names[1]

@@ -73,7 +73,7 @@ def test_shortcuts_are_on_actions_and_listed(qtbot, make_window):
     """Every shortcut in the table is bound to a window action and shown in the help."""
     window = make_window()
     for shortcut in SHORTCUTS:
-        assert window.actions[shortcut.name].shortcut().toString() == shortcut.keys
+        assert window.menu_actions[shortcut.name].shortcut().toString() == shortcut.keys
     table = ShortcutsDialog(window).findChild(QTableWidget)
     listed = {table.item(row, 1).text() for row in range(table.rowCount())}
     assert {s.description for s in SHORTCUTS} <= listed
@@ -121,7 +121,7 @@ def test_export_selection_writes_the_chosen_format(qtbot, make_window, store, tm
     window.sidebar.item_for(conv).setSelected(True)
     target = tmp_path / "out.md"
     monkeypatch.setattr(files, "choose_export_target", lambda *a: ("md", target))
-    window.actions["export"].trigger()
+    window.menu_actions["export"].trigger()
     assert "temples please" in target.read_text()
 
 
