@@ -96,10 +96,13 @@ class Settings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Settings:
-        """Build from JSON data: unknown keys are ignored, missing keys take the default."""
+        """Build from JSON data: unknown keys are ignored; missing keys and explicit nulls
+        take the default (as the API server reads null). Raises ValueError/TypeError naming
+        the key for a wrong type or value."""
         known = {f.name for f in fields(cls)} - {"sampling"}
-        values = {k: v for k, v in data.items() if k in known}
-        sampling = data.get("sampling", {})
+        values = {k: v for k, v in data.items() if k in known and v is not None}
+        sampling = data.get("sampling")
+        sampling = {} if sampling is None else sampling
         if not isinstance(sampling, dict):
             raise TypeError("'sampling' must be an object")
         try:
