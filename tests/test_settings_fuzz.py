@@ -65,7 +65,7 @@ def test_any_values_load_or_name_the_key(top, sampling):
             value = getattr(got.sampling, f.name)
             assert value is None or not isinstance(value, float) or math.isfinite(value)
     else:
-        assert any(f"'{k}'" in got for k in [*top, *sampling, "sampling"]), got
+        assert any(f"'{k}" in got for k in [*top, *sampling, "sampling"]), got  # 'key' or 'key[i]'
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
