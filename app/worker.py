@@ -75,6 +75,7 @@ class LoadModel:
     remote: RemoteConfig | None = None
     budgets: tuple[int | None, int | None] | None = None  # (GPU, RAM) bytes; None: measured
     context_length: int | None = None  # None: the engine's default
+    auto_quant: bool = False  # quant None means "auto": the first of bf16, int8, int4 that fits
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,31 @@ def default_loader(request: LoadModel, progress: Callable[[Progress], None]) -> 
             found = detect_budgets()
             gpu, cpu = gpu if gpu is not None else found[0], cpu if cpu is not None else found[1]
         budgets = (gpu, cpu)
-    return Engine.load(request.folder, device=request.device, quant=request.quant,
+    quant = request.quant
+    if quant is None and request.auto_quant:
+        quant = _auto_quant(request, budgets)
+    return Engine.load(request.folder, device=request.device, quant=quant,
                        progress=progress, budgets=budgets, context_length=request.context_length)
+
+
+def _auto_quant(request: LoadModel, budgets: tuple[int, int] | None) -> str | None:
+    """What "auto" loads: a prepared folder keeps its own format (None); an official folder
+    gets the first of bf16, int8, int4 that fits the budgets (None: bf16, or nothing fits and
+    the engine explains why)."""
+    from app.engine.engine import DEFAULT_CONTEXT
+    from app.engine.loader import detect_budgets
+    from app.engine.prepare import is_prepared
+    from app.placement import auto_quantization, read_config
+
+    if is_prepared(request.folder):
+        return None
+    gpu, cpu = budgets or detect_budgets()
+    if request.device == "cpu":
+        gpu = 0
+    cfg = read_config(request.folder)[0]
+    context = min(request.context_length or DEFAULT_CONTEXT, cfg.max_position_embeddings)
+    quant = auto_quantization(cfg, gpu, cpu, context)
+    return None if quant in (None, "bf16") else quant
 
 
 def describe_failure(exc: BaseException) -> Failed:

@@ -105,6 +105,9 @@ class Composer(QFrame):
         self.edit.setPlaceholderText(reason or "Message Grok…  (Enter to send, Shift+Enter for "
                                                "a new line)")
         self.edit.setAccessibleDescription(reason or "Type a message and press Enter")
+        # QPlainTextEdit repaints only when the placeholder appears or disappears, not when
+        # its text changes while shown: without this the old reason stays on screen
+        self.edit.viewport().update()
         self._update_button()
 
     def set_generating(self, generating: bool) -> None:

@@ -167,7 +167,7 @@ class MainWindow(QMainWindow):
         gpu, cpu = budget_bytes(s)
         budgets = None if gpu is None and cpu is None else (gpu, cpu)
         return LoadModel(folder=folder, device=device, quant=quant, budgets=budgets,
-                         context_length=s.context_tokens)
+                         context_length=s.context_tokens, auto_quant=quant is None)
 
     def load_demo(self) -> None:
         self._leave_welcome()
