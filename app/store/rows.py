@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,18 @@ def insert_conversation(conn: sqlite3.Connection, conv: Conversation) -> int:
         ),
     )
     conv_id = int(cur.lastrowid)
-    id_map: dict[int, int] = {}
-    for m in conv.messages:
+    id_map: dict[int | None, int | None] = {}
+    insert_message_rows(conn, conv_id, conv.messages, id_map)
+    leaf = id_map.get(conv.current_leaf_id) if conv.current_leaf_id is not None else None
+    conn.execute("UPDATE conversations SET current_leaf_id = ? WHERE id = ?", (leaf, conv_id))
+    return conv_id
+
+
+def insert_message_rows(conn: sqlite3.Connection, conv_id: int, messages: Sequence[Message],
+                        id_map: dict[int | None, int | None]) -> None:
+    """Insert whole message rows (parents listed before children) into `conv_id` with new ids;
+    `id_map` (old id -> new id) is filled in, and may already map a parent outside `messages`."""
+    for m in messages:
         parent = id_map[m.parent_id] if m.parent_id is not None else None
         cur = conn.execute(
             f"INSERT INTO messages ({MSG_COLUMNS.split(', ', 1)[1]})"
@@ -106,9 +117,6 @@ def insert_conversation(conn: sqlite3.Connection, conv: Conversation) -> int:
             ),
         )
         id_map[m.id] = int(cur.lastrowid)
-    leaf = id_map.get(conv.current_leaf_id) if conv.current_leaf_id is not None else None
-    conn.execute("UPDATE conversations SET current_leaf_id = ? WHERE id = ?", (leaf, conv_id))
-    return conv_id
 
 
 def params_json(params: GenerationParams | dict[str, Any] | None) -> str | None:
