@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from app.backends import RemoteConfig
+from app.context import ContextFit, fit_context, reply_reserve
 from app.errors import UserError
 from app.messages import (
     Failed,
@@ -44,6 +46,8 @@ from app.messages import (
 )
 
 ChatMessage = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+INVALID_BYTES = "\ufffd"  # what the decoder makes of bytes that are not UTF-8
+log = logging.getLogger("grok_desktop.worker")
 
 
 class EngineLike(Protocol):
@@ -80,9 +84,13 @@ class LoadModel:
 
 @dataclass(frozen=True)
 class Generate:
+    """A reply to `messages`. With a `context_policy` (app/context.py) the worker first keeps
+    what fits the model's context; without one, the engine refuses an overlong prompt."""
+
     messages: tuple[ChatMessage, ...]
     params: GenerationParams = field(default_factory=GenerationParams)
     continue_text: str | None = None  # resume an interrupted assistant reply
+    context_policy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -363,7 +371,9 @@ class EngineWorker:
                 self._current = job
                 try:
                     self._handle(job)
-                except Exception as exc:  # noqa: BLE001  (any failure becomes one event)
+                except Exception as exc:  # any failure becomes one event, and a log entry
+                    log.error("%s failed: %s", type(job.request).__name__, exc,
+                              exc_info=not isinstance(exc, UserError) and exc)
                     self._post(job, describe_failure(exc))
                 finally:
                     self._current = None
@@ -404,13 +414,24 @@ class EngineWorker:
             self._post(job, Failed("No model is loaded: choose a Grok-2 folder in Settings or "
                                    "try the demo model."))
             return
-        events = engine.stream_chat(list(request.messages), request.params, cancel=job.cancel,
+        messages = list(request.messages)
+        if request.context_policy is not None:
+            fit = fit_for_engine(engine, messages, request.params, request.context_policy,
+                                 request.continue_text)
+            if fit.stopped:
+                self._post(job, Failed(fit.stopped))
+                return
+            messages = fit.messages
+        events = engine.stream_chat(messages, request.params, cancel=job.cancel,
                                     continue_text=request.continue_text)
         with contextlib.closing(events):
             for event in events:
                 if isinstance(event, Finished):
                     self._post(job, event)
                     return
+                if isinstance(event, Token) and INVALID_BYTES in event.text:
+                    # bytes that never become UTF-8 (the demo makes them): show nothing
+                    event = Token(event.text.replace(INVALID_BYTES, ""), event.token_ids)
                 self._post(job, event)
                 if job.cancel.is_set():
                     self._finish_cancelled(job, events)
@@ -434,6 +455,18 @@ class EngineWorker:
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.unload()
+
+
+def fit_for_engine(engine: EngineLike, messages: list[ChatMessage], params: GenerationParams,
+                   policy: str, continue_text: str | None = None) -> ContextFit:
+    """`app.context.fit_context` with the engine's tokenizer and context length; the text of
+    a reply being continued counts as part of the last message."""
+    extra = 0
+    if continue_text:
+        extra = engine.count_tokens([{"role": "assistant", "content": continue_text}])
+    limit = engine.info.context_length
+    return fit_context(messages, lambda m: engine.count_tokens(m) + extra, limit, policy,
+                       reply_reserve(params.max_tokens, limit))
 
 
 def _with_eta(event: Progress, started: float) -> Progress:
