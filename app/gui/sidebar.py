@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import QEvent, QObject, QPoint, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QModelIndex, QObject, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -21,6 +21,8 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QMenu,
     QPushButton,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QVBoxLayout,
     QWidget,
 )
@@ -48,9 +50,31 @@ def _section(stamp: float, pinned: bool, now: float) -> str:
     return "Older"
 
 
+class _RenameDelegate(QStyledItemDelegate):
+    """The rename box fills the whole row and is at least one line of text tall (the style
+    sheet's item padding otherwise squeezes it to a few pixels)."""
+
+    def createEditor(self, parent: QWidget, option: QStyleOptionViewItem,
+                     index: QModelIndex) -> QWidget:
+        editor = super().createEditor(parent, option, index)
+        editor.setObjectName("RenameEditor")
+        editor.setStyleSheet("padding: 2px 6px; margin: 0;")
+        editor.setMinimumHeight(editor.fontMetrics().height() + 10)
+        return editor
+
+    def updateEditorGeometry(self, editor: QWidget, option: QStyleOptionViewItem,
+                             index: QModelIndex) -> None:
+        rect = option.rect
+        height = max(rect.height(), editor.minimumHeight())
+        editor.setGeometry(rect.x(), rect.y() + (rect.height() - height) // 2, rect.width(),
+                           height)
+
+
 class Sidebar(QFrame):
     conversation_selected = Signal(int)
     conversation_removed = Signal(int)  # trashed: the window closes it if it is open
+    conversation_restored = Signal(list)  # ids back from the trash by Undo
+    conversation_renamed = Signal(int, str)
     new_chat_requested = Signal()
     export_requested = Signal(list)
 
@@ -94,6 +118,7 @@ class Sidebar(QFrame):
         self.list.itemActivated.connect(self._activated)
         self.list.itemClicked.connect(self._activated)
         self.list.itemChanged.connect(self._renamed)
+        self.list.setItemDelegate(_RenameDelegate(self.list))
         self._add_list_keys()
         self.undo_bar = self._build_undo_bar()
         self.footer = self._build_footer()
@@ -262,6 +287,8 @@ class Sidebar(QFrame):
         conv_id, title = item.data(ID_ROLE), item.text().strip()
         if conv_id is not None and title:
             self.store.update_conversation(conv_id, title=title)
+            item.setToolTip(title)
+            self.conversation_renamed.emit(conv_id, title)
 
     def rename(self, conv_id: int) -> None:
         item = self.item_for(conv_id)
@@ -290,11 +317,13 @@ class Sidebar(QFrame):
             self.delete(ids)
 
     def undo_delete(self) -> None:
-        for conv_id in self._undo_ids:
+        restored, self._undo_ids = self._undo_ids, []
+        for conv_id in restored:
             self.store.restore_conversation(conv_id)
-        self._undo_ids = []
         self.undo_bar.hide()
         self.refresh()
+        if restored:
+            self.conversation_restored.emit(restored)
 
     def restore(self, conv_ids: list[int]) -> None:
         for conv_id in conv_ids:
