@@ -51,4 +51,5 @@ def import_with_dialog(parent: QWidget, store: Store) -> str | None:
         return None
     result = import_file(store, Path(path))
     skipped = f", {result.skipped} already here" if result.skipped else ""
-    return f"Imported {len(result.imported_ids)} conversations ({result.source}){skipped}."
+    n = len(result.imported_ids)
+    return f"Imported {n} conversation{'s' * (n != 1)} ({result.source}){skipped}."
