@@ -152,6 +152,7 @@ class Transcript(QScrollArea):
                              " border-top: 1px dashed palette(mid);"
                              " border-bottom: 1px dashed palette(mid); }")
         page.insert_before(widget, marker)
+        marker.show()
         self.marker = marker
 
     def set_empty_text(self, title: str, subtitle: str) -> None:
