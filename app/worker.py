@@ -315,7 +315,8 @@ class EngineWorker:
         with self._server_lock:
             self._stop_server_locked(0.0)
             server = ApiServer(engine, host="0.0.0.0" if allow_remote else "127.0.0.1",
-                               port=port, api_key=api_key, allow_remote=allow_remote)
+                               port=port, api_key=api_key, allow_remote=allow_remote,
+                               log=_server_log)
             server.start()
             self._server = server
         return server.url
@@ -455,6 +456,15 @@ class EngineWorker:
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.unload()
+
+
+def _server_log(line: str) -> None:
+    """The API server's lines: failures to the log file, requests only at debug level."""
+    api_log = logging.getLogger("grok_desktop.api")
+    if "failed" in line or "error" in line.lower():
+        api_log.warning("%s", line)
+    else:
+        api_log.debug("%s", line)
 
 
 def fit_for_engine(engine: EngineLike, messages: list[ChatMessage], params: GenerationParams,
