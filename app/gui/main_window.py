@@ -9,8 +9,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from PySide6.QtCore import QByteArray, QSettings, QStandardPaths, QTimer
-from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QGuiApplication, QResizeEvent
+from PySide6.QtCore import QByteArray, QSettings, QSize, QStandardPaths, Qt, QTimer
+from PySide6.QtGui import (
+    QCloseEvent,
+    QDragEnterEvent,
+    QDropEvent,
+    QGuiApplication,
+    QPainter,
+    QPaintEvent,
+    QResizeEvent,
+)
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -98,7 +106,7 @@ class MainWindow(QMainWindow):
         self.welcome = WelcomeView(self)
         self.error_banner = ErrorBanner(self)
         self.progress = ProgressBanner(self)
-        self.title = QLabel("New chat", self)
+        self.title = _TitleLabel("New chat", self)
         self.title.setObjectName("ChatTitle")
         self.title.setAccessibleName("Conversation title")
         header = self.header = QFrame(self)
@@ -458,12 +466,19 @@ class MainWindow(QMainWindow):
 
     def toggle_quick_settings(self) -> None:
         self._quick_wanted = not self.quick.isVisible()
-        self.quick.setVisible(self._quick_wanted)
-        self.quick_button.setChecked(self._quick_wanted)
+        self._show_quick(self._quick_wanted)
         if self._quick_wanted:
             self._refresh_quick()
             if self.width() < QUICK_WIDTH and self.sidebar.isVisible():
                 self.sidebar.hide()  # make room beside the chat
+
+    def _show_quick(self, on: bool) -> None:
+        self.quick.setVisible(on)
+        self.quick_button.setChecked(on)
+        sizes = self.splitter.sizes()
+        if on and sizes[2] < self.quick.minimumWidth():  # a splitter shows a new pane at 0 px
+            panel = max(self.quick.minimumWidth(), min(300, self.quick.maximumWidth()))
+            self.splitter.setSizes([sizes[0], max(1, sizes[1] + sizes[2] - panel), panel])
 
     def toggle_sidebar(self) -> None:
         self._sidebar_wanted = not self.sidebar.isVisible()
@@ -481,8 +496,7 @@ class MainWindow(QMainWindow):
             return
         self._narrow = narrow
         self.sidebar.setVisible(self._sidebar_wanted and not narrow)
-        self.quick.setVisible(self._quick_wanted and not narrow)
-        self.quick_button.setChecked(self.quick.isVisible())
+        self._show_quick(self._quick_wanted and not narrow)
 
     def _refresh_quick(self) -> None:
         if self.quick.isVisible():
@@ -676,6 +690,21 @@ class MainWindow(QMainWindow):
         _window_state().setValue("window/geometry", self.saveGeometry())
         self.worker.shutdown(timeout=1.5)
         super().closeEvent(event)
+
+
+class _TitleLabel(QLabel):
+    """The chat title: elided to the room there is, so a long title never holds the window
+    wide (a plain QLabel's minimum width is its whole text)."""
+
+    def minimumSizeHint(self) -> QSize:  # Qt override
+        return QSize(40, super().minimumSizeHint().height())
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # Qt override
+        painter = QPainter(self)
+        text = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight,
+                                             self.contentsRect().width())
+        painter.drawText(self.contentsRect(),
+                         int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), text)
 
 
 def _pdf_reader():

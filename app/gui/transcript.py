@@ -21,6 +21,7 @@ from PySide6.QtWidgets import QFrame, QLabel, QPushButton, QScrollArea, QVBoxLay
 from shiboken6 import isValid
 
 from app.gui.message_view import MessageView, MessageWidget
+from app.gui.theme import current_palette
 
 PAGE = 40
 MAX_PAGES = 3
@@ -148,9 +149,10 @@ class Transcript(QScrollArea):
         marker.setAccessibleName("Context marker")
         marker.setWordWrap(True)
         marker.setAlignment(Qt.AlignmentFlag.AlignHCenter)
-        marker.setStyleSheet("QLabel#ContextMarker { color: palette(mid); padding: 6px;"
-                             " border-top: 1px dashed palette(mid);"
-                             " border-bottom: 1px dashed palette(mid); }")
+        muted = current_palette().muted
+        marker.setStyleSheet(f"QLabel#ContextMarker {{ color: {muted}; padding: 6px;"
+                             f" border-top: 1px dashed {muted};"
+                             f" border-bottom: 1px dashed {muted}; }}")
         page.insert_before(widget, marker)
         marker.show()
         self.marker = marker

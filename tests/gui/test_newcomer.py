@@ -183,10 +183,14 @@ def test_9_model_menu_does_not_call_the_demo_random(make_window):
 
 
 def test_12_narrow_window_folds_the_sidebar(qtbot, make_window):
+    """Even with a long title open, the window can be made narrow and the sidebar folds."""
     window = make_window(SHORT)
+    conv = window.store.create_conversation(title="A very long title " * 6)
+    window.open_conversation(conv)
     assert window.sidebar.isVisible()
     window.resize(640, 700)
     wait(qtbot, lambda: not window.sidebar.isVisible(), timeout=2000)
+    assert window.width() < 700
     window.sidebar_button.click()
     assert window.sidebar.isVisible()
     window.sidebar_button.click()
@@ -251,6 +255,7 @@ def test_quick_settings_are_stored_with_the_conversation(qtbot, make_window):
     window.open_conversation(conv)
     window.toggle_quick_settings()
     panel = window.quick
+    qtbot.waitUntil(lambda: panel.width() >= panel.minimumWidth(), timeout=2000)
     assert panel.isVisible() and panel.temperature.value() == 0.7
     panel.temperature.setValue(0.25)
     panel.max_tokens.setValue(64)
