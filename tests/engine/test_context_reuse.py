@@ -11,8 +11,11 @@ from app.messages import Finished, GenerationParams
 from app.worker import fit_for_engine
 
 
-def test_rolling_window_turns_reuse_the_cached_prefix(random_demo):
-    engine = Engine.load(random_demo, device="cpu", dtype=torch.float32, context_length=512)
+def test_rolling_window_turns_reuse_the_cached_prefix():
+    from app.engine.tiny import ensure_demo_checkpoint
+
+    engine = Engine.load(ensure_demo_checkpoint(), device="cpu", dtype=torch.float32,
+                         context_length=512)
     params = GenerationParams(max_tokens=4, temperature=0, seed=1)
     chat = [{"role": "system", "content": "Be brief."}]
     for i in range(30):
