@@ -8,6 +8,7 @@ No Qt and no torch here: the GUI adds Qt's own messages through `qt_message` (ap
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from logging.handlers import RotatingFileHandler
@@ -36,6 +37,11 @@ def setup_logging(level: int = logging.INFO) -> Path:
     the file's path. A log folder that cannot be written leaves logging to stderr."""
     path = log_path()
     root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "grok_desktop", False)]:
+        if getattr(old, "baseFilename", None) != os.path.abspath(path):  # another folder now
+            for logger in (root, *(logging.getLogger(n) for n in LOGGERS[2:])):
+                logger.removeHandler(old)
+            old.close()
     if not any(getattr(h, "grok_desktop", False) for h in root.handlers):
         try:
             handler: logging.Handler = RotatingFileHandler(
