@@ -63,45 +63,62 @@ class ContextFit:
 
 
 def fit_context(messages: Sequence[ChatMessage], count: Counter, limit: int, policy: str,
-                reserve: int) -> ContextFit:
+                reserve: int, count_one: Callable[[ChatMessage], int] | None = None
+                ) -> ContextFit:
     """Choose the messages to send under `policy` so that prompt + `reserve` <= `limit` tokens.
 
-    `count(messages)` returns the prompt tokens of a message list (as the engine renders it).
+    `count(messages)` returns the prompt tokens of a message list (as the engine renders it);
+    `count_one(message)` the tokens of one message alone (default `count([message])`; a
+    caller may memoize it). Cut points are first judged by the sum of single-message counts,
+    and the exact `count` confirms the one chosen, so a long chat costs one pass over its
+    messages, not one full count per cut point.
     The last message (the user's turn, or the reply being continued) is always kept; if it
     alone cannot fit, the result is `stopped` with the sizes and what to do.
     """
     messages = list(messages)
     policy = policy if policy in POLICIES else DEFAULT_POLICY
-    total = count(messages)
-    if total + reserve <= limit or not messages:
-        return ContextFit(messages, (), total, limit, policy)
+    if not messages:
+        return ContextFit(messages, (), count(messages), limit, policy)
     head = 1 if messages[0].get("role") == "system" else 0
     last = len(messages) - 1
-    if policy == "stop":
-        return ContextFit(messages, (), total, limit, policy, stopped=(
-            f"This chat has reached the model's context: {total:,} tokens plus {reserve:,} "
-            f"for the reply, the limit is {limit:,}. Start a new chat, fork from an earlier "
-            "message, or choose another context policy in the chat settings."))
-    keep_head = head
-    if policy == "middle" and last - head >= 3:
-        keep_head = head + 2  # the first exchange: the user's first message and its reply
     counts: dict[int, int] = {}
+    one = count_one or (lambda m: count([m]))
+    prompt = count([])  # the generation prompt every count includes once
 
     def size(i: int) -> int:
         if i not in counts:
-            counts[i] = count([messages[i]])
+            counts[i] = max(0, one(messages[i]) - prompt)
         return counts[i]
 
+    suffix = [0] * (len(messages) + 1)  # suffix[i]: estimated tokens of messages[i:]
+    for i in range(last, -1, -1):
+        suffix[i] = suffix[i + 1] + size(i)
     slack = max(1, limit // SLACK_FRACTION)
+    whole = prompt + suffix[0]  # estimated tokens of the whole chat
+    if whole + reserve <= limit + slack // 4:
+        total = count(messages)
+        if total + reserve <= limit:
+            return ContextFit(messages, (), total, limit, policy, counts=counts)
+    if policy == "stop":
+        return ContextFit(messages, (), whole, limit, policy, stopped=(
+            f"This chat has reached the model's context: about {whole:,} tokens plus "
+            f"{reserve:,} for the reply, the limit is {limit:,}. Start a new chat, fork from "
+            "an earlier message, or choose another context policy in the chat settings."))
+    keep_head = head
+    if policy == "middle" and last - head >= 3:
+        keep_head = head + 2  # the first exchange: the user's first message and its reply
     for heads in ((keep_head, head) if keep_head != head else (head,)):
         cut = heads
+        head_tokens = suffix[0] - suffix[heads]
         while cut <= last:
-            kept = messages[:heads] + messages[cut:]
-            tokens = count(kept)
-            if tokens + reserve <= limit:
-                dropped = tuple(range(heads, cut))
-                return ContextFit(kept, dropped, tokens, limit, policy,
-                                  first_after_gap=cut if dropped else None, counts=counts)
+            estimate = prompt + head_tokens + suffix[cut]
+            if estimate + reserve <= limit + slack // 4 or cut == last:
+                kept = messages[:heads] + messages[cut:]
+                tokens = count(kept)
+                if tokens + reserve <= limit:
+                    dropped = tuple(range(heads, cut))
+                    return ContextFit(kept, dropped, tokens, limit, policy,
+                                      first_after_gap=cut if dropped else None, counts=counts)
             if cut == last:
                 break
             moved, start = 0, cut  # the next cut point: at least `slack` tokens further on
@@ -109,7 +126,7 @@ def fit_context(messages: Sequence[ChatMessage], count: Counter, limit: int, pol
                 moved += size(cut)
                 cut += 1
     tokens = count(messages[:head] + messages[last:])
-    return ContextFit(messages, (), total, limit, policy, stopped=(
+    return ContextFit(messages, (), whole, limit, policy, stopped=(
         f"The last message alone is {tokens:,} tokens and the context holds {limit:,} "
         f"(with {reserve:,} kept for the reply): shorten it or attach less, or raise the "
         "context length in Settings."), counts=counts)

@@ -27,6 +27,7 @@ from app.store.store import DeletedBranch, Store
 from app.worker import EngineWorker, EventStream, Generate
 
 ErrorSink = Callable[[str, str], None]  # (message, detail)
+SIZE_CACHE = 20_000  # remembered message token counts
 
 
 @dataclass
@@ -86,6 +87,8 @@ class ChatController(QObject):
         self.active: ActiveReply | None = None
         self.closed = False  # the window is closing: the store may go away
         self.pending: ChatSettings | None = None  # quick settings chosen before a new chat
+        self._sizes: dict[tuple[str, str], int] = {}  # (role, content) -> tokens
+        self._sizes_model: object = None  # the model those counts are for
 
     # ---- which conversation ---------------------------------------------------------------
 
@@ -169,11 +172,23 @@ class ChatController(QObject):
         if draft.strip():
             messages.append({"role": "user", "content": draft})
         limit = info.context_length
+        if self._sizes_model != info:  # another tokenizer: forget the remembered counts
+            self._sizes, self._sizes_model = {}, info
         return fit_context(messages, self._count, limit, chosen.context_policy,
-                           reply_reserve(chosen.params.max_tokens, limit))
+                           reply_reserve(chosen.params.max_tokens, limit), self._count_one)
 
     def _count(self, messages: list[dict[str, str]]) -> int:
-        return self.worker.count_tokens(messages) or 0 if messages else 0
+        return self.worker.count_tokens(messages) or 0
+
+    def _count_one(self, message: dict[str, str]) -> int:
+        """One message's tokens, remembered (the meter refits a long chat on every pause in
+        typing; only new messages are tokenized)."""
+        key = (message["role"], message["content"])
+        if key not in self._sizes:
+            if len(self._sizes) > SIZE_CACHE:
+                self._sizes.clear()
+            self._sizes[key] = self._count([message])
+        return self._sizes[key]
 
     # ---- deleting and forking ---------------------------------------------------------------
 
@@ -273,7 +288,7 @@ class ChatController(QObject):
         policy = policy_of(conv.params)
         messages = conv.chat_messages(upto_id=parent_id)
         fit = fit_context(messages, self._count, info.context_length, policy,
-                          reply_reserve(params.max_tokens, info.context_length))
+                          reply_reserve(params.max_tokens, info.context_length), self._count_one)
         if fit.stopped:
             self._on_error(fit.stopped, "")
             self.render()
