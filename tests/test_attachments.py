@@ -51,3 +51,16 @@ def test_any_file_text_round_trips_through_its_fence(body, typed):
     sent = compose(typed, [att])
     assert attached_names(sent) == ["f.txt"]
     assert "Attached file" not in summarize(sent).split("📎")[-1]
+
+
+def test_an_attachment_is_stored_and_exported_with_its_message(tmp_path):
+    from app.exchange.export import to_markdown
+    from app.store.store import Store
+
+    path = tmp_path / "data.json"
+    path.write_text('{"a": 1}', encoding="utf-8")
+    with Store.open(tmp_path / "db.sqlite") as store:
+        conv = store.create_conversation()
+        store.add_message(conv, None, "user", compose("read it", [read_attachment(path)]))
+        text = to_markdown(store.get_conversation(conv))
+    assert "Attached file `data.json`:" in text and '{"a": 1}' in text
