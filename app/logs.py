@@ -62,25 +62,26 @@ def setup_logging(level: int = logging.INFO) -> Path:
 
 
 def _install_hooks() -> None:
+    """Wrap sys.excepthook and threading.excepthook (once each): log, then call the old one."""
     previous = sys.excepthook
-    if getattr(previous, "grok_desktop", False):
-        return
+    if not getattr(previous, "grok_desktop", False):
+        def excepthook(kind: type[BaseException], exc: BaseException,
+                       tb: TracebackType | None) -> None:
+            if not issubclass(kind, KeyboardInterrupt):
+                log.critical("uncaught %s: %s", kind.__name__, exc, exc_info=(kind, exc, tb))
+            previous(kind, exc, tb)
 
-    def excepthook(kind: type[BaseException], exc: BaseException,
-                   tb: TracebackType | None) -> None:
-        if not issubclass(kind, KeyboardInterrupt):
-            log.critical("uncaught %s: %s", kind.__name__, exc, exc_info=(kind, exc, tb))
-        previous(kind, exc, tb)
-
-    def thread_hook(args: threading.ExceptHookArgs) -> None:
-        if args.exc_type is not SystemExit:
-            name = args.thread.name if args.thread is not None else "?"
-            log.critical("uncaught %s in thread %s: %s", args.exc_type.__name__, name,
-                         args.exc_value,
-                         exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
-        previous_thread(args)
-
+        excepthook.grok_desktop = True  # type: ignore[attr-defined]
+        sys.excepthook = excepthook
     previous_thread = threading.excepthook
-    excepthook.grok_desktop = True  # type: ignore[attr-defined]
-    sys.excepthook = excepthook
-    threading.excepthook = thread_hook
+    if not getattr(previous_thread, "grok_desktop", False):
+        def thread_hook(args: threading.ExceptHookArgs) -> None:
+            if args.exc_type is not SystemExit:
+                name = args.thread.name if args.thread is not None else "?"
+                log.critical("uncaught %s in thread %s: %s", args.exc_type.__name__, name,
+                             args.exc_value,
+                             exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+            previous_thread(args)
+
+        thread_hook.grok_desktop = True  # type: ignore[attr-defined]
+        threading.excepthook = thread_hook
