@@ -74,7 +74,7 @@ def test_2_rename_editor_is_readable_and_the_header_follows(qtbot, make_window):
     window.sidebar.refresh()
     window.open_conversation(conv)
     window.rename_current()
-    editor = window.sidebar.list.findChild(QLineEdit, "RenameEditor")
+    editor = window.sidebar.list.findChild(QLineEdit)
     assert editor is not None
     qtbot.waitUntil(editor.isVisible, timeout=2000)
     assert editor.height() >= editor.fontMetrics().height() + 8
