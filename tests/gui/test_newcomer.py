@@ -97,9 +97,15 @@ def test_3_enter_sends_an_edit_without_a_trailing_newline(qtbot, make_window):
     assert got.args == [user, "second version"]
 
 
-def test_4_auto_quantization_chooses_what_fits_in_plain_words():
+def test_4_auto_quantization_chooses_what_fits_in_plain_words(qtbot):
+    from app.gui.settings_dialog import SettingsDialog
     from app.placement import preview
     from app.worker import LoadModel, _auto_quant
+
+    dialog = SettingsDialog(Settings(gpu_memory_gb=48, cpu_memory_gb=256))
+    qtbot.addWidget(dialog)
+    shown = dialog.placement.text()
+    assert shown.startswith("Fits") and "int8 (chosen by auto)" in shown and "--" not in shown
 
     fits = preview(Settings(gpu_memory_gb=48, cpu_memory_gb=256))
     assert fits.fits and "at int8 (chosen by auto)" in fits.headline
