@@ -76,6 +76,7 @@ class ChatController(QObject):
     reply_finished = Signal(object)  # GenerationStats
     rendered = Signal()  # the shown branch changed (a version switch, a delete...)
     send_refused = Signal(str)  # the text was not sent (the context is full): give it back
+    notice = Signal(str)  # a context policy said no: one line for the user, not an error
 
     def __init__(self, store: Store, worker: EngineWorker, transcript: Transcript,
                  settings: Callable[[], Settings], on_error: ErrorSink,
@@ -218,7 +219,7 @@ class ChatController(QObject):
             return
         fit = self.context_fit(text)
         if fit is not None and fit.stopped:  # "stop at the limit", or the message is too big
-            self._on_error(fit.stopped, "")
+            self.notice.emit(fit.stopped)
             self.send_refused.emit(text)
             return
         new = self.conversation is None
@@ -290,7 +291,7 @@ class ChatController(QObject):
         fit = fit_context(messages, self._count, info.context_length, policy,
                           reply_reserve(params.max_tokens, info.context_length), self._count_one)
         if fit.stopped:
-            self._on_error(fit.stopped, "")
+            self.notice.emit(fit.stopped)
             self.render()
             return
         if resume is not None:

@@ -123,6 +123,7 @@ class MainWindow(QMainWindow):
         row.addWidget(self.title, 1)
         row.addWidget(self.quick_button)
         self.undo_bar = self._build_undo_bar()
+        self.notice_bar = self._build_notice_bar()
         self.stack = QStackedWidget(self)
         self.stack.addWidget(self.transcript)
         self.stack.addWidget(self.welcome)
@@ -131,7 +132,7 @@ class MainWindow(QMainWindow):
         column.setContentsMargins(0, 0, 0, 0)
         column.setSpacing(0)
         column.addWidget(header)
-        for banner in (self.error_banner, self.undo_bar, self.progress):
+        for banner in (self.error_banner, self.notice_bar, self.undo_bar, self.progress):
             holder = QHBoxLayout()
             holder.setContentsMargins(16, 8, 16, 0)
             holder.addWidget(banner)
@@ -183,6 +184,37 @@ class MainWindow(QMainWindow):
         bar.hide()
         return bar
 
+    def _build_notice_bar(self) -> QFrame:
+        """A context policy's answer ("the chat has reached the context"): information with
+        the way out (the chat settings), not an error."""
+        bar = QFrame(self)
+        bar.setObjectName("InfoBanner")
+        bar.setAccessibleName("Notice")
+        self.notice_label = QLabel(bar)
+        self.notice_label.setWordWrap(True)
+        settings = QPushButton("Chat settings", bar)
+        settings.setProperty("flat", True)
+        settings.clicked.connect(self._notice_to_settings)
+        dismiss = QPushButton("Dismiss", bar)
+        dismiss.setProperty("flat", True)
+        dismiss.clicked.connect(bar.hide)
+        row = QHBoxLayout(bar)
+        row.setContentsMargins(14, 6, 8, 6)
+        row.addWidget(self.notice_label, 1)
+        row.addWidget(settings)
+        row.addWidget(dismiss)
+        bar.hide()
+        return bar
+
+    def _notice_to_settings(self) -> None:
+        self.notice_bar.hide()
+        if not self.quick.isVisible():
+            self.toggle_quick_settings()
+
+    def show_notice(self, text: str) -> None:
+        self.notice_label.setText(text)
+        self.notice_bar.show()
+
     def _connect(self) -> None:
         self.sidebar.conversation_selected.connect(self.open_conversation)
         self.sidebar.conversation_removed.connect(self._trashed)
@@ -195,6 +227,8 @@ class MainWindow(QMainWindow):
         self.chat.rendered.connect(self._count_timer.start)
         self.chat.rendered.connect(self._refresh_quick)
         self.chat.send_refused.connect(self._send_refused)
+        self.chat.notice.connect(self.show_notice)
+        self.chat.conversation_changed.connect(lambda _: self.notice_bar.hide())
         self.quick.changed.connect(self._quick_changed)
         self.quick.reset_requested.connect(self._quick_reset)
         self.composer.send_requested.connect(lambda text: spawn(self.chat.send(text)))

@@ -142,17 +142,17 @@ def test_discard_an_interrupted_reply(qtbot, make_window, store):
 
 
 def test_message_larger_than_the_context_is_refused_with_one_line(qtbot, make_window):
-    """A message beyond the context is not sent: one banner, the text back in the box, no
+    """A message beyond the context is not sent: one notice, the text back in the box, no
     half-made reply, and the chat stays usable."""
     window = make_window(SHORT)
     load_demo(qtbot, window)
     send(qtbot, window, "word " * 6000)  # more than the demo model's 4096-token context
-    wait(qtbot, lambda: window.error_banner.isVisible())
-    assert "last message alone is" in window.error_banner.message
-    assert window.error_banner.shown_count == 1
+    wait(qtbot, lambda: window.notice_bar.isVisible())
+    assert "last message alone is" in window.notice_label.text()
+    assert not window.error_banner.isVisible()
     assert window.composer.text().startswith("word word")  # nothing the user wrote is lost
     assert replies(window) == [] and not window.chat.generating
-    window.error_banner.dismiss()
+    window.notice_bar.hide()
     window.composer.set_text("")
     send(qtbot, window, "short one")
     wait(qtbot, lambda: replies(window) and not window.chat.generating)
