@@ -75,7 +75,7 @@ def build_menus(window: MenuHost, parent: QWidget) -> dict[str, QAction]:
     _bound(chat_menu, actions, "stop", "&Stop the reply", window.chat.stop)
     chat_menu.addAction("&Regenerate the last reply", window.regenerate_last)
     chat_menu.addAction("&Edit my last message", window.edit_last_message)
-    chat_menu.addAction("&Fork into a new chat", window.fork)
+    chat_menu.addAction("&Fork into a new chat", lambda: window.fork())
     chat_menu.addAction("&Attach files…", window.choose_attachments)
     chat_menu.addSeparator()
     chat_menu.addAction("Chat &settings panel", window.toggle_quick_settings)

@@ -365,3 +365,15 @@ def test_a_second_start_brings_the_first_forward(qtbot, home):
     finally:
         server.close()
     assert instance_name() == name and str(home) not in name
+
+
+def test_chat_menu_fork_forks_the_open_chat_at_its_last_message(qtbot, make_window):
+    window = make_window(SHORT)
+    conv = window.store.create_conversation(title="Menu")
+    first = window.store.add_message(conv, None, "user", "hi")
+    window.store.add_message(conv, first, "assistant", "hello")
+    window.open_conversation(conv)
+    chat_menu = next(a.menu() for a in window.menuBar().actions() if a.text() == "&Chat")
+    next(a for a in chat_menu.actions() if "Fork" in a.text()).trigger()
+    assert window.chat.conversation_id != conv and window.title.text() == "Menu (fork)"
+    assert [v.text for v in window.transcript.views] == ["hi", "hello"]
