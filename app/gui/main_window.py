@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from PySide6.QtCore import QByteArray, QSettings, QSize, QStandardPaths, Qt, QTimer
+from PySide6.QtCore import (
+    QByteArray,
+    QEvent,
+    QObject,
+    QSettings,
+    QSize,
+    QStandardPaths,
+    Qt,
+    QTimer,
+)
 from PySide6.QtGui import (
     QCloseEvent,
     QDragEnterEvent,
@@ -133,10 +142,7 @@ class MainWindow(QMainWindow):
         column.setSpacing(0)
         column.addWidget(header)
         for banner in (self.error_banner, self.notice_bar, self.undo_bar, self.progress):
-            holder = QHBoxLayout()
-            holder.setContentsMargins(16, 8, 16, 0)
-            holder.addWidget(banner)
-            column.addLayout(holder)
+            column.addWidget(_BannerSlot(banner, right))
         column.addWidget(self.stack, 1)
         composer_row = QHBoxLayout()
         composer_row.setContentsMargins(24, 0, 24, 0)
@@ -724,6 +730,28 @@ class MainWindow(QMainWindow):
         _window_state().setValue("window/geometry", self.saveGeometry())
         self.worker.shutdown(timeout=1.5)
         super().closeEvent(event)
+
+
+class _BannerSlot(QWidget):
+    """Holds a banner with its margins and is shown only while the banner is, so hidden
+    banners take no room (an empty layout would still add its margins to the window's
+    minimum height)."""
+
+    def __init__(self, banner: QWidget, parent: QWidget) -> None:
+        super().__init__(parent)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(16, 8, 16, 0)
+        hidden = banner.isHidden()
+        row.addWidget(banner)
+        banner.installEventFilter(self)
+        self.setVisible(not hidden)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # Qt override
+        if event.type() == QEvent.Type.ShowToParent:
+            self.show()
+        elif event.type() == QEvent.Type.HideToParent:
+            self.hide()
+        return False
 
 
 class _TitleLabel(QLabel):
