@@ -29,7 +29,7 @@ _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "ma
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     ask = sub.add_parser("ask", help="send a message, stream the reply, keep both in history")
-    add_model_arguments(ask)
+    add_model_arguments(ask, required=False)
     ask.add_argument(
         "--conversation",
         "-c",
@@ -117,6 +117,12 @@ def run_ask(args: argparse.Namespace) -> int:
         sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show some characters
     defaults = load_settings()
     _params(defaults.sampling, _overrides(args))  # bad values fail before a long model load
+    if not args.model and not args.demo:  # as the GUI does: the model chosen in Settings
+        args.model = configured_model(defaults)
+        if args.context is None:
+            args.context = defaults.context_tokens
+        if args.device is None and defaults.device != "auto":
+            args.device = defaults.device
     with Store.open() as store:
         if args.conversation is not None:
             args.conversation = store.resolve_conversation(args.conversation)
@@ -129,6 +135,25 @@ def run_ask(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def configured_model(settings: Settings) -> str:
+    """The Grok-2 folder chosen in the app's Settings, for `ask` without --model/--demo.
+    Raises UserError when none is configured, or it is no longer a usable folder."""
+    from app.settings import check_model_folder
+
+    folder = settings.model_folder
+    if not folder and settings.backend == "remote":
+        raise UserError("the app uses a remote server, and `ask` runs a local model: pass "
+                        "--model DIR or --demo")
+    if not folder:
+        raise UserError("no model configured: pass --model DIR or --demo, or choose the "
+                        "Grok-2 folder in the app's Settings")
+    check = check_model_folder(folder)
+    if not check.ok:
+        raise UserError(f"the configured model folder {folder} cannot be used "
+                        f"({check.summary()}); fix it in Settings or pass --model DIR")
+    return folder
 
 
 def ask(
