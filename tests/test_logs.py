@@ -32,6 +32,7 @@ def _text(path) -> str:
     return path.read_text(encoding="utf-8")
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # on purpose
 def test_a_crash_in_any_thread_is_logged_with_its_traceback(log_file):
     def crash() -> None:
         raise ValueError("thread boom")
