@@ -7,17 +7,15 @@ No Qt and no torch here.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from app import paths
 from app.api.guard import normalize_origin
+from app.atomic import atomic_write_bytes, atomic_write_text
 from app.checkpoint_files import TOKENIZER_NAME, read_header
 from app.errors import ModelFileError, UserError
 from app.messages import GenerationParams
@@ -98,10 +96,13 @@ class Settings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Settings:
-        """Build from JSON data: unknown keys are ignored, missing keys take the default."""
+        """Build from JSON data: unknown keys are ignored; missing keys and explicit nulls
+        take the default (as the API server reads null). Raises ValueError/TypeError naming
+        the key for a wrong type or value."""
         known = {f.name for f in fields(cls)} - {"sampling"}
-        values = {k: v for k, v in data.items() if k in known}
-        sampling = data.get("sampling", {})
+        values = {k: v for k, v in data.items() if k in known and v is not None}
+        sampling = data.get("sampling")
+        sampling = {} if sampling is None else sampling
         if not isinstance(sampling, dict):
             raise TypeError("'sampling' must be an object")
         try:
@@ -139,11 +140,16 @@ def load_settings(path: Path | None = None) -> Settings:
 
 
 def save_settings(settings: Settings, path: Path | None = None) -> Path:
-    """Write the settings atomically (temp file in the same folder, then os.replace)."""
+    """Write the settings atomically (app.atomic), readable by their owner only (0600).
+    Raises UserError naming the file when it cannot be written."""
     path = path or paths.settings_path()
     keep_unreadable_copy(path)
     text = json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n"
-    atomic_write_text(path, text, mode=FILE_MODE)
+    try:
+        atomic_write_text(path, text, mode=FILE_MODE)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be written ({exc.strerror}); check the disk and "
+                        "the folder's permissions") from exc
     return path
 
 
@@ -157,31 +163,10 @@ def keep_unreadable_copy(path: Path) -> Path | None:
     except UserError:
         copy = path.with_name(path.name + ".unreadable")
         try:
-            copy.write_bytes(path.read_bytes())
-            os.chmod(copy, FILE_MODE)
+            atomic_write_bytes(copy, path.read_bytes(), mode=FILE_MODE)
         except OSError:
             return None  # unreadable as bytes too: nothing could be kept either way
         return copy
-
-
-def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
-    """Replace `path` with `text` so a crash leaves either the old or the new file. `mode` is
-    set on the temp file before any byte is written (mkstemp creates it 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if mode is not None:
-            with contextlib.suppress(OSError, NotImplementedError):  # Windows: no chmod bits
-                os.fchmod(fd, mode) if hasattr(os, "fchmod") else os.chmod(tmp, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"{path}: cannot be written ({exc.strerror}); check the disk and "
-                        "the folder's permissions") from exc
 
 
 def with_sampling(settings: Settings, **changes: Any) -> Settings:

@@ -180,6 +180,29 @@ def test_pdf_is_text_not_pictures(store, tmp_path):
     assert not re.search(rb"/Subtype\s*/Image", data)
 
 
+@pytest.mark.parametrize("fmt", ["md", "pdf"])
+def test_export_that_cannot_be_written_is_one_error_and_leaves_nothing(store, tmp_path,
+                                                                         monkeypatch, fmt):
+    """A refused rename (full disk): one UserError naming the file; an older export at that
+    path is kept and no temporary file is left (app.atomic does the write)."""
+    import app.atomic
+
+    conv = store.create_conversation()
+    store.add_message(conv, None, "user", "hello")
+    out = tmp_path / "exports" / f"chat.{fmt}"
+    out.parent.mkdir()
+    out.write_bytes(b"the previous export")
+
+    def full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(app.atomic.os, "replace", full)
+    with pytest.raises(UserError, match=f"cannot write {re.escape(str(out))}: No space left"):
+        export_conversations(store, [conv], fmt, out)
+    assert out.read_bytes() == b"the previous export"
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
+
+
 def test_several_conversations_go_to_one_json_or_a_folder(store, tmp_path):
     """A selection becomes one JSON file, or a folder with one readable file each."""
     ids = []
@@ -265,9 +288,9 @@ def _valid_doc(store: Store) -> dict:
             lambda d: _edit(d, "role", "wizard"),
             r"conversations\[1\]\.messages\[1\]\.role: 'wizard' is not one of",
         ),
-        (lambda d: _edit(d, "parent_id", 7), r"parent_id: 7 is not an earlier message"),
+        (lambda d: _edit(d, "parent_id", 7), r"parent_id: 7 is not the id of a message"),
         (lambda d: _edit(d, "created_at", "yesterday"), "not an ISO 8601 time"),
-        (lambda d: _edit(d, "content", None), r"messages\[1\]\.content: expected str"),
+        (lambda d: _edit(d, "content", None), r"messages\[1\]\.content: expected a string, got null"),
     ],
 )
 def test_malformed_files_are_rejected_whole(store, tmp_path, damage, problem):

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -28,7 +29,7 @@ _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "ma
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     ask = sub.add_parser("ask", help="send a message, stream the reply, keep both in history")
-    add_model_arguments(ask)
+    add_model_arguments(ask, required=False)
     ask.add_argument(
         "--conversation",
         "-c",
@@ -81,7 +82,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "path",
         type=Path,
         metavar="PATH",
-        help="conversations JSON, or ChatGPT's conversations.json / export .zip",
+        help="our JSON export, or ChatGPT's export: its .zip, its folder or conversations.json",
+    )
+    imp.add_argument(
+        "--strict",
+        action="store_true",
+        help="import nothing if any conversation of a ChatGPT export is broken "
+        "(default: skip and list the broken ones)",
     )
     imp.set_defaults(func=run_import)
 
@@ -110,6 +117,12 @@ def run_ask(args: argparse.Namespace) -> int:
         sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show some characters
     defaults = load_settings()
     _params(defaults.sampling, _overrides(args))  # bad values fail before a long model load
+    if not args.model and not args.demo:  # as the GUI does: the model chosen in Settings
+        args.model = configured_model(defaults)
+        if args.context is None:
+            args.context = defaults.context_tokens
+        if args.device is None and defaults.device != "auto":
+            args.device = defaults.device
     with Store.open() as store:
         if args.conversation is not None:
             args.conversation = store.resolve_conversation(args.conversation)
@@ -122,6 +135,25 @@ def run_ask(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def configured_model(settings: Settings) -> str:
+    """The Grok-2 folder chosen in the app's Settings, for `ask` without --model/--demo.
+    Raises UserError when none is configured, or it is no longer a usable folder."""
+    from app.settings import check_model_folder
+
+    folder = settings.model_folder
+    if not folder and settings.backend == "remote":
+        raise UserError("the app uses a remote server, and `ask` runs a local model: pass "
+                        "--model DIR or --demo")
+    if not folder:
+        raise UserError("no model configured: pass --model DIR or --demo, or choose the "
+                        "Grok-2 folder in the app's Settings")
+    check = check_model_folder(folder)
+    if not check.ok:
+        raise UserError(f"the configured model folder {folder} cannot be used "
+                        f"({check.summary()}); fix it in Settings or pass --model DIR")
+    return folder
 
 
 def ask(
@@ -316,11 +348,34 @@ def run_import(args: argparse.Namespace) -> int:
     from app.exchange.importers import import_file
     from app.store.store import Store
 
+    progress = _ImportProgress(sys.stderr) if sys.stderr.isatty() else None
     with Store.open() as store:
-        result = import_file(store, args.path)
-    n = len(result.imported_ids)
-    line = f"imported {n} conversation{'s' * (n != 1)} from {args.path} ({result.source})"
-    if result.skipped:
-        line += f"; {result.skipped} already present, skipped"
-    print(line)
+        try:
+            result = import_file(store, args.path, strict=args.strict, progress=progress)
+        finally:
+            if progress is not None:
+                progress.clear()
+    print(result.summary(str(args.path)))
     return 0
+
+
+class _ImportProgress:
+    """`reading conversations 120/900` on one terminal line, for files with many."""
+
+    MIN_TOTAL = 50
+
+    def __init__(self, out: TextIO) -> None:
+        self.out, self.shown, self.last = out, False, -1.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if total < self.MIN_TOTAL or (now - self.last < 0.1 and done < total):
+            return
+        self.last, self.shown = now, True
+        self.out.write(f"\rreading conversations {done}/{total}")
+        self.out.flush()
+
+    def clear(self) -> None:
+        if self.shown:
+            self.out.write("\r\033[K")
+            self.out.flush()

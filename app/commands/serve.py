@@ -49,7 +49,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from app.api.server import ApiServer, check_address, check_origins, print_log
     from app.commands.generate import open_engine
     from app.errors import UserError
+    from app.logs import setup_logging
 
+    setup_logging()  # engine and server failures also go to the log file
     if args.queue < 0 or not 0 <= args.port < 65536:
         raise UserError("--queue must be >= 0 and --port between 0 and 65535")
     # Refuse an unsafe address before spending minutes loading Grok-2.

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.atomic import atomic_write_text
 from app.download.hub import DownloadError, RemoteFile, Snapshot, hub_error, open_range
 
 STATE_DIR = ".grok-download"
@@ -167,9 +168,7 @@ class Downloader:
 
     def save_state(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
-        tmp = self.work / (STATE + ".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1), encoding="utf-8")
-        os.replace(tmp, self.work / STATE)
+        atomic_write_text(self.work / STATE, json.dumps(self.state, indent=1))
 
     def part_path(self, name: str) -> Path:
         return self.work / f"{name}.part"

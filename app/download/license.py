@@ -8,10 +8,10 @@ LICENSE file of xai-org/grok-2; the app shows its title and link, and does not p
 from __future__ import annotations
 
 import json
-import os
 import time
 
 from app import paths
+from app.atomic import atomic_write_text
 from app.download.hub import LICENSE_URL, REPO
 
 LICENSE_ID = "grok-2-community-license"
@@ -47,6 +47,4 @@ def accept() -> None:
         data = {}
     data[LICENSE_ID] = {"url": LICENSE_URL, "repo": REPO,
                         "accepted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))

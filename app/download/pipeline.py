@@ -15,12 +15,12 @@ module and call `run` on a worker thread.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.atomic import atomic_write_text
 from app.checkpoint_files import unit_names
 from app.download.budget import (
     DiskCheck,
@@ -158,9 +158,7 @@ def remember(request: Request) -> None:
     data = {"out": str(request.out), "repo": request.repo, "revision": request.revision,
             "prepared_only": request.prepared_only, "quant": request.quant}
     try:
-        tmp = paths.config_dir() / (RECENT + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(tmp, paths.config_dir() / RECENT)
+        atomic_write_text(paths.config_dir() / RECENT, json.dumps(data, indent=1))
     except OSError:
         pass  # only a convenience: the download itself does not depend on it
 

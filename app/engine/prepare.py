@@ -12,8 +12,8 @@ Output folder:
 Tensor names are the quantized model's state-dict names (`...q_proj.qweight`, `.scales`, or
 `.weight` where nothing is quantized), so loading is a name-for-name fill.
 
-Each file is written to a temporary name, fsynced, renamed, then recorded in the manifest
-(itself replaced atomically): an interruption loses at most the file in progress, and a rerun
+Each file is written atomically (app.atomic: a temporary name, fsynced, renamed), then
+recorded in the manifest (itself replaced atomically): an interruption loses at most the file in progress, and a rerun
 resumes after the last recorded file. Loading verifies every file's size, and the checksum of
 any file whose mtime changed since it was recorded.
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
-import os
 import shutil
 import struct
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
+from app.atomic import atomic_file, atomic_write_text, remove_temps
 from app.checkpoint_files import TOKENIZER_NAME, read_header, unit_names, unit_of
 from app.engine.config import CONFIG_NAME, config_hash, load_config
 from app.engine.plan import DISK_SLACK, Format, model_bytes
@@ -86,6 +86,7 @@ class UnitWriter:
         self.formats = quantizable(self.meta, quant, group)
         self.out.mkdir(parents=True, exist_ok=True)
         self.manifest = _start_manifest(self.src, self.out, quant, group)
+        remove_temps(self.out)  # what an interrupted run was writing (rewritten when needed)
         _save_manifest(self.out, self.manifest)
         for extra in (CONFIG_NAME, TOKENIZER_NAME):
             if (self.src / extra).is_file():
@@ -177,10 +178,9 @@ def _check_disk(out: Path, need: int) -> None:
 
 
 def _write_unit(out: Path, unit: str, tensors: dict[str, torch.Tensor]) -> dict:
-    final, tmp = out / f"{unit}.safetensors", out / f"{unit}.safetensors.partial"
+    final = out / f"{unit}.safetensors"
     try:
-        digest = write_aligned(tmp, tensors)
-        os.replace(tmp, final)
+        digest = write_aligned(final, tensors)
     except OSError as exc:
         raise StorageError(f"{final}: cannot be written ({exc.strerror}); check free space "
                            "and permissions, then run prepare again to resume") from exc
@@ -191,7 +191,8 @@ def _write_unit(out: Path, unit: str, tensors: dict[str, torch.Tensor]) -> dict:
 def write_aligned(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     """A standard safetensors file, tensors in name order, each starting on a page boundary
     (U8 `__pad` tensors fill the gaps): the CPU kernels need aligned data, and page-aligned
-    tensors can be page-locked one by one. Returns the sha256 of the bytes written."""
+    tensors can be page-locked one by one. Written atomically (app.atomic). Returns the
+    sha256 of the bytes written; raises OSError (disk full, ...) with `path` untouched."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset, pads = 0, 0
     order: list[bytes | torch.Tensor] = []
@@ -211,15 +212,13 @@ def write_aligned(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     raw = json.dumps(header).encode()
     raw += b" " * (-(8 + len(raw)) % ALIGN)
     digest = hashlib.sha256()
-    with path.open("wb") as f:
+    with atomic_file(path) as f:
         for chunk in (struct.pack("<Q", len(raw)), raw, *order):
             # numpy's stubs declare ndarray a buffer only for Python 3.12+
             data = chunk if isinstance(chunk, bytes) else cast(
                 "Buffer", chunk.view(torch.uint8).numpy())
             digest.update(data)
             f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
     return digest.hexdigest()
 
 
@@ -244,9 +243,11 @@ def _intact(out: Path, unit: str, entry: dict) -> bool:
 
 
 def _save_manifest(out: Path, manifest: dict) -> None:
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
+    try:
+        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    except OSError as exc:
+        raise StorageError(f"{out / MANIFEST}: cannot be written ({exc.strerror}); check free "
+                           "space and permissions, then run prepare again to resume") from exc
 
 
 def read_manifest(folder: str | Path) -> dict:

@@ -3,20 +3,19 @@
 JSON is the lossless format (every branch, setting, model identity and stat; schema in
 docs/export-schema.md, read back by app/exchange/importers.py). The readable formats show the branch the
 user is looking at. One conversation goes to one file; several go to one JSON file or to a
-folder with one file per conversation. Every file is written atomically (temp + os.replace).
+folder with one file per conversation. Every file is written atomically (app.atomic: temp file, fsync, os.replace).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app import APP_NAME, __version__
+from app.atomic import atomic_write_bytes
 from app.errors import UserError
 from app.exchange.render import (
     close_open_fences,
@@ -95,7 +94,10 @@ def _iso(seconds: float) -> str:
 
 
 def to_json(conversations: Sequence[Conversation]) -> str:
-    return json.dumps(export_document(conversations), ensure_ascii=False, indent=2) + "\n"
+    return (
+        json.dumps(export_document(conversations), ensure_ascii=False, indent=2, allow_nan=False)
+        + "\n"
+    )
 
 
 # ---- Markdown and plain text --------------------------------------------------------------
@@ -214,14 +216,9 @@ def _write_one(conv: Conversation, fmt: str, path: Path) -> Path:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Write `data` to `path` atomically (app.atomic), mode 0644: an export is an ordinary
+    document. Raises UserError naming the file when it cannot be written."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is an ordinary document
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc

@@ -62,10 +62,11 @@ def export_with_dialog(parent: QWidget, store: Store, ids: list[int], title: str
 
 
 def import_with_dialog(parent: QWidget, store: Store) -> str | None:
-    path, _ = QFileDialog.getOpenFileName(parent, "Import conversations", "",
-                                          "Grok Desktop export (*.json);;All files (*)")
+    path, _ = QFileDialog.getOpenFileName(
+        parent, "Import conversations", "",
+        "Grok Desktop or ChatGPT export (*.json *.zip);;All files (*)")
     if not path:
         return None
     result = import_file(store, Path(path))
-    skipped = f", {result.skipped} already here" if result.skipped else ""
-    return f"Imported {len(result.imported_ids)} conversations ({result.source}){skipped}."
+    summary = " ".join(line.strip() for line in result.summary(Path(path).name).splitlines())
+    return summary[0].upper() + summary[1:] + "."

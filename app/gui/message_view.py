@@ -22,7 +22,6 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
-    QPlainTextEdit,
     QPushButton,
     QToolButton,
     QVBoxLayout,
@@ -30,6 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.exchange.markup import SAFE_SCHEMES, break_long_words
+from app.gui.composer import ComposerEdit
 from app.gui.markdown import Code, Prose, Segment, code_html, prose_html, split_segments
 from app.gui.theme import current_palette
 
@@ -295,6 +295,9 @@ class MessageWidget(QFrame):
                         ("Discard", "Discard the reply", "discard")]
         elif view.status != "streaming" and view.can_regenerate:
             buttons.append(("Regenerate", "Regenerate the reply", "regenerate"))
+        if view.status != "streaming":
+            buttons += [("Fork", "Fork: a new chat with the conversation up to here", "fork"),
+                        ("Delete", "Delete this message and the turns after it", "delete")]
         for text, name, key in buttons:
             button = _action(text, name, row_widget)
             button.clicked.connect(lambda _=False, k=key: self.action.emit(k, self.view.id))
@@ -363,15 +366,20 @@ class MessageWidget(QFrame):
 
     # ---- editing a user message -----------------------------------------------------------
 
-    def start_edit(self) -> None:
+    def start_edit(self, text: str | None = None) -> None:
+        """Edit in place (`text`: the full stored message, when the view shows a summary).
+        Enter sends, Shift+Enter adds a line, as in the message box."""
         if self.view.role != "user" or self._editor is not None:
             return
         editor = QFrame(self)
         editor.setObjectName("UserBubble")
         box = QVBoxLayout(editor)
-        edit = QPlainTextEdit(self.view.text, editor)
+        edit = ComposerEdit(editor)
+        self._edit_original = self.view.text if text is None else text
+        edit.setPlainText(self._edit_original)
         edit.setAccessibleName("Edit message")
-        edit.setTabChangesFocus(True)
+        edit.submitted.connect(lambda: self._submit_edit(edit.toPlainText()))
+        self.edit_box = edit
         box.addWidget(edit)
         buttons = QHBoxLayout()
         buttons.addStretch(1)
@@ -391,7 +399,8 @@ class MessageWidget(QFrame):
 
     def _submit_edit(self, text: str) -> None:
         self._end_edit()
-        if text.strip() and text != self.view.text:
+        text = text.strip()
+        if text and text != getattr(self, "_edit_original", self.view.text).strip():
             self.edit_submitted.emit(self.view.id, text)
 
     def _end_edit(self) -> None:

@@ -65,6 +65,26 @@ def _section(stamp: float, pinned: bool, now: float) -> str:
     return "Older"
 
 
+class _RenameDelegate(QStyledItemDelegate):
+    """The rename box fills the whole row and is at least one line of text tall (the style
+    sheet's item padding otherwise squeezes it to a few pixels)."""
+
+    def createEditor(self, parent: QWidget, option: QStyleOptionViewItem,
+                     index: QModelIndex | QPersistentModelIndex) -> QWidget:
+        editor = super().createEditor(parent, option, index)
+        editor.setObjectName("RenameEditor")
+        editor.setStyleSheet("padding: 2px 6px; margin: 0;")
+        editor.setMinimumHeight(editor.fontMetrics().height() + 10)
+        return editor
+
+    def updateEditorGeometry(self, editor: QWidget, option: QStyleOptionViewItem,
+                             index: QModelIndex | QPersistentModelIndex) -> None:
+        rect = option.rect
+        height = max(rect.height(), editor.minimumHeight())
+        editor.setGeometry(rect.x(), rect.y() + (rect.height() - height) // 2, rect.width(),
+                           height)
+
+
 def snippet_html(hit: SearchHit, accent: str, muted: str, width: int = 80) -> str:
     """A search hit as rich text: the title, then the snippet with each match in bold and
     the accent colour (not literal brackets)."""
@@ -81,8 +101,9 @@ def snippet_html(hit: SearchHit, accent: str, muted: str, width: int = 80) -> st
             f'<span style="color:{muted}">{"".join(out)}</span>')
 
 
-class SnippetDelegate(QStyledItemDelegate):
-    """Paints search hits (items with SNIPPET_ROLE) as rich text; other items as usual."""
+class SnippetDelegate(_RenameDelegate):
+    """Paints search hits (items with SNIPPET_ROLE) as rich text; other items as usual; the
+    rename box as _RenameDelegate."""
 
     def _document(self, option: QStyleOptionViewItem, markup: str) -> QTextDocument:
         doc = QTextDocument()
@@ -123,6 +144,8 @@ class SnippetDelegate(QStyledItemDelegate):
 class Sidebar(QFrame):
     conversation_selected = Signal(int)
     conversation_removed = Signal(int)  # trashed: the window closes it if it is open
+    conversation_restored = Signal(list)  # ids back from the trash by Undo
+    conversation_renamed = Signal(int, str)
     new_chat_requested = Signal()
     export_requested = Signal(list)
 
@@ -160,7 +183,7 @@ class Sidebar(QFrame):
         self.list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.list.setTextElideMode(Qt.TextElideMode.ElideRight)
-        self.list.setItemDelegate(SnippetDelegate(self.list))  # highlighted search snippets
+        self.list.setItemDelegate(SnippetDelegate(self.list))  # snippets; the rename box
         self.list.setEditTriggers(QAbstractItemView.EditTrigger.EditKeyPressed)
         self.list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.list.customContextMenuRequested.connect(self._context_menu)
@@ -338,6 +361,8 @@ class Sidebar(QFrame):
         conv_id, title = item.data(ID_ROLE), item.text().strip()
         if conv_id is not None and title:
             self.store.update_conversation(conv_id, title=title)
+            item.setToolTip(title)
+            self.conversation_renamed.emit(conv_id, title)
 
     def rename(self, conv_id: int) -> None:
         item = self.item_for(conv_id)
@@ -366,11 +391,13 @@ class Sidebar(QFrame):
             self.delete(ids)
 
     def undo_delete(self) -> None:
-        for conv_id in self._undo_ids:
+        restored, self._undo_ids = self._undo_ids, []
+        for conv_id in restored:
             self.store.restore_conversation(conv_id)
-        self._undo_ids = []
         self.undo_bar.hide()
         self.refresh()
+        if restored:
+            self.conversation_restored.emit(restored)
 
     def restore(self, conv_ids: list[int]) -> None:
         for conv_id in conv_ids:

@@ -10,6 +10,7 @@ import re
 import shutil
 import sqlite3
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,18 @@ def insert_conversation(conn: sqlite3.Connection, conv: Conversation) -> int:
         ),
     )
     conv_id = inserted_id(cur)
-    id_map: dict[int, int] = {}
-    for m in conv.messages:
+    id_map: dict[int | None, int | None] = {}
+    insert_message_rows(conn, conv_id, conv.messages, id_map)
+    leaf = id_map.get(conv.current_leaf_id) if conv.current_leaf_id is not None else None
+    conn.execute("UPDATE conversations SET current_leaf_id = ? WHERE id = ?", (leaf, conv_id))
+    return conv_id
+
+
+def insert_message_rows(conn: sqlite3.Connection, conv_id: int, messages: Sequence[Message],
+                        id_map: dict[int | None, int | None]) -> None:
+    """Insert whole message rows (parents listed before children) into `conv_id` with new ids;
+    `id_map` (old id -> new id) is filled in, and may already map a parent outside `messages`."""
+    for m in messages:
         parent = id_map[m.parent_id] if m.parent_id is not None else None
         cur = conn.execute(
             f"INSERT INTO messages ({MSG_COLUMNS.split(', ', 1)[1]})"
@@ -115,9 +126,6 @@ def insert_conversation(conn: sqlite3.Connection, conv: Conversation) -> int:
             ),
         )
         id_map[m.id] = inserted_id(cur)
-    leaf = id_map.get(conv.current_leaf_id) if conv.current_leaf_id is not None else None
-    conn.execute("UPDATE conversations SET current_leaf_id = ? WHERE id = ?", (leaf, conv_id))
-    return conv_id
 
 
 def params_json(params: GenerationParams | dict[str, Any] | None) -> str | None:

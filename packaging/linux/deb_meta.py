@@ -1,7 +1,8 @@
 """Debian metadata for the .deb: the version mapping and the DEBIAN/control text.
 
 Used by build_deb.sh (`python3 deb_meta.py control --variant cpu --installed-size N --depends
-"..."` prints the control file; `version` prints the Debian version, `changelog` a changelog);
+"..."` prints the control file, with the X11 libraries of Qt's xcb plugin added to Depends;
+`version` prints the Debian version, `changelog` a changelog);
 tested by tests/test_packaging.py. Name and version come from app/__init__.py.
 """
 
@@ -14,6 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pyinstaller"))
 import bundle_config as cfg
+
+sys.path.insert(0, str(cfg.ROOT))
+from app.gui.xcb_check import packages as xcb_packages
 
 MAINTAINER = "Grok Desktop developers <grok-desktop@users.noreply.github.com>"
 # Packages the app needs beyond the shared libraries dpkg-shlibdeps finds: a colour emoji
@@ -31,6 +35,13 @@ def debian_version(version: str) -> str:
     v = re.sub(r"\.?(a|b|rc)(\d+)", r"~\1\2", version)
     v = re.sub(r"\.?dev(\d+)", r"~dev\1", v)
     return re.sub(r"\.?post(\d+)", r"+post\1", v)
+
+
+def merge_depends(depends: str, extra: list[str]) -> str:
+    """`depends` (dpkg-shlibdeps' line) plus each package of `extra` it does not name yet."""
+    entries = [e.strip() for e in depends.split(",") if e.strip()]
+    named = {alt.split()[0] for e in entries for alt in e.split("|") if alt.split()}
+    return ", ".join(entries + [p for p in extra if p not in named])
 
 
 def control_text(variant: str, installed_kib: int, depends: str, arch: str = "amd64") -> str:
@@ -86,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "changelog":
         sys.stdout.write(changelog_text(args.date))
     else:
-        sys.stdout.write(control_text(args.variant, args.installed_size, args.depends, args.arch))
+        # dpkg-shlibdeps' line plus the X11 libraries of Qt's xcb plugin (the list the app
+        # checks before it starts the GUI, app/gui/xcb_check.py): named even when the build
+        # machine lacks some and --ignore-missing-info skipped them
+        depends = merge_depends(args.depends, xcb_packages())
+        sys.stdout.write(control_text(args.variant, args.installed_size, depends, args.arch))
     return 0
 
 
