@@ -353,3 +353,10 @@ def test_plan_rows_line_up():
     text = describe(make_plan(Grok2Config(), "int4", 48 * GB, 256 * GB, 8192), Bandwidths())
     rows = [line for line in text.splitlines() if line.startswith("  ")]
     assert len(rows) > 5 and len({len(line) for line in rows}) == 1, rows
+
+
+def test_list_search_without_matches_says_so(home, capsys):
+    """A search that finds nothing says so (on stderr) instead of printing nothing."""
+    assert main(["list", "--search", "zzzqqq"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no conversation matches 'zzzqqq'" in captured.err

@@ -153,7 +153,9 @@ def test_html_is_escaped_self_contained_and_highlighted(store):
     assert 'dir="auto"' in page
     code = highlight("def f(x):  # note <\n    return 'a' + 1", "python")
     assert '<span class="k">def</span>' in code and '<span class="c1"># note &lt;</span>' in code
-    assert '<span class="s1">&#39;a&#39;</span>' in code and '<span class="mi">1</span>' in code
+    # Pygments 2.21 stopped escaping ' (safe in element text); either spelling is right
+    assert re.search(r'<span class="s1">(&#39;|\')a(&#39;|\')</span>', code)
+    assert '<span class="mi">1</span>' in code
     assert highlight("if <x>", "") == "if &lt;x&gt;"  # no language: escaped only
     assert highlight("if <x>", "no-such-language") == "if &lt;x&gt;"
 

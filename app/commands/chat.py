@@ -283,7 +283,10 @@ def run_list(args: argparse.Namespace) -> int:
             print(json.dumps(_list_json(store, args), ensure_ascii=False, indent=2))
             return 0
         if args.search:
-            for hit in store.search(args.search, limit=args.limit):
+            hits = store.search(args.search, limit=args.limit)
+            if not hits:
+                print(f"no conversation matches {args.search!r}", file=sys.stderr)
+            for hit in hits:
                 print(f"{hit.conversation_id:>6}  {hit.title}\n        {_one_line(hit.snippet)}")
             return 0
         items = store.list_trash() if args.trash else store.list_conversations(limit=args.limit)
