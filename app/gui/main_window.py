@@ -63,6 +63,7 @@ from app.gui.sidebar import Sidebar
 from app.gui.status_bar import StatusBar
 from app.gui.tasks import spawn
 from app.gui.transcript import Transcript
+from app.gui.undo_bar import UndoBar
 from app.gui.welcome import WelcomeView
 from app.messages import ModelInfo
 from app.placement import budget_bytes
@@ -76,7 +77,6 @@ NO_MODEL = "No model loaded: choose the Grok-2 folder in Settings (Ctrl+,) or lo
 COUNT_DELAY_MS = 300
 NARROW_WIDTH = 820  # below this the sidebar folds away
 QUICK_WIDTH = 1100  # below this the quick settings panel folds away
-UNDO_MS = 10_000
 POLL_MS = 2000  # how often the database is checked for chats added by another process
 
 
@@ -133,7 +133,8 @@ class MainWindow(QMainWindow):
         row.addWidget(self.sidebar_button)
         row.addWidget(self.title, 1)
         row.addWidget(self.quick_button)
-        self.undo_bar = self._build_undo_bar()
+        self.undo_bar = UndoBar(self, (14, 4, 8, 4))
+        self.undo_bar.button.clicked.connect(self.undo_message_delete)
         self.notice_bar = self._build_notice_bar()
         self.stack = QStackedWidget(self)
         self.stack.addWidget(self.transcript)
@@ -174,23 +175,6 @@ class MainWindow(QMainWindow):
         button.setToolTip(name)
         button.setProperty("action", True)
         return button
-
-    def _build_undo_bar(self) -> QFrame:
-        bar = QFrame(self)
-        bar.setObjectName("InfoBanner")
-        self.undo_label = QLabel(bar)
-        self.undo_button = QPushButton("Undo", bar)
-        self.undo_button.setProperty("flat", True)
-        self.undo_button.setAccessibleName("Undo delete")
-        self.undo_button.clicked.connect(self.undo_message_delete)
-        row = QHBoxLayout(bar)
-        row.setContentsMargins(14, 4, 8, 4)
-        row.addWidget(self.undo_label, 1)
-        row.addWidget(self.undo_button)
-        self._undo_timer = QTimer(self, singleShot=True, interval=UNDO_MS)
-        self._undo_timer.timeout.connect(bar.hide)
-        bar.hide()
-        return bar
 
     def _build_notice_bar(self) -> QFrame:
         """A context policy's answer ("the chat has reached the context"): information with
@@ -424,9 +408,7 @@ class MainWindow(QMainWindow):
             return
         self._deleted = deleted
         n = len(deleted.messages)
-        self.undo_label.setText(f"Deleted {n} message{'s' * (n != 1)}.")
-        self.undo_bar.show()
-        self._undo_timer.start()
+        self.undo_bar.offer(f"Deleted {n} message{'s' * (n != 1)}.")
 
     def undo_message_delete(self) -> None:
         deleted, self._deleted = self._deleted, None

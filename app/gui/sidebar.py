@@ -42,13 +42,13 @@ from PySide6.QtWidgets import (
 
 from app.errors import UserError
 from app.gui.theme import current_palette
+from app.gui.undo_bar import UndoBar
 from app.store.conversation import ConversationSummary
 from app.store.rows import SearchHit
 from app.store.store import Store
 
 ID_ROLE = Qt.ItemDataRole.UserRole
 SNIPPET_ROLE = Qt.ItemDataRole.UserRole + 1  # rich text of a search hit: title and snippet
-UNDO_MS = 10_000
 SEARCH_DELAY_MS = 200
 
 
@@ -191,7 +191,8 @@ class Sidebar(QFrame):
         self.list.itemClicked.connect(self._activated)
         self.list.itemChanged.connect(self._renamed)
         self._add_list_keys()
-        self.undo_bar = self._build_undo_bar()
+        self.undo_bar = UndoBar(self, (10, 4, 4, 4))
+        self.undo_bar.button.clicked.connect(self.undo_delete)
         self.footer = self._build_footer()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(10, 12, 10, 8)
@@ -203,24 +204,6 @@ class Sidebar(QFrame):
         layout.addWidget(self.undo_bar)
         layout.addWidget(self.footer)
         self.header.hide()
-
-    def _build_undo_bar(self) -> QFrame:
-        bar = QFrame(self)
-        bar.setObjectName("InfoBanner")
-        self.undo_label = QLabel(bar)
-        self.undo_label.setWordWrap(True)
-        self.undo_button = QPushButton("Undo", bar)
-        self.undo_button.setProperty("flat", True)
-        self.undo_button.setAccessibleName("Undo delete")
-        self.undo_button.clicked.connect(self.undo_delete)
-        row = QHBoxLayout(bar)
-        row.setContentsMargins(10, 4, 4, 4)
-        row.addWidget(self.undo_label, 1)
-        row.addWidget(self.undo_button)
-        self._undo_timer = QTimer(self, singleShot=True, interval=UNDO_MS)
-        self._undo_timer.timeout.connect(bar.hide)
-        bar.hide()
-        return bar
 
     def _build_footer(self) -> QWidget:
         footer = QWidget(self)
@@ -380,9 +363,7 @@ class Sidebar(QFrame):
             self.conversation_removed.emit(conv_id)
         self._undo_ids = list(conv_ids)
         what = "1 chat" if len(conv_ids) == 1 else f"{len(conv_ids)} chats"
-        self.undo_label.setText(f"Moved {what} to the trash.")
-        self.undo_bar.show()
-        self._undo_timer.start()
+        self.undo_bar.offer(f"Moved {what} to the trash.")
         self.refresh()
 
     def delete_selected(self) -> None:

@@ -299,8 +299,8 @@ def test_delete_a_message_with_its_later_turns_and_undo(qtbot, make_window):
     window.open_conversation(conv)
     window.transcript.action.emit("delete", ids[2])
     assert [v.text for v in window.transcript.views] == ["m0", "m1"]
-    assert window.undo_bar.isVisible() and "2 messages" in window.undo_label.text()
-    window.undo_button.click()
+    assert window.undo_bar.isVisible() and "2 messages" in window.undo_bar.label.text()
+    window.undo_bar.button.click()
     assert [v.text for v in window.transcript.views] == ["m0", "m1", "m2", "m3"]
     assert not window.undo_bar.isVisible()
 

@@ -63,7 +63,7 @@ def test_delete_goes_to_trash_and_undo_restores(qtbot, sidebar):
     assert removed == [sql] and sql not in sidebar.ids()
     assert sidebar.undo_bar.isVisibleTo(sidebar)
     assert [c.id for c in sidebar.store.list_trash()] == [sql]
-    qtbot.mouseClick(sidebar.undo_button, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(sidebar.undo_bar.button, Qt.MouseButton.LeftButton)
     assert sidebar.ids() == [poem, sql, kyoto]
     assert sidebar.store.list_trash() == [] and not sidebar.undo_bar.isVisibleTo(sidebar)
 
