@@ -16,6 +16,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pyinstaller"))
 import bundle_config as cfg
 
 MAINTAINER = "Grok Desktop developers <grok-desktop@users.noreply.github.com>"
+# Runtime packages Qt needs that no DT_NEEDED entry names (or that the build machine may lack):
+# the xcb pieces Qt's xcb platform plugin loads, and a colour emoji font for replies. Always
+# added to the Depends computed from the bundle (`merge_depends`); a computed, versioned entry
+# for the same package wins.
+QT_RUNTIME_PACKAGES = [
+    "libxcb-cursor0", "libxkbcommon-x11-0", "libxcb-icccm4", "libxcb-image0",
+    "libxcb-keysyms1", "libxcb-randr0", "libxcb-render-util0", "libxcb-shape0",
+    "libxcb-xinerama0", "libxcb-xkb1", "fonts-noto-color-emoji",
+]
 VARIANTS = {
     "cpu": "CPU-only build (PyTorch without CUDA): runs everywhere, no GPU acceleration.",
     "cuda": "NVIDIA build (PyTorch with CUDA 12): uses an NVIDIA GPU when the driver is "
@@ -28,6 +37,18 @@ def debian_version(version: str) -> str:
     v = re.sub(r"\.?(a|b|rc)(\d+)", r"~\1\2", version)
     v = re.sub(r"\.?dev(\d+)", r"~dev\1", v)
     return re.sub(r"\.?post(\d+)", r"+post\1", v)
+
+
+def merge_depends(computed: str, static: list[str] | None = None) -> str:
+    """`computed` (dpkg-shlibdeps' comma-separated Depends) plus the `static` packages
+    (default QT_RUNTIME_PACKAGES) not already named in it, in that order, without duplicates.
+    A package is "named" when it is the first word of an entry or of one of its alternatives."""
+    static = QT_RUNTIME_PACKAGES if static is None else static
+    entries = [e.strip() for e in computed.split(",") if e.strip()]
+    named = {alt.split()[0] for e in entries for alt in e.split("|") if alt.strip()}
+    out = list(dict.fromkeys(entries))
+    out += [pkg for pkg in dict.fromkeys(static) if pkg not in named]
+    return ", ".join(out)
 
 
 def control_text(variant: str, installed_kib: int, depends: str, arch: str = "amd64") -> str:
@@ -73,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     control = sub.add_parser("control", help="print DEBIAN/control")
     control.add_argument("--variant", required=True, choices=sorted(VARIANTS))
     control.add_argument("--installed-size", type=int, required=True, metavar="KIB")
-    control.add_argument("--depends", default="")
+    control.add_argument("--depends", default="",
+                         help="computed Depends; QT_RUNTIME_PACKAGES are added to it")
     control.add_argument("--arch", default="amd64")
     args = parser.parse_args(argv)
     if args.what == "version":
@@ -81,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "changelog":
         sys.stdout.write(changelog_text(args.date))
     else:
-        sys.stdout.write(control_text(args.variant, args.installed_size, args.depends, args.arch))
+        sys.stdout.write(control_text(args.variant, args.installed_size,
+                                      merge_depends(args.depends), args.arch))
     return 0
 
 

@@ -36,6 +36,17 @@ LICENSED_DISTS = [
     "typing_extensions", "numpy",
 ]
 
+# Shared libraries from the build machine's system that the bundle must not carry: the target
+# system's copies are used (see DROP_PATTERNS). Patterns on the file name PyInstaller gives them.
+SYSTEM_LIBRARIES = [
+    "libstdc++.so*", "libgcc_s.so*",  # C++ runtime: libstdc++6, libgcc-s1
+    "libX11.so*", "libX11-xcb.so*",  # libx11-6
+    "libglib-2.0.so*", "libgobject-2.0.so*", "libgio-2.0.so*", "libgmodule-2.0.so*",
+    "libgthread-2.0.so*",  # libglib2.0-0
+    "libfontconfig.so*", "libfreetype.so*",  # libfontconfig1, libfreetype6
+    "libssl.so*", "libcrypto.so*",  # libssl3
+]
+
 # Bundle paths (as PyInstaller names them, "/"-separated) that are build-time only or tests:
 # C++ headers and CMake files, static libraries, torch's test binaries and test .so files,
 # every Qt translation except Qt's own base strings, and Qt's platform plugins for embedded
@@ -55,7 +66,14 @@ DROP_PATTERNS = [
     "PySide6/Qt/plugins/platformthemes/libqgtk3*", "libgdk_pixbuf-*", "libcairo*",
     "libpango*", "libatk-*", "libharfbuzz.so*", "libgraphite2.so*", "libfribidi.so*",
     "libthai.so*", "libdatrie.so*", "libpixman-*", "libjpeg.so.62*", "libbsd.so*", "libmd.so*",
-    "libXau.so*", "libXdmcp.so*", "libXext.so*", "libXrender.so*",
+    "libXau.so*", "libXdmcp.so*", "libXext.so*", "libXrender.so*", "libgtk-3.so*",
+    "libgdk-3.so*",
+    # taken from the system, never bundled (the .deb's Depends name their packages):
+    # the C++ runtime (a bundled libstdc++ older than the one Mesa's drivers were built against
+    # makes them fail to load: a known PyInstaller crash), and the desktop's own base libraries,
+    # which read the system's configuration (fonts.conf, GIO modules, X locale files) and get
+    # its security updates (OpenSSL).
+    *SYSTEM_LIBRARIES,
 ]
 # torch_shm_manager: `import torch` checks that it exists
 KEEP_PATTERNS = ["PySide6/Qt/translations/qtbase_*", "torch/bin/torch_shm_manager"]
