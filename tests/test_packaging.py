@@ -328,10 +328,20 @@ def test_bundle_filter_drops_build_only_files(cfg):
                     "PySide6/Qt/plugins/platformthemes/libqgtk3.so", "libcairo.so.2",
                     "libgtk-3.so.0", "libgdk-3.so.0"):
         assert not cfg.keep(dropped), dropped
-    # the C++ runtime and the desktop's base libraries come from the system (Depends)
-    for system in ("libstdc++.so.6", "libgcc_s.so.1", "libX11.so.6", "libglib-2.0.so.0",
-                   "libfontconfig.so.1", "libfreetype.so.6", "libssl.so.3", "libcrypto.so.3"):
-        assert not cfg.keep(system), system
+    # on Linux the distribution's libraries come from the user's system (the .deb's Depends):
+    # the C++ runtime, X11/xcb, glib, fontconfig, freetype, OpenSSL...; what pip installed
+    # and the Python runtime stay in the bundle; other systems are not filtered this way
+    for system in ("/usr/lib/x86_64-linux-gnu/libstdc++.so.6", "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                   "/usr/lib/x86_64-linux-gnu/libX11.so.6", "/lib/x86_64-linux-gnu/libglib-2.0.so.0",
+                   "/usr/lib/x86_64-linux-gnu/libfontconfig.so.1", "/usr/lib64/libssl.so.3"):
+        assert cfg.from_system(system, "linux"), system
+        assert not cfg.from_system(system, "darwin") and not cfg.from_system(system, "win32")
+    for bundled in ("/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0",
+                    "/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0",
+                    "/usr/lib/python3.11/lib-dynload/_ssl.cpython-311-x86_64-linux-gnu.so",
+                    "/build/venv/lib/python3.11/site-packages/torch/lib/libgomp.so.1",
+                    "/usr/lib/python3/dist-packages/PySide6/Qt/lib/libQt6Core.so.6"):
+        assert not cfg.from_system(bundled, "linux"), bundled
     for kept in ("torch/bin/torch_shm_manager", "torch/lib/libtorch_cpu.so",
                  "PySide6/Qt/translations/qtbase_de.qm", "app/resources/demo-corpus.txt",
                  "PySide6\\Qt\\lib\\Qt6Core.dll", "PySide6/Qt/plugins/platforms/libqxcb.so",
