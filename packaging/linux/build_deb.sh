@@ -8,7 +8,8 @@
 # Settings (environment): VARIANT=cpu|cuda, PYTHON (3.11+, built with a shared libpython),
 # TORCH_SPEC (default torch==2.13.0), TORCH_PIP_ARGS (e.g. an --index-url for the CPU wheels),
 # BUILD_DIR (default packaging/build), DIST_DIR (default packaging/dist), XZ_LEVEL (default 6),
-# REUSE_BUNDLE=1 (package the last PyInstaller folder again, e.g. after editing the .desktop).
+# REUSE_BUNDLE=1 (package the last PyInstaller folder again, e.g. after editing the .desktop),
+# CLEAN=1 (PyInstaller from nothing, not reusing its analysis in packaging/build).
 # Needs: dpkg-deb, dpkg-shlibdeps, readelf (dpkg-dev and its binutils). Runs unprivileged
 # (dpkg-deb --root-owner-group).
 set -euo pipefail
@@ -53,7 +54,10 @@ PY
 }
 
 freeze() {
-    rm -rf "$BUILD_DIR/pyinstaller-$VARIANT"
+    # PyInstaller reuses its analysis in work/ when nothing it analysed changed (a changed
+    # bundle_config filter only re-collects); CLEAN=1 starts from nothing
+    rm -rf "$BUILD_DIR/pyinstaller-$VARIANT/dist"
+    [[ "${CLEAN:-0}" == 1 ]] && rm -rf "$BUILD_DIR/pyinstaller-$VARIANT"
     "$VENV/bin/pyinstaller" --noconfirm --log-level WARN \
         --distpath "$BUILD_DIR/pyinstaller-$VARIANT/dist" \
         --workpath "$BUILD_DIR/pyinstaller-$VARIANT/work" \

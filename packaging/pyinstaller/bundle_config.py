@@ -36,16 +36,29 @@ LICENSED_DISTS = [
     "typing_extensions", "numpy",
 ]
 
-# Shared libraries from the build machine's system that the bundle must not carry: the target
-# system's copies are used (see DROP_PATTERNS). Patterns on the file name PyInstaller gives them.
-SYSTEM_LIBRARIES = [
-    "libstdc++.so*", "libgcc_s.so*",  # C++ runtime: libstdc++6, libgcc-s1
-    "libX11.so*", "libX11-xcb.so*",  # libx11-6
-    "libglib-2.0.so*", "libgobject-2.0.so*", "libgio-2.0.so*", "libgmodule-2.0.so*",
-    "libgthread-2.0.so*",  # libglib2.0-0
-    "libfontconfig.so*", "libfreetype.so*",  # libfontconfig1, libfreetype6
-    "libssl.so*", "libcrypto.so*",  # libssl3
-]
+# Linux: folders of the distribution's own shared libraries. A library PyInstaller collected
+# from one of these is left out of the bundle and taken from the user's system (the .deb's
+# Depends name its package): the C++ runtime (a bundled libstdc++ older than the one Mesa's
+# drivers were built against makes them fail to load, a known PyInstaller crash), X11/xcb,
+# glib, fontconfig, freetype, dbus, OpenSSL, sqlite... These read the system's configuration
+# (fonts.conf, GIO modules, X locale files) and get its security updates. What the bundle
+# carries is what pip installed (torch, Qt from the PySide6 wheel, numpy's OpenBLAS...) and
+# the Python runtime itself (libpython and its extension modules).
+SYSTEM_LIB_DIRS = ("/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/")
+
+
+def from_system(source: str, platform: str) -> bool:
+    """Whether a collected binary (its path on the build machine) is a Linux distribution
+    library that the installed app takes from the user's system instead of the bundle.
+    libpython and anything under a Python installation (lib-dynload, site-packages) stay."""
+    if not platform.startswith("linux"):
+        return False
+    path = source.replace("\\", "/")
+    name = path.rsplit("/", 1)[-1]
+    if name.startswith("libpython") or "/python3" in path or "-packages/" in path:
+        return False
+    return path.startswith(SYSTEM_LIB_DIRS)
+
 
 # Bundle paths (as PyInstaller names them, "/"-separated) that are build-time only or tests:
 # C++ headers and CMake files, static libraries, torch's test binaries and test .so files,
@@ -67,13 +80,8 @@ DROP_PATTERNS = [
     "libpango*", "libatk-*", "libharfbuzz.so*", "libgraphite2.so*", "libfribidi.so*",
     "libthai.so*", "libdatrie.so*", "libpixman-*", "libjpeg.so.62*", "libbsd.so*", "libmd.so*",
     "libXau.so*", "libXdmcp.so*", "libXext.so*", "libXrender.so*", "libgtk-3.so*",
-    "libgdk-3.so*",
-    # taken from the system, never bundled (the .deb's Depends name their packages):
-    # the C++ runtime (a bundled libstdc++ older than the one Mesa's drivers were built against
-    # makes them fail to load: a known PyInstaller crash), and the desktop's own base libraries,
-    # which read the system's configuration (fonts.conf, GIO modules, X locale files) and get
-    # its security updates (OpenSSL).
-    *SYSTEM_LIBRARIES,
+    "libgdk-3.so*", "libXcomposite.so*", "libXcursor.so*", "libXdamage.so*", "libXfixes.so*",
+    "libXi.so*", "libXinerama.so*", "libXrandr.so*", "libatspi.so*", "libepoxy.so*",
 ]
 # torch_shm_manager: `import torch` checks that it exists
 KEEP_PATTERNS = ["PySide6/Qt/translations/qtbase_*", "torch/bin/torch_shm_manager"]
