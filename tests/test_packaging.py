@@ -434,7 +434,7 @@ def test_release_workflow_builds_tests_and_publishes_every_installer():
     triggers = flow.get("on", flow.get(True))  # YAML 1.1 reads a bare `on` as true
     assert triggers["push"]["tags"] == ["v*"]
     jobs = flow["jobs"]
-    expected = {"deb": ("ubuntu-latest", "packaging/linux/build_deb.sh", "verify_deb.sh"),
+    expected = {"deb": ("ubuntu-latest", "packaging/linux/build_deb.sh", "build_deb.sh"),
                 "windows": ("windows-latest", "build_windows.ps1", "/VERYSILENT"),
                 "macos": ("macos-14", "packaging/macos/build_macos.sh", "hdiutil attach")}
     for name, (runner, build, smoke) in expected.items():
@@ -448,8 +448,16 @@ def test_release_workflow_builds_tests_and_publishes_every_installer():
         (script,) = [p for p in PACKAGING.rglob(Path(build).name)]
         assert script.is_file()
         assert any("upload-artifact" in step.get("uses", "") for step in job["steps"]), name
+    # the .deb is built on Debian 12 and tried on fresh Debian 12 and Ubuntu 24.04 containers
+    assert jobs["deb"]["container"] == "debian:bookworm"
+    verify = jobs["deb-verify"]
+    assert verify["needs"] == "deb" and set(verify["strategy"]["matrix"]["image"]) == {
+        "debian:bookworm", "ubuntu:24.04"}
+    assert "packaging/linux/verify_deb.sh" in "\n".join(
+        step.get("run", "") for step in verify["steps"])
     publish = jobs["publish"]
-    assert set(expected) <= set(publish["needs"]) and publish["permissions"]["contents"] == "write"
+    assert set(expected) | {"deb-verify"} <= set(publish["needs"])
+    assert publish["permissions"]["contents"] == "write"
     assert "gh release" in "\n".join(step.get("run", "") for step in publish["steps"])
     uses = [step["uses"] for job in jobs.values() for step in job["steps"] if "uses" in step]
     assert uses and all(re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+", u) for u in uses), uses
