@@ -16,10 +16,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pyinstaller"))
 import bundle_config as cfg
 
 MAINTAINER = "Grok Desktop developers <grok-desktop@users.noreply.github.com>"
-# Runtime packages Qt needs that no DT_NEEDED entry names (or that the build machine may lack):
-# the xcb pieces Qt's xcb platform plugin loads, and a colour emoji font for replies. Always
-# added to the Depends computed from the bundle (`merge_depends`); a computed, versioned entry
-# for the same package wins.
+# Runtime packages Qt needs, in Depends whatever the scan of the bundle finds: the xcb
+# libraries Qt's xcb platform plugin needs (most also found by the scan, which adds versions;
+# libxcb-xinerama0 is not linked by this Qt but older ones load it), and a colour emoji font
+# for replies (no library names a font). Added to the computed Depends by `merge_depends`;
+# a computed, versioned entry for the same package wins.
 QT_RUNTIME_PACKAGES = [
     "libxcb-cursor0", "libxkbcommon-x11-0", "libxcb-icccm4", "libxcb-image0",
     "libxcb-keysyms1", "libxcb-randr0", "libxcb-render-util0", "libxcb-shape0",
