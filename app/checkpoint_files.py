@@ -1,5 +1,6 @@
 """Reading safetensors headers without torch: what the engine's loader and the Settings
-folder check both need (the GUI side may not import torch or the engine).
+folder check both need (the GUI side may not import torch or the engine). Also which prepared
+file (unit) each tensor goes to, which `prepare` and the downloader's schedule both need.
 """
 
 from __future__ import annotations
@@ -60,3 +61,19 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
         raise ModelFileError(f"{path}: truncated ({size:,} of {8 + n + data_end:,} bytes); "
                              "download this file again")
     return infos
+
+
+def unit_names(num_layers: int) -> list[str]:
+    """The prepared folder's files (without `.safetensors`), in the order prepare writes them."""
+    names = ["common"]
+    for i in range(num_layers):
+        names += [f"layer-{i:03d}", f"layer-{i:03d}-experts"]
+    return names
+
+
+def unit_of(name: str) -> str:
+    """Which prepared file holds a (source) tensor name."""
+    if not name.startswith("model.layers."):
+        return "common"
+    layer = int(name.split(".")[2])
+    return f"layer-{layer:03d}" + ("-experts" if ".block_sparse_moe.experts." in name else "")

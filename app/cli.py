@@ -24,6 +24,7 @@ COMMANDS = {
     "prepare": "model_tools",
     "bench": "model_tools",
     "serve": "serve",
+    "download": "download",
 }
 
 
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths.torch_cache_env()  # before any command imports torch
         if args.command is None:
+            from app.gui.xcb_check import check_xcb_libraries
+
+            check_xcb_libraries()  # one line and status 2 instead of Qt's abort
             from app.gui.main import run_gui
 
             return run_gui(demo=args.demo, model=args.model)

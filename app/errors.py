@@ -21,3 +21,4 @@ class BadImport(ValueError):
 
     def __init__(self, where: str, problem: str) -> None:
         super().__init__(f"{where}: {problem}" if where else problem)
+        self.where, self.problem = where, problem

@@ -7,13 +7,48 @@ with the id of the request it answers.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import threading
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from app.validation import check_fields
 
 FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class CancelEvent(threading.Event):
+    """The Stop flag of one request: a threading.Event that also runs callbacks, in the thread
+    that sets it. A backend blocked in a network read registers one that shuts its socket
+    down, so Stop takes effect at once without a thread polling the flag. Engines that only
+    call `is_set()` between steps treat it as a plain Event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks_lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        super().set()
+        with self._callbacks_lock:
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run `callback` once when the event is set (now, if it is already set). Returns a
+        function that unregisters it; callbacks must be quick and must not raise."""
+        with self._callbacks_lock:
+            if not self.is_set():
+                self._callbacks.append(callback)
+                return lambda: self._forget(callback)
+        callback()
+        return lambda: None
+
+    def _forget(self, callback: Callable[[], None]) -> None:
+        with self._callbacks_lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from app.errors import UserError
 from app.settings import Settings
 
 BENCH_CACHE = "bench-cache.json"  # app.engine.bench.CACHE_NAME (that module imports torch)
-AUTO_QUANT = "bf16"  # what the loader uses for "auto" on an official (unprepared) folder
+AUTO_QUANT = "bf16"  # what "auto" loads when the budgets are only known at load time
+AUTO_ORDER = ("bf16", "int8", "int4")  # "auto" takes the first of these that fits
 
 
 @dataclass(frozen=True)
@@ -70,28 +72,58 @@ def budget_bytes(settings: Settings) -> tuple[int | None, int | None]:
     return gpu, cpu
 
 
+def auto_quantization(cfg: Grok2Config, gpu: int, cpu: int, context: int) -> str | None:
+    """The quantization "auto" means for these budgets (bytes): the first of bf16, int8, int4
+    whose placement fits, or None when none does."""
+    for quant in AUTO_ORDER:
+        try:
+            make_plan(cfg, quant, gpu, cpu, context)
+        except UserError:
+            continue
+        return quant
+    return None
+
+
+def plain_words(text: str) -> str:
+    """The planner's advice without command-line flags, for the Settings dialog: "--quant int4"
+    becomes "quantization int4", "--context 4096" becomes "context 4096 tokens"."""
+    text = re.sub(r"--quant (\w+)", r"quantization \1", text)
+    return re.sub(r"--context (\d+)", r"context \1 tokens", text)
+
+
 def preview(settings: Settings) -> Preview:
     """Where Grok-2 would live under these settings and the decode bound, or why it does not
-    fit. Only arithmetic: fast enough to run on every spin-box change."""
+    fit. With quantization "auto", the first of bf16, int8, int4 that fits. Only arithmetic:
+    fast enough to run on every spin-box change."""
     try:
         cfg, source = read_config(settings.model_folder)
     except UserError as exc:
         return Preview(False, str(exc))
-    quant = AUTO_QUANT if settings.quantization == "auto" else settings.quantization
+    auto = settings.quantization == "auto"
+    quant = AUTO_QUANT if auto else settings.quantization
     gpu, cpu = budget_bytes(settings)
     context = min(settings.context_tokens, cfg.max_position_embeddings)
-    weights = f"{model_bytes(cfg, quant) / GB:,.1f} GB of weights at {quant}"
     if gpu is None:
+        weights = f"{model_bytes(cfg, quant) / GB:,.1f} GB of weights at {quant}"
+        chosen = (" \"Auto\" chooses bf16, int8 or int4 at load time, whichever fits."
+                  if auto else "")
         return Preview(True, f"{weights} ({source}). The GPU budget is \"all of it\": the "
                              "placement is decided at load time from the free GPU memory; "
-                             "enter a GPU budget (or choose the CPU device) to preview it here.")
+                             "enter a GPU budget (or choose the CPU device) to preview it "
+                             f"here.{chosen}")
     cpu = cpu or machine_ram_bytes()
+    if auto:
+        quant = auto_quantization(cfg, gpu, cpu, context) or AUTO_ORDER[-1]
+    weights = f"{model_bytes(cfg, quant) / GB:,.1f} GB of weights at {quant}"
+    if auto:
+        weights += " (chosen by auto)"
     try:
         plan = make_plan(cfg, quant, gpu, cpu, context)
     except PlanError as exc:
-        return Preview(False, f"Does not fit: {exc}")
+        lead = "Does not fit, even at int4" if auto else "Does not fit"
+        return Preview(False, plain_words(f"{lead}: {exc}"))
     except UserError as exc:  # e.g. a config the planner cannot place
-        return Preview(False, str(exc))
+        return Preview(False, plain_words(str(exc)))
     bw = bandwidths()
     where = (f"GPU {plan.gpu_total / GB:,.1f} of {gpu / GB:,.0f} GB, "
              if plan.has_gpu else "CPU only, ")

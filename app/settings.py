@@ -7,16 +7,15 @@ No Qt and no torch here.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from app import paths
+from app.api.guard import normalize_origin
+from app.atomic import atomic_write_bytes, atomic_write_text
 from app.checkpoint_files import TOKENIZER_NAME, read_header
 from app.errors import ModelFileError, UserError
 from app.messages import GenerationParams
@@ -50,6 +49,8 @@ class Settings:
     api_server_port: int = 1234
     api_server_key: str = ""
     api_server_allow_remote: bool = False  # listen on every address (needs a key)
+    # Web origins (http://localhost:3000) whose pages may call the API server from a browser.
+    api_cors_origins: list[str] = field(default_factory=list)
     sampling: GenerationParams = field(default_factory=GenerationParams)
     system_prompt: str = ""
     theme: str = "system"
@@ -75,6 +76,18 @@ class Settings:
             raise ValueError("'api_server_port' must be in 0..65535 (0: any free port)")
         if self.api_server_allow_remote and not self.api_server_key:
             raise ValueError("'api_server_allow_remote' needs an 'api_server_key'")
+        if self.api_cors_origins is None:  # JSON null: the default, no browser origins
+            object.__setattr__(self, "api_cors_origins", [])
+        if not isinstance(self.api_cors_origins, (list, tuple)):
+            raise TypeError("'api_cors_origins' must be a list of origins like "
+                            "\"http://localhost:3000\"")
+        origins = []
+        for i, origin in enumerate(self.api_cors_origins):
+            try:
+                origins.append(normalize_origin(origin))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"'api_cors_origins[{i}]': {exc}") from None
+        object.__setattr__(self, "api_cors_origins", list(dict.fromkeys(origins)))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -83,10 +96,13 @@ class Settings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Settings:
-        """Build from JSON data: unknown keys are ignored, missing keys take the default."""
+        """Build from JSON data: unknown keys are ignored; missing keys and explicit nulls
+        take the default (as the API server reads null). Raises ValueError/TypeError naming
+        the key for a wrong type or value."""
         known = {f.name for f in fields(cls)} - {"sampling"}
-        values = {k: v for k, v in data.items() if k in known}
-        sampling = data.get("sampling", {})
+        values = {k: v for k, v in data.items() if k in known and v is not None}
+        sampling = data.get("sampling")
+        sampling = {} if sampling is None else sampling
         if not isinstance(sampling, dict):
             raise TypeError("'sampling' must be an object")
         try:
@@ -124,11 +140,16 @@ def load_settings(path: Path | None = None) -> Settings:
 
 
 def save_settings(settings: Settings, path: Path | None = None) -> Path:
-    """Write the settings atomically (temp file in the same folder, then os.replace)."""
+    """Write the settings atomically (app.atomic), readable by their owner only (0600).
+    Raises UserError naming the file when it cannot be written."""
     path = path or paths.settings_path()
     keep_unreadable_copy(path)
     text = json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n"
-    atomic_write_text(path, text, mode=FILE_MODE)
+    try:
+        atomic_write_text(path, text, mode=FILE_MODE)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be written ({exc.strerror}); check the disk and "
+                        "the folder's permissions") from exc
     return path
 
 
@@ -142,31 +163,10 @@ def keep_unreadable_copy(path: Path) -> Path | None:
     except UserError:
         copy = path.with_name(path.name + ".unreadable")
         try:
-            copy.write_bytes(path.read_bytes())
-            os.chmod(copy, FILE_MODE)
+            atomic_write_bytes(copy, path.read_bytes(), mode=FILE_MODE)
         except OSError:
             return None  # unreadable as bytes too: nothing could be kept either way
         return copy
-
-
-def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
-    """Replace `path` with `text` so a crash leaves either the old or the new file. `mode` is
-    set on the temp file before any byte is written (mkstemp creates it 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if mode is not None:
-            with contextlib.suppress(OSError, NotImplementedError):  # Windows: no chmod bits
-                os.fchmod(fd, mode) if hasattr(os, "fchmod") else os.chmod(tmp, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"{path}: cannot be written ({exc.strerror}); check the disk and "
-                        "the folder's permissions") from exc
 
 
 def with_sampling(settings: Settings, **changes: Any) -> Settings:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -32,8 +33,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from app.backends import RemoteConfig
+from app.context import ContextFit, fit_context, reply_reserve
 from app.errors import UserError
 from app.messages import (
+    CancelEvent,
     Failed,
     Finished,
     GenerationParams,
@@ -48,6 +51,8 @@ if TYPE_CHECKING:
     from app.api.protocol import ServedEngine
 
 ChatMessage = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+INVALID_BYTES = "\ufffd"  # what the decoder makes of bytes that are not UTF-8
+log = logging.getLogger("grok_desktop.worker")
 
 
 class EngineLike(Protocol):
@@ -84,13 +89,18 @@ class LoadModel:
     remote: RemoteConfig | None = None
     budgets: tuple[int | None, int | None] | None = None  # (GPU, RAM) bytes; None: measured
     context_length: int | None = None  # None: the engine's default
+    auto_quant: bool = False  # quant None means "auto": the first of bf16, int8, int4 that fits
 
 
 @dataclass(frozen=True)
 class Generate:
+    """A reply to `messages`. With a `context_policy` (app/context.py) the worker first keeps
+    what fits the model's context; without one, the engine refuses an overlong prompt."""
+
     messages: tuple[ChatMessage, ...]
     params: GenerationParams = field(default_factory=GenerationParams)
     continue_text: str | None = None  # resume an interrupted assistant reply
+    context_policy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,7 +129,7 @@ class _Job:
     id: int
     request: Request
     loop: asyncio.AbstractEventLoop
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: threading.Event = field(default_factory=CancelEvent)  # remote: Stop at once
     started: float = field(default_factory=time.monotonic)
 
 
@@ -147,8 +157,31 @@ def default_loader(request: LoadModel, progress: Callable[[Progress], None]) -> 
             found = detect_budgets()
             gpu, cpu = gpu if gpu is not None else found[0], cpu if cpu is not None else found[1]
         budgets = (gpu, cpu)
-    return Engine.load(request.folder, device=request.device, quant=request.quant,
+    quant = request.quant
+    if quant is None and request.auto_quant:
+        quant = _auto_quant(request, budgets)
+    return Engine.load(request.folder, device=request.device, quant=quant,
                        progress=progress, budgets=budgets, context_length=request.context_length)
+
+
+def _auto_quant(request: LoadModel, budgets: tuple[int, int] | None) -> str | None:
+    """What "auto" loads: a prepared folder keeps its own format (None); an official folder
+    gets the first of bf16, int8, int4 that fits the budgets (None: bf16, or nothing fits and
+    the engine explains why)."""
+    from app.engine.engine import DEFAULT_CONTEXT
+    from app.engine.loader import detect_budgets
+    from app.engine.prepare import is_prepared
+    from app.placement import auto_quantization, read_config
+
+    if is_prepared(request.folder):
+        return None
+    gpu, cpu = budgets or detect_budgets()
+    if request.device == "cpu":
+        gpu = 0
+    cfg = read_config(request.folder)[0]
+    context = min(request.context_length or DEFAULT_CONTEXT, cfg.max_position_embeddings)
+    quant = auto_quantization(cfg, gpu, cpu, context)
+    return None if quant in (None, "bf16") else quant
 
 
 def describe_failure(exc: BaseException) -> Failed:
@@ -276,9 +309,11 @@ class EngineWorker:
         server = self._server
         return server.url if server is not None else None
 
-    def start_api_server(self, port: int, api_key: str = "", allow_remote: bool = False) -> str:
+    def start_api_server(self, port: int, api_key: str = "", allow_remote: bool = False,
+                         cors_origins: list[str] | tuple[str, ...] = ()) -> str:
         """Serve the loaded local model as an OpenAI-compatible API; returns its URL. Raises
-        UserError with the reason when there is no local model, or the port is taken."""
+        UserError with the reason when there is no local model, or the port is taken.
+        `cors_origins`: web origins whose pages may call it from a browser."""
         from app.api.server import ApiServer
 
         engine = self._engine
@@ -292,7 +327,8 @@ class EngineWorker:
         with self._server_lock:
             self._stop_server_locked(0.0)
             server = ApiServer(engine, host="0.0.0.0" if allow_remote else "127.0.0.1",
-                               port=port, api_key=api_key, allow_remote=allow_remote)
+                               port=port, api_key=api_key, allow_remote=allow_remote,
+                               cors_origins=cors_origins, log=_server_log)
             server.start()
             self._server = server
         return server.url
@@ -348,7 +384,9 @@ class EngineWorker:
                 self._current = job
                 try:
                     self._handle(job)
-                except Exception as exc:  # noqa: BLE001  (any failure becomes one event)
+                except Exception as exc:  # any failure becomes one event, and a log entry
+                    log.error("%s failed: %s", type(job.request).__name__, exc,
+                              exc_info=not isinstance(exc, UserError) and exc)
                     self._post(job, describe_failure(exc))
                 finally:
                     self._current = None
@@ -389,13 +427,24 @@ class EngineWorker:
             self._post(job, Failed("No model is loaded: choose a Grok-2 folder in Settings or "
                                    "try the demo model."))
             return
-        events = engine.stream_chat(list(request.messages), request.params, cancel=job.cancel,
+        messages = list(request.messages)
+        if request.context_policy is not None:
+            fit = fit_for_engine(engine, messages, request.params, request.context_policy,
+                                 request.continue_text)
+            if fit.stopped:
+                self._post(job, Failed(fit.stopped))
+                return
+            messages = fit.messages
+        events = engine.stream_chat(messages, request.params, cancel=job.cancel,
                                     continue_text=request.continue_text)
         with contextlib.closing(events):
             for event in events:
                 if isinstance(event, Finished):
                     self._post(job, event)
                     return
+                if isinstance(event, Token) and INVALID_BYTES in event.text:
+                    # bytes that never become UTF-8 (the demo makes them): show nothing
+                    event = Token(event.text.replace(INVALID_BYTES, ""), event.token_ids)
                 self._post(job, event)
                 if job.cancel.is_set():
                     self._finish_cancelled(job, events)
@@ -419,6 +468,27 @@ class EngineWorker:
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.unload()
+
+
+def _server_log(line: str) -> None:
+    """The API server's lines: failures to the log file, requests only at debug level."""
+    api_log = logging.getLogger("grok_desktop.api")
+    if "failed" in line or "error" in line.lower():
+        api_log.warning("%s", line)
+    else:
+        api_log.debug("%s", line)
+
+
+def fit_for_engine(engine: EngineLike, messages: list[ChatMessage], params: GenerationParams,
+                   policy: str, continue_text: str | None = None) -> ContextFit:
+    """`app.context.fit_context` with the engine's tokenizer and context length; the text of
+    a reply being continued counts as part of the last message."""
+    extra = 0
+    if continue_text:
+        extra = engine.count_tokens([{"role": "assistant", "content": continue_text}])
+    limit = engine.info.context_length
+    return fit_context(messages, lambda m: engine.count_tokens(m) + extra, limit, policy,
+                       reply_reserve(params.max_tokens, limit))
 
 
 def _with_eta(event: Progress, started: float) -> Progress:

@@ -316,3 +316,47 @@ def test_generate_ends_the_reply_with_a_newline_before_the_stats(tmp_path):
         text=True, timeout=180, check=True)
     lines = proc.stdout.splitlines()
     assert lines[-1].startswith("[length: ") and lines[-2].strip(), proc.stdout
+
+
+def test_ask_without_model_flags_uses_the_configured_model(home, monkeypatch, capsys, tmp_path):
+    """`ask` with neither --model nor --demo loads the Grok-2 folder chosen in Settings (with
+    its context length); with none configured it exits 2 with one line."""
+    from app.commands import chat
+    from app.settings import Settings, save_settings
+
+    assert main(["ask", "hi"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no model configured" in err and "--demo" in err
+    seen = []
+    engine = FakeEngine()
+    monkeypatch.setattr(chat, "open_engine", lambda args: seen.append(args) or engine)
+    monkeypatch.setattr("app.settings.check_model_folder",
+                        lambda folder: type("Check", (), {"ok": True})())
+    save_settings(Settings(model_folder=str(tmp_path), context_tokens=2048))
+    assert main(["ask", "hi"]) == 0
+    assert seen[0].model == str(tmp_path) and seen[0].context == 2048 and not seen[0].demo
+    assert capsys.readouterr().out == "Hello!\n"
+
+
+def test_plan_names_a_missing_folder(capsys):
+    """`plan --model nope` says there is no such folder (not that config.json is missing)."""
+    assert main(["plan", "--model", "/no/such/grok", "--gpu-mem", "0", "--cpu-mem", "64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "/no/such/grok: no such folder" in err
+
+
+def test_plan_rows_line_up():
+    """Every part row of the plan puts its size in the same column."""
+    from app.engine.config import Grok2Config
+    from app.engine.plan import GB, Bandwidths, describe, make_plan
+
+    text = describe(make_plan(Grok2Config(), "int4", 48 * GB, 256 * GB, 8192), Bandwidths())
+    rows = [line for line in text.splitlines() if line.startswith("  ")]
+    assert len(rows) > 5 and len({len(line) for line in rows}) == 1, rows
+
+
+def test_list_search_without_matches_says_so(home, capsys):
+    """A search that finds nothing says so (on stderr) instead of printing nothing."""
+    assert main(["list", "--search", "zzzqqq"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no conversation matches 'zzzqqq'" in captured.err

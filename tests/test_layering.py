@@ -14,10 +14,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 QT = ("PySide6", "shiboken6", "qasync")
-CORE = ("settings", "store/conversation", "store/store", "store/rows", "store/schema",
+CORE = ("atomic", "settings", "store/conversation", "store/store", "store/rows", "store/schema",
         "store/reply", "exchange/export", "exchange/render", "exchange/html_export",
         "exchange/markup", "exchange/importers", "exchange/chatgpt", "messages", "paths", "errors",
-        "checkpoint_files")
+        "checkpoint_files", "context", "attachments", "logs")
 
 
 def loaded_after_import(modules: list[str]) -> set[str]:

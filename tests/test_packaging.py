@@ -96,11 +96,30 @@ def test_control_file_has_the_fields_dpkg_needs(deb_meta):
     fields = dict(line.split(": ", 1) for line in text.splitlines() if not line.startswith(" "))
     assert fields["Package"] == app.APP_ID
     assert fields["Version"] == deb_meta.debian_version(app.__version__)
-    assert fields["Installed-Size"] == "1234" and fields["Depends"] == "libc6 (>= 2.34)"
+    assert fields["Installed-Size"] == "1234"
+    # shared libraries from dpkg-shlibdeps, then a colour emoji font (emoji in replies, PDFs)
+    assert fields["Depends"] == "libc6 (>= 2.34), fonts-noto-color-emoji"
     assert app.APP_NAME in fields["Description"]
     assert text.endswith("\n") and " ." in text.splitlines()
     with pytest.raises(SystemExit, match="unknown variant"):
         deb_meta.control_text("rocm", 1, "")
+
+
+def test_deb_depends_on_the_x11_libraries_of_qts_xcb_plugin(deb_meta, capsys):
+    """The control file build_deb.sh writes adds the packages the app checks for before it
+    starts the GUI (app/gui/xcb_check.py) to dpkg-shlibdeps' line, each once."""
+    from app.gui.xcb_check import packages
+
+    shlibdeps = "libc6 (>= 2.36), libxcb1 (>= 1.11), libxkbcommon0 (>= 0.5.0) | libfoo"
+    assert deb_meta.main(["control", "--variant", "cpu", "--installed-size", "9",
+                          "--depends", shlibdeps]) == 0
+    fields = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines()
+                  if not line.startswith(" "))
+    entries = fields["Depends"].split(", ")
+    assert entries[:3] == shlibdeps.split(", ")
+    names = [alt.split()[0] for e in entries for alt in e.split(" | ")]
+    assert set(packages()) <= set(names) and len(names) == len(set(names))
+    assert {"libxcb-cursor0", "libxcb-icccm4", "libxcb-keysyms1"} <= set(names)
 
 
 def test_changelog_entry_names_package_version_and_date(deb_meta):
@@ -132,7 +151,9 @@ def test_control_file_depends_include_the_qt_runtime(deb_meta, capsys):
                    "--depends", "libc6 (>= 2.36), libstdc++6 (>= 12)"])
     depends = next(line for line in capsys.readouterr().out.splitlines()
                    if line.startswith("Depends: "))
-    assert depends.startswith("Depends: libc6 (>= 2.36), libstdc++6 (>= 12), libxcb-cursor0")
+    entries = depends.removeprefix("Depends: ").split(", ")
+    assert entries[:2] == ["libc6 (>= 2.36)", "libstdc++6 (>= 12)"]
+    assert entries[2:] == deb_meta.QT_RUNTIME_PACKAGES
 
 
 @pytest.fixture(scope="module")
@@ -319,6 +340,14 @@ def test_bundle_includes_every_app_module(cfg):
     assert expected <= modules
     on_disk = {p.stem for p in (ROOT / "app" / "commands").glob("*.py")} - {"__init__"}
     assert {f"app.commands.{name}" for name in on_disk} <= modules
+
+
+def test_bundle_carries_the_https_stack_and_its_ca_file(cfg):
+    """httpx's CA bundle (certifi's cacert.pem) is pulled in and kept, and the licenses of the
+    HTTP stack travel with it."""
+    assert "certifi" in cfg.HIDDEN_IMPORTS
+    assert cfg.keep("certifi/cacert.pem")
+    assert {"httpx", "httpx_sse", "httpcore", "h11", "certifi", "idna"} <= set(cfg.LICENSED_DISTS)
 
 
 def test_bundle_filter_drops_build_only_files(cfg):

@@ -260,8 +260,8 @@ def test_a_client_that_disconnects_cancels_its_generation(start, stream: bool) -
     server = start(engine)
     body = json.dumps({"messages": [{"role": "user", "content": "X"}], "stream": stream})
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: "
-                     f"{len(body)}\r\n\r\n{body}".encode())
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
         assert wait_until(lambda: engine.started == ["X"])
     assert wait_until(lambda: engine.cancelled == ["X"])
 
@@ -275,8 +275,8 @@ def test_a_waiting_client_that_leaves_gives_up_its_place(start) -> None:
     assert wait_until(lambda: engine.started == ["A"])
     body = json.dumps({"messages": [{"role": "user", "content": "B"}]})
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {len(body)}\r\n"
-                     f"\r\n{body}".encode())
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
         assert wait_until(lambda: server.line.waiting() == 1)
     assert wait_until(lambda: server.line.waiting() == 0)
     engine.release.set()

@@ -44,6 +44,25 @@ def test_save_is_atomic_and_leaves_no_temp_files(home):
     assert load_settings().theme == "dark"
 
 
+def test_failed_save_is_one_clear_error_and_keeps_the_old_file(monkeypatch):
+    """A disk that refuses the rename: one UserError naming the file, the old settings intact,
+    no temp file left (app.atomic does the write)."""
+    import app.atomic
+
+    save_settings(Settings(theme="light"))
+
+    def full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(app.atomic.os, "replace", full)
+    with pytest.raises(UserError) as err:
+        save_settings(Settings(theme="dark"))
+    assert str(err.value) == (f"{paths.settings_path()}: cannot be written (No space left on "
+                              "device); check the disk and the folder's permissions")
+    assert [p.name for p in paths.settings_path().parent.iterdir()] == ["settings.json"]
+    assert load_settings().theme == "light"
+
+
 def test_unknown_keys_ignored_missing_keys_default():
     """Older or newer files load: unknown keys are dropped, absent ones take defaults."""
     paths.settings_path().write_text(json.dumps({"theme": "light", "from_the_future": 1}))

@@ -47,7 +47,7 @@ def test_store_lives_at_database_path_in_wal_mode(store):
     assert store.path == paths.database_path()
     assert str(store.path).startswith(os.environ["GROK_DESKTOP_HOME"])
     assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_core_modules_import_neither_torch_nor_qt():
@@ -200,8 +200,8 @@ def test_search_finds_titles_and_message_text_with_snippets(store):
     _reply(store, conv, user, "Use the partition function; pivots matter.")
     other, _ = _chat(store, "Unrelated")
     hits = store.search("partition piv")
-    assert [(h.conversation_id, h.snippet) for h in hits] == [
-        (conv, "Use the [partition] function; [pivots] matter.")
+    assert [(h.conversation_id, h.snippet, h.marks) for h in hits] == [
+        (conv, "Use the partition function; pivots matter.", ((8, 17), (28, 34)))
     ]
     assert store.search("quicksort")[0].message_id is None  # a title hit
     assert store.search('C++ "quoted') == []  # user text is never FTS syntax

@@ -322,3 +322,83 @@ def test_remote_load_request_uses_connect(monkeypatch):
     engine = default_loader(LoadModel(remote=config), progress.append)
     assert seen == [config] and engine.info == INFO
     assert progress and "127.0.0.1:9" in progress[0].stage
+
+
+class InvalidBytesEngine(FakeEngine):
+    def stream_chat(self, messages, params, cancel=None, continue_text=None):
+        self.seen = list(messages)
+        yield Token("ab\ufffdc", (1,))
+        yield Token("\ufffd", (2,))
+        yield Finished("stop", GenerationStats(completion_tokens=2))
+
+
+def test_invalid_utf8_from_the_model_shows_nothing():
+    """U+FFFD (bytes the decoder could not turn into text) never reaches the chat."""
+    worker = make_worker(InvalidBytesEngine())
+
+    async def scenario():
+        await collect(worker, LoadModel(demo=True))
+        return await collect(worker, Generate(({"role": "user", "content": "hi"},)))
+
+    events = run(scenario())
+    assert "".join(e.text for e in events if isinstance(e, Token)) == "abc"
+    worker.shutdown()
+
+
+def test_context_policy_is_applied_in_the_engine_thread():
+    """A conversation longer than the context (256 fake tokens) is cut by the rolling window,
+    or refused in one line by "stop"."""
+    engine = InvalidBytesEngine()
+    worker = make_worker(engine)
+    long = tuple({"role": "user" if i % 2 == 0 else "assistant", "content": "w " * 40}
+                 for i in range(11))
+    params = GenerationParams(max_tokens=16)
+
+    async def scenario():
+        await collect(worker, LoadModel(demo=True))
+        rolled = await collect(worker, Generate(long, params, context_policy="rolling"))
+        stopped = await collect(worker, Generate(long, params, context_policy="stop"))
+        return rolled, stopped
+
+    rolled, stopped = run(scenario())
+    assert isinstance(rolled[-1], Finished)
+    assert engine.seen[-1] == long[-1] and 0 < len(engine.seen) < len(long)
+    assert engine.count_tokens(engine.seen) + 16 <= 256
+    assert isinstance(stopped[-1], Failed) and "reached the model's context" in stopped[-1].error
+    worker.shutdown()
+
+
+def test_a_failure_in_the_worker_lands_in_the_log_file(tmp_path, monkeypatch):
+    """The rotating log file gets the worker's failure with its traceback."""
+    import logging
+
+    from app.logs import setup_logging
+
+    monkeypatch.setenv("GROK_DESKTOP_HOME", str(tmp_path))
+    root = logging.getLogger()
+    before = list(root.handlers)
+    path = setup_logging()
+    try:
+        worker = make_worker(FakeEngine(fail_at=1))
+
+        async def scenario():
+            await collect(worker, LoadModel(demo=True))
+            return await collect(worker, Generate(({"role": "user", "content": "hi"},)))
+
+        events = run(scenario())
+        assert isinstance(events[-1], Failed)
+        worker.shutdown()
+        for handler in root.handlers:
+            handler.flush()
+        text = path.read_text(encoding="utf-8")
+        assert "Generate failed" in text and "CUDA out of memory" in text
+        assert "Traceback" in text and path == tmp_path / "logs" / "grok-desktop.log"
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in before:
+                root.removeHandler(handler)
+                handler.close()
+        for name in ("uvicorn", "uvicorn.error", "py.warnings"):
+            for handler in logging.getLogger(name).handlers[:]:
+                if getattr(handler, "grok_desktop", False):
+                    logging.getLogger(name).removeHandler(handler)

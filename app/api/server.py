@@ -4,315 +4,278 @@
     POST /v1/chat/completions   streaming (server-sent events) or not
     POST /v1/completions        a raw prompt (string or token ids), streaming or not
 
-Sampling fields: temperature, top_p, top_k (0 or -1: off), min_p, repetition_penalty,
-max_tokens or max_completion_tokens (absent: the rest of the context), seed, stop (a string or
-up to 16), stream_options.include_usage, and SGLang's continue_final_message. A missing field
-takes the app's default (`GenerationParams`). frequency_penalty, presence_penalty, logit_bias,
-user and other unknown fields are accepted and ignored; n > 1, logprobs, echo, suffix, tools
-and JSON response formats are refused with 400. The `model` field is not checked (one model).
-Parsing and answer objects live in app/api/protocol.py.
+Request fields and their checks are in app/api/protocol.py's docstring (every optional field
+takes null as its default; a bad value gets 400 naming the field and the allowed range).
+
+HTTP is starlette on uvicorn (the stack SGLang, vLLM and llama-cpp-python serve with), run
+in-process on one thread with its own event loop; the engine runs on a thread per generation.
+From the outside in:
+
+1. `RequestGuard` (app/api/guard.py): a Host that does not name this server, or an `Origin`
+   that is not allowed, gets 403 (a web page cannot drive the model); one log line a request.
+2. starlette's CORSMiddleware, only with allowed origins (`cors_origins`): their CORS headers
+   and OPTIONS preflight answers.
+3. The routes (404 / 405 otherwise). Every request needs the API key when one is set
+   (`Authorization: Bearer KEY`, else 401). A POST with a Content-Type other than JSON gets
+   415 (a page's no-preflight `text/plain` POST; no Content-Type at all is read as JSON, as
+   FastAPI does: a browser's POST always carries an Origin). Bodies over `max_body_bytes`
+   get 413, malformed JSON 400 with the parser's message.
 
 Requests share the one engine: one generates, up to `max_queue` wait in arrival order, more
-get 503. A client that disconnects (noticed within 0.1 s, streaming or not) cancels its
-generation or leaves the queue. Binds 127.0.0.1 unless `allow_remote`; any other address also
-needs an API key, checked on every request (`Authorization: Bearer KEY`, else 401). Bodies
-over `max_body_bytes` get 413, malformed JSON 400 with the parser's message.
+get 503. A client that disconnects (streaming or not, while waiting or generating) cancels its
+generation or leaves the queue at once. Binds 127.0.0.1 unless `allow_remote`; any other
+address also needs an API key. uvicorn's listen backlog (`BACKLOG`) keeps a burst of clients
+from being reset, and its errors reach `log` as one line each, never a traceback.
 
-`ApiServer(engine).start()` returns at once and serves on its own threads; `stop()` cancels
-what runs, closes every connection and frees the port (the GUI's on/off switch; make a new
-ApiServer to start again). Streams cut by `stop()` end without `[DONE]`, as a dropped
+`ApiServer(engine).start()` returns once it listens and serves on its own thread; `stop()`
+cancels what runs, closes every connection and frees the port (the GUI's on/off switch; make a
+new ApiServer to start again). Streams cut by `stop()` end without `[DONE]`, as a dropped
 connection. `grok-desktop serve` (app/commands/serve.py) wraps it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import ipaddress
 import json
-import select
+import logging
 import socket
-import socketserver
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from app import __version__
-from app.api.protocol import ApiError, Job, Reply, ServedEngine, parse_job
-from app.backends.transport import POLL_S, call_when
+from app.api.guard import RequestGuard, normalize_origin
+from app.api.protocol import ApiError, Job, Reply, ServedEngine, parse_body, parse_job
 from app.errors import UserError
-from app.messages import Finished, Token
+from app.messages import Finished, ReplyStream, Token
 
 DEFAULT_PORT = 1234
 MAX_BODY_BYTES = 8 << 20  # a full 131k-token context is about 0.5 MB of text
-IDLE_TIMEOUT_S = 60.0  # a keep-alive connection that sends nothing is closed
+DRAIN_BYTES = 64 << 20  # an oversized body is read and dropped up to this, so the 413 arrives
+IDLE_TIMEOUT_S = 60  # a keep-alive connection that sends nothing is closed
+BACKLOG = 512  # connections the kernel holds before accept (Python's socketserver used 5)
+STOP_GRACE_S = 5  # stop(): uvicorn cancels what still runs after this
 ROUTES = {"/v1/models": "GET", "/v1/chat/completions": "POST", "/v1/completions": "POST"}
+# uvicorn's line for a response the app ended early: our streams cut by stop(), on purpose.
+QUIET = ("ASGI callable returned without completing response.",)
 
 
 class _Line:
-    """Admission in arrival order: one request holds the engine, up to `limit` wait."""
+    """Admission in arrival order: one request holds the engine, up to `limit` wait.
+    Used on the server's event loop only; `waiting()` may be read from any thread."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.closed = False
-        self._tickets: deque[object] = deque()
-        self._cond = threading.Condition()
+        self._tickets: deque[asyncio.Event] = deque()
 
     def waiting(self) -> int:
-        with self._cond:
-            return max(len(self._tickets) - 1, 0)
+        return max(len(self._tickets) - 1, 0)
 
-    @contextlib.contextmanager
-    def turn(self, gone: Callable[[], bool]) -> Iterator[bool]:
-        """Wait for our turn; yields False if the client left first. 503 when full."""
-        ticket = object()
-        with self._cond:
-            if self.closed:
-                raise ApiError(503, "the server is stopping", "server_error")
-            if len(self._tickets) > self.limit:
-                raise ApiError(503, f"the server is busy: {self.limit} requests are waiting "
-                               "already; try again later", "server_error")
-            self._tickets.append(ticket)
+    @contextlib.asynccontextmanager
+    async def turn(self, gone: asyncio.Event) -> AsyncIterator[bool]:
+        """Wait for our turn; yields False if the client left or the server stops first.
+        Raises ApiError 503 when `limit` requests wait already."""
+        if self.closed:
+            raise ApiError(503, "the server is stopping", "server_error")
+        if len(self._tickets) > self.limit:
+            raise ApiError(503, f"the server is busy: {self.limit} requests are waiting "
+                           "already; try again later", "server_error")
+        ticket = asyncio.Event()
+        self._tickets.append(ticket)
+        if self._tickets[0] is ticket:
+            ticket.set()
         try:
-            yield self._wait(ticket, gone)
+            yield await self._wait(ticket, gone)
         finally:
-            with self._cond:
-                self._tickets.remove(ticket)
-                self._cond.notify_all()
+            self._tickets.remove(ticket)
+            if self._tickets:
+                self._tickets[0].set()
 
-    def _wait(self, ticket: object, gone: Callable[[], bool]) -> bool:
-        with self._cond:
-            while self._tickets[0] is not ticket:
-                if self.closed or gone():
-                    return False
-                self._cond.wait(2 * POLL_S)
-            return not self.closed
+    async def _wait(self, ticket: asyncio.Event, gone: asyncio.Event) -> bool:
+        if not ticket.is_set():
+            waits = [asyncio.ensure_future(ticket.wait()), asyncio.ensure_future(gone.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        return ticket.is_set() and not gone.is_set() and not self.closed
 
     def close(self) -> None:
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
-
-    def wait_empty(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._tickets, timeout)
+        """Refuse new requests and wake the waiting ones (they answer 503)."""
+        self.closed = True
+        for ticket in self._tickets:
+            ticket.set()
 
 
-# ---- HTTP ----------------------------------------------------------------------------------
+# ---- the engine on its own thread ----------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive; streams use chunked transfer encoding
-    server_version = f"grok-desktop/{__version__}"
-    timeout = IDLE_TIMEOUT_S
-    server: _HttpServer
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
 
-    def setup(self) -> None:
-        super().setup()
-        self.server.api._track(self.connection, True)
 
-    def finish(self) -> None:
-        self.server.api._track(self.connection, False)
-        with contextlib.suppress(OSError):
-            super().finish()
+_END = object()
 
-    def do_GET(self) -> None:
-        self._route("GET")
 
-    def do_POST(self) -> None:
-        self._route("POST")
+async def _pump(events: Iterator[Token | Finished]) -> AsyncIterator[Token | Finished | _Failed]:
+    """Run the engine's generator on a thread; yield its events here, then a _Failed if it
+    raised. Ends only when the thread has closed the generator (one generation at a time)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
 
-    def log_message(self, format: str, *args: Any) -> None:
-        self.server.api.log(f"{self.address_string()} {format % args}")
+    def put(item: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the server stopped
+            loop.call_soon_threadsafe(queue.put_nowait, item)
 
-    def _route(self, method: str) -> None:
-        path = urlsplit(self.path).path.rstrip("/")
-        self._streaming = False
-        self._client_close = self.close_connection  # the client's own "Connection: close"
-        self._unread = method == "POST"  # an error may come before the body is read
-        self.close_connection = self.close_connection or self._unread
+    def produce() -> None:
         try:
-            if path not in ROUTES:
-                raise ApiError(404, f"no such endpoint {path}; this server offers "
-                               f"{', '.join(ROUTES)}")
-            if ROUTES[path] != method:
-                raise ApiError(405, f"{path} takes {ROUTES[path]} requests")
-            self._authorize()
-            if path == "/v1/models":
-                self._send_json(200, self.server.api.models())
-            else:
-                self._generate(path == "/v1/chat/completions")
-        except ApiError as exc:
-            extra = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
-            self._drain()
-            self._send_json(exc.status, exc.body(), extra)
-        except OSError:  # the client went away
-            self.close_connection = True
-        except Exception as exc:  # noqa: BLE001  (the engine failed: answer 500, keep serving)
-            self.server.api.log(f"generation failed: {exc!r}")
-            self.close_connection = True
-            if not self._streaming:
-                self._send_json(500, ApiError(500, f"generation failed: {exc}",
-                                              "server_error").body())
-
-    def _authorize(self) -> None:
-        key = self.server.api.api_key
-        scheme, _, given = self.headers.get("Authorization", "").partition(" ")
-        if key and not (scheme.lower() == "bearer"
-                        and hmac.compare_digest(given.strip().encode(), key.encode())):
-            raise ApiError(401, "missing or wrong API key: send the header "
-                           "'Authorization: Bearer <key>'", "authentication_error")
-
-    def _body(self) -> Any:
-        if "Transfer-Encoding" in self.headers or "Content-Length" not in self.headers:
-            raise ApiError(411, "send the request body with a Content-Length header")
-        try:
-            length = int(self.headers["Content-Length"])
-        except ValueError:
-            raise ApiError(400, "the Content-Length header is not a number") from None
-        limit = self.server.api.max_body_bytes
-        if length > limit:
-            raise ApiError(413, f"the request body is {length} bytes; this server takes at "
-                           f"most {limit} bytes")
-        data = self.rfile.read(length)
-        self._unread = False
-        self.close_connection = self._client_close or len(data) < length
-        try:
-            return json.loads(data)
-        except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
-            raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
-
-    def _drain(self) -> None:
-        """Read and drop an unread body (up to 64 MiB) before an error answer: closing a socket
-        with unread input resets it, and the client would see the reset, not our message."""
-        if not self._unread:
-            return
-        self._unread = False
-        with contextlib.suppress(OSError, ValueError):
-            left = int(self.headers.get("Content-Length", "0"))
-            while 0 < left <= 64 << 20:
-                chunk = self.rfile.read(min(left, 1 << 16))
-                left = left - len(chunk) if chunk else 0
-
-    def _generate(self, chat: bool) -> None:
-        api = self.server.api
-        job = parse_job(self._body(), api.engine, chat)
-        cancel = threading.Event()
-        try:
-            events = api.engine.stream_ids(job.prompt_ids, job.params, cancel, job.stops)
-        except UserError as exc:  # the prompt is empty or longer than the context
-            raise ApiError(400, str(exc), param="messages" if chat else "prompt") from exc
-        reply = Reply.new(chat, api.model_id)
-        api._running.add(cancel)  # stop() cancels it from now on
-        try:
-            with api.line.turn(self._client_gone) as admitted:
-                if not admitted:
-                    self.close_connection = True
-                    return
-                watch = call_when(self._client_gone, cancel.set)
-                try:
-                    with contextlib.closing(events):
-                        (self._stream if job.stream else self._whole)(job, reply, events)
-                finally:
-                    watch.set()
+            with contextlib.closing(events):  # type: ignore[type-var]
+                for event in events:
+                    put(event)
+        except BaseException as exc:  # noqa: BLE001  (reported to the client, not raised here)
+            put(_Failed(exc))
         finally:
-            api._running.discard(cancel)
+            put(_END)
 
-    def _whole(self, job: Job, reply: Reply, events: Iterator[Token | Finished]) -> None:
+    threading.Thread(target=produce, name="api-generation", daemon=True).start()
+    while (item := await queue.get()) is not _END:
+        yield item  # type: ignore[misc]
+
+
+# ---- one generation request, after its body was read and checked ---------------------------
+
+
+class _Generation:
+    """The ASGI response of a chat or completions request: queue, generate, answer."""
+
+    def __init__(self, api: ApiServer, job: Job, events: ReplyStream,
+                 cancel: threading.Event) -> None:
+        self.api, self.job, self.events, self.cancel = api, job, events, cancel
+        self.reply = Reply.new(job.chat, api.model_id)
+        self.pumped = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        gone = asyncio.Event()
+
+        async def watch() -> None:  # the body is read: the next message is the disconnect
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+            self.cancel.set()
+
+        watcher = asyncio.ensure_future(watch())
+        with self.api._lock:
+            self.api._running.add(self.cancel)  # stop() cancels it from now on
+        try:
+            async with self.api.line.turn(gone) as admitted:
+                if not admitted:
+                    if not gone.is_set():
+                        raise ApiError(503, "the server is stopping", "server_error")
+                    return  # the client left while waiting: nothing to answer
+                self.pumped = True
+                events = _pump(self.events)
+                if self.job.stream:
+                    await self._stream(send, events)
+                else:
+                    await self._whole(scope, send, events, gone)
+        except ApiError as exc:
+            await _error_response(exc)(scope, receive, send)
+        finally:
+            self.cancel.set()  # a no-op after a whole reply; stops the engine if we left early
+            with self.api._lock:
+                self.api._running.discard(self.cancel)
+            watcher.cancel()
+            if not self.pumped:  # refused, or left the line: release the unstarted generator
+                self.events.close()
+
+    async def _whole(self, scope: Any, send: Any, events: AsyncIterator[Any],
+                     gone: asyncio.Event) -> None:
         parts: list[str] = []
-        for event in events:
-            if isinstance(event, Finished):
-                if event.reason == "cancelled":  # client gone, or the server is stopping
-                    raise ApiError(503, "the server is stopping", "server_error")
-                self._send_json(200, reply.whole("".join(parts), event))
-                return
-            parts.append(event.text)
-
-    def _stream(self, job: Job, reply: Reply, events: Iterator[Token | Finished]) -> None:
-        self._streaming = True
-        self.send_response(200)
-        for name, value in (("Content-Type", "text/event-stream; charset=utf-8"),
-                            ("Cache-Control", "no-cache"), ("Transfer-Encoding", "chunked")):
-            self.send_header(name, value)
-        self.end_headers()
-        try:
-            if job.chat:
-                self._event(reply.piece(None, role=True))
-            done = self._stream_text(reply, events)
-            if done is None:  # cancelled: end without [DONE], like a dropped connection
-                self.close_connection = True
-                return
-            if isinstance(done, ApiError):  # the engine failed mid-reply (SGLang's way)
-                self._event(done.body())
+        done: Finished | None = None
+        failed: _Failed | None = None
+        async for event in events:
+            if isinstance(event, Token):
+                parts.append(event.text)
+            elif isinstance(event, Finished):
+                done = event
             else:
-                self._event(reply.piece(None if job.chat else "", done.reason))
-                if job.include_usage:
-                    self._event(reply.usage_piece(done.stats))
-            self._chunk(b"data: [DONE]\n\n")
-            self._chunk(b"")
-        except OSError:  # the client went away mid-write
-            self.close_connection = True
+                failed = event
+        if failed is not None:
+            self.api.log(f"generation failed: {failed.error!r}")
+            raise ApiError(500, f"generation failed: {failed.error}", "server_error")
+        if done is None or done.reason == "cancelled":
+            if gone.is_set():
+                return
+            raise ApiError(503, "the server is stopping", "server_error")
+        answer = JSONResponse(self.reply.whole("".join(parts), done))
+        await answer(scope, _no_receive, send)
 
-    def _stream_text(self, reply: Reply, events: Iterator[Token | Finished],
-                     ) -> Finished | ApiError | None:
-        """Send the text; then the Finished, an error if the engine failed, None if cancelled."""
-        try:
-            for event in events:
-                if isinstance(event, Finished):
-                    return None if event.reason == "cancelled" else event
-                if event.text:
-                    self._event(reply.piece(event.text))
-        except OSError:
-            raise  # the client went away: _stream's business
-        except Exception as exc:  # noqa: BLE001  (an engine failure ends the reply, not the server)
-            self.server.api.log(f"generation failed: {exc!r}")
-            return ApiError(500, f"generation failed: {exc}", "server_error")
-        return None
+    async def _stream(self, send: Any, events: AsyncIterator[Any]) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache")]})
 
-    def _event(self, data: dict) -> None:
-        self._chunk(b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n")
+        async def event(data: dict) -> None:
+            body = b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+            await send({"type": "http.response.body", "body": body, "more_body": True})
 
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-
-    def _send_json(self, status: int, data: dict, headers: dict[str, str] | None = None) -> None:
-        body = json.dumps(data, ensure_ascii=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        with contextlib.suppress(OSError):
-            self.wfile.write(body)
-
-    def _client_gone(self) -> bool:
-        """The client closed its end (readable with nothing to read), or the socket failed."""
-        try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
-        except (OSError, ValueError):
-            return True
+        if self.job.chat:
+            await event(self.reply.piece(None, role=True))
+        done: Finished | None = None
+        failed: _Failed | None = None
+        async for item in events:
+            if isinstance(item, Token):
+                if item.text and done is None:
+                    await event(self.reply.piece(item.text))
+            elif isinstance(item, Finished):
+                done = item
+            else:
+                failed = item
+        if failed is not None:  # the engine failed mid-reply (SGLang's way: an error event)
+            self.api.log(f"generation failed: {failed.error!r}")
+            await event(ApiError(500, f"generation failed: {failed.error}", "server_error").body())
+        elif done is None or done.reason == "cancelled":
+            return  # client gone, or stop(): end without [DONE], as a dropped connection
+        else:
+            await event(self.reply.piece(None if self.job.chat else "", done.reason))
+            if self.job.include_usage:
+                await event(self.reply.usage_piece(done.stats))
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n",
+                    "more_body": False})
 
 
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-    api: ApiServer
-
-    def server_bind(self) -> None:
-        socketserver.TCPServer.server_bind(self)  # HTTPServer's version does a slow DNS lookup
-        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+async def _no_receive() -> dict:
+    return {"type": "http.disconnect"}
 
 
-class _HttpServer6(_HttpServer):
-    address_family = socket.AF_INET6
+def _error_response(exc: ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+    if exc.status >= 500:
+        headers["Connection"] = "close"
+    return JSONResponse(exc.body(), exc.status, headers=headers)
+
+
+# ---- addresses -----------------------------------------------------------------------------
 
 
 def is_loopback(host: str) -> bool:
@@ -334,26 +297,68 @@ def check_address(host: str, allow_remote: bool, api_key: str) -> None:
                         "(clients send 'Authorization: Bearer KEY')")
 
 
+def check_origins(origins: Iterable[str]) -> tuple[str, ...]:
+    """The allow-list, normalised; UserError naming a bad entry and how to write it."""
+    try:
+        return tuple(dict.fromkeys(normalize_origin(o) for o in origins))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"--cors-origin: {exc}") from None
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); "
+                        "choose another port with --port") from exc
+    return sock
+
+
+class _LogBridge(logging.Handler):
+    """uvicorn's warnings and errors as one line each through `log` (no tracebacks)."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            message = record.getMessage().strip()
+            if message in QUIET:
+                return
+            if record.exc_info and record.exc_info[1] is not None:
+                message += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+            self._log(f"server: {message}")
+
+
 class ApiServer:
     """The server object the CLI and the GUI switch hold: start() and stop() from any thread."""
 
     def __init__(self, engine: ServedEngine, *, host: str = "127.0.0.1",
                  port: int = DEFAULT_PORT, api_key: str = "", allow_remote: bool = False,
                  model_id: str = "", max_queue: int = 8, max_body_bytes: int = MAX_BODY_BYTES,
+                 cors_origins: Iterable[str] = (),
                  log: Callable[[str], None] | None = None) -> None:
         check_address(host, allow_remote, api_key)
         self.engine, self.api_key, self.max_body_bytes = engine, api_key, max_body_bytes
         self.host = "127.0.0.1" if host == "localhost" else host
         self.port = port
+        self.cors_origins = check_origins(cors_origins)
         self.model_id = model_id or ("grok-2-demo" if engine.info.is_demo else "grok-2")
         self.line = _Line(max_queue)
         self.log = log or (lambda line: None)
         self.started = int(time.time())
         self._running: set[threading.Event] = set()
-        self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self._httpd: _HttpServer | None = None
+        self._server: uvicorn.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._bridge = _LogBridge(self.log)
 
     @property
     def url(self) -> str:
@@ -365,44 +370,191 @@ class ApiServer:
                  "owned_by": "grok-desktop", "max_model_len": self.engine.context_length}
         return {"object": "list", "data": [model]}
 
-    def start(self) -> None:
-        """Listen (port 0 picks a free one; `port` then tells which) and serve on a thread."""
-        kind = _HttpServer6 if ":" in self.host else _HttpServer
+    # ---- the ASGI application ----------------------------------------------------------
+
+    def app(self) -> RequestGuard:
+        """The whole stack: guard, CORS (allowed origins only), routes."""
+        routes = [Route("/v1/models", self._models, methods=["GET"]),
+                  Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                  Route("/v1/completions", self._completions, methods=["POST"])]
+        middleware = [Middleware(CORSMiddleware, allow_origins=list(self.cors_origins),
+                                 allow_methods=["GET", "POST"], allow_headers=["*"],
+                                 allow_private_network=True)] if self.cors_origins else []
+        handlers: dict[Any, Any] = {ApiError: _api_error, HTTPException: _http_error,
+                                    ClientDisconnect: _client_gone}
+        app = Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
+        return RequestGuard(app, host=self.host, port=self.port, origins=self.cors_origins,
+                            log=self.log)
+
+    def _authorize(self, request: Request) -> None:
+        key = self.api_key
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if key and not (scheme.lower() == "bearer"
+                        and hmac.compare_digest(given.strip().encode(), key.encode())):
+            raise ApiError(401, "missing or wrong API key: send the header "
+                           "'Authorization: Bearer <key>'", "authentication_error")
+
+    async def _models(self, request: Request) -> Response:
+        self._authorize(request)
+        return JSONResponse(self.models())
+
+    async def _chat(self, request: Request) -> Any:
+        return await self._generate(request, chat=True)
+
+    async def _completions(self, request: Request) -> Any:
+        return await self._generate(request, chat=False)
+
+    async def _generate(self, request: Request, chat: bool) -> Any:
+        self._authorize(request)
+        _check_content_type(request.headers.get("content-type"))
+        body = parse_body(await self._read_body(request))
         try:
-            self._httpd = kind((self.host, self.port), _Handler)
-        except OSError as exc:
-            raise UserError(f"cannot listen on {self.host}:{self.port} ({exc.strerror}); "
-                            "choose another port with --port") from exc
-        self._httpd.api = self
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,),
-                                        name="api-server", daemon=True)
-        self._thread.start()
+            return await run_in_threadpool(self._prepare, body, chat)
+        except ApiError:
+            raise
+        except Exception as exc:  # the tokenizer or engine failed: 500, and serve on
+            self.log(f"request failed: {exc!r}")
+            raise ApiError(500, f"could not prepare the request: {exc}", "server_error") from exc
+
+    def _prepare(self, body: Any, chat: bool) -> _Generation:
+        """Check the body, tokenize, let the engine check the length (a worker thread)."""
+        job = parse_job(body, self.engine, chat)
+        cancel = threading.Event()
+        try:
+            events = self.engine.stream_ids(job.prompt_ids, job.params, cancel, job.stops)
+        except UserError as exc:  # the prompt is empty or longer than the context
+            raise ApiError(400, str(exc), param="messages" if chat else "prompt") from exc
+        return _Generation(self, job, events, cancel)
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, up to max_body_bytes (else 413, after reading and dropping the rest so
+        that the client sees the answer, not a reset)."""
+        limit = self.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        data = bytearray()
+        if not (declared.isdigit() and int(declared) > limit):
+            async for chunk in request.stream():
+                data += chunk
+                if len(data) > limit:
+                    break
+            else:
+                return bytes(data)
+        dropped = len(data)
+        with contextlib.suppress(RuntimeError):  # the stream was consumed already
+            async for chunk in request.stream():
+                dropped += len(chunk)
+                if dropped > DRAIN_BYTES:
+                    break
+        size = f"{declared} bytes" if declared.isdigit() else f"more than {limit} bytes"
+        raise ApiError(413, f"the request body is {size}; this server takes at most {limit} "
+                       "bytes")
+
+    # ---- start and stop ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Listen (port 0 picks a free one; `port` then tells which) and serve on a thread.
+        Raises UserError when the address cannot be used."""
+        sock = _listen(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app(), log_config=None, access_log=False, lifespan="off", loop="asyncio",
+            ws="none", backlog=BACKLOG, timeout_keep_alive=IDLE_TIMEOUT_S,
+            timeout_graceful_shutdown=STOP_GRACE_S, proxy_headers=False, server_header=False,
+            headers=[("server", f"grok-desktop/{__version__}")])
+        server = uvicorn.Server(config)
+        logger = logging.getLogger("uvicorn")
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+        logger.addHandler(self._bridge)
+        ready = threading.Event()
+
+        async def serve() -> None:
+            self._loop = asyncio.get_running_loop()
+            ready.set()
+            await server.serve(sockets=[sock])
+
+        def run() -> None:
+            try:
+                asyncio.run(serve())
+            except BaseException as exc:  # noqa: BLE001  (uvicorn calls sys.exit on failures)
+                self.log(f"server: stopped ({type(exc).__name__}: {exc})")
+            finally:
+                sock.close()
+                logger.removeHandler(self._bridge)
+
+        with self._lock:
+            self._server = server
+            self._thread = threading.Thread(target=run, name="api-server", daemon=True)
+            self._thread.start()
+        ready.wait(10)
+        deadline = time.monotonic() + 10
+        while not server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if not server.started:
+            self.stop(0)
+            raise UserError(f"the API server on {self.url} did not start; see the log")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Cancel running and queued requests, close every connection, free the port, then
         wait up to `timeout` s for the running generation to stop at its next step (the GUI
         may pass 0). Safe to call twice and from any thread."""
         with self._lock:
-            httpd, self._httpd = self._httpd, None
-        if httpd is None:
+            server, self._server = self._server, None
+            running = list(self._running)
+        if server is None:
             return
-        self.line.close()
-        for cancel in list(self._running):
+        for cancel in running:
             cancel.set()
-        httpd.shutdown()
-        with self._lock:
-            for conn in self._connections:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-        httpd.server_close()
-        self.line.wait_empty(timeout)
-        if self._thread is not None:
-            self._thread.join(timeout)
+        loop, thread = self._loop, self._thread
 
-    def _track(self, conn: socket.socket, add: bool) -> None:
-        with self._lock:
-            (self._connections.add if add else self._connections.discard)(conn)
+        async def close() -> None:  # on the server's loop
+            self.line.close()
+            for listener in getattr(server, "servers", []):
+                listener.close()  # the port is free from here on
+            server.should_exit = True
+
+        if loop is not None:
+            with contextlib.suppress(Exception):  # the loop has ended already
+                asyncio.run_coroutine_threadsafe(close(), loop).result(2)
+        server.should_exit = True
+        if thread is not None:
+            thread.join(timeout)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """starlette's 404 and 405 in OpenAI's error format."""
+    assert isinstance(exc, HTTPException)
+    path = request.url.path
+    if exc.status_code == 404:
+        return _error_response(ApiError(404, f"no such endpoint {path}; this server offers "
+                                             f"{', '.join(ROUTES)}"))
+    if exc.status_code == 405 and path in ROUTES:
+        return _error_response(ApiError(405, f"{path} takes {ROUTES[path]} requests"))
+    return _error_response(ApiError(exc.status_code, str(exc.detail)))
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client left while sending its body: nobody reads the answer."""
+    return Response(status_code=400)
+
+
+def _check_content_type(value: str | None) -> None:
+    """415 for a body that is not declared as JSON (a web page's text/plain or form POST
+    needs no CORS preflight). No Content-Type at all is taken as JSON."""
+    if value is None:
+        return
+    media = value.partition(";")[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/")
+                                       and media.endswith("+json")):
+        return
+    raise ApiError(415, f"the request body must be JSON, sent with 'Content-Type: "
+                   f"application/json' (got {value!r}); with curl add -H 'Content-Type: "
+                   "application/json'")
 
 
 def print_log(line: str) -> None:

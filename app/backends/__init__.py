@@ -1,7 +1,7 @@
 """Engines that live elsewhere: a remote OpenAI-compatible server (SGLang, vLLM, our `serve`).
 
 `connect(config)` checks the server and returns a `RemoteBackend`, which the worker holds in
-place of a local Engine (same interface, same events). Stdlib only: no torch, no Qt.
+place of a local Engine (same interface, same events). httpx, no torch, no Qt.
 """
 
 from __future__ import annotations

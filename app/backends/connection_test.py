@@ -24,8 +24,17 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
+import httpx
+
 from app.backends.remote import RemoteBackend
-from app.backends.transport import RemoteConfig, RemoteError, open_request, parse_base_url
+from app.backends.transport import (
+    RemoteConfig,
+    RemoteError,
+    open_request,
+    parse_base_url,
+    read_some,
+    request_problem,
+)
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,10 @@ def connect(config: RemoteConfig) -> RemoteBackend:
 def _get_models(config: RemoteConfig) -> Any:
     opened = open_request(config, "GET", "models", read_timeout_s=config.connect_timeout_s)
     try:
-        return _json(opened.response.read(1 << 22))
+        return _json(read_some(opened.response, 1 << 22, strict=True))
+    except httpx.HTTPError as exc:  # the list was cut off, or stalled
+        end = parse_base_url(config.base_url)
+        raise request_problem(exc, end, config, config.connect_timeout_s) from exc
     finally:
         opened.close()
 

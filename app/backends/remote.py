@@ -2,16 +2,17 @@
 
 `RemoteBackend` has the local engine's interface (info, count_tokens, stream_chat,
 stream_prompt, unload) and yields the same events, so the worker holds it in place of an Engine.
-Stdlib only: one http.client connection per reply (transport.py), server-sent events read
-line by line.
+One httpx connection per reply (transport.py: proxies, CA certificates, the error wording),
+server-sent events parsed by httpx-sse.
 
 How a reply ends:
 * The server finishes (finish_reason stop or length): Token events, then Finished(reason,
   stats). Stats come from the stream's `usage` chunk (asked for with stream_options) and our
   own clock; Token.token_ids is empty (servers send text only).
-* `cancel` is set: a helper thread shuts the socket down at once, so Stop works even while the
-  server is silent in a long prefill (SGLang sends its response headers only after the prefill);
-  SGLang and vLLM abort a request whose client went away.
+* `cancel` is set: with a `CancelEvent` (what the worker passes) the thread that sets it shuts
+  the socket down at once, so Stop works even while the server is silent in a long prefill
+  (SGLang sends its response headers only after the prefill); a plain threading.Event is
+  checked after each event. SGLang and vLLM abort a request whose client went away.
   The tokens received so far are followed by Finished("cancelled", stats).
 * The connection drops, the server is silent for longer than `read_timeout_s`, or it aborts
   the request: the tokens received so far are yielded, then `RemoteDisconnected` is raised.
@@ -32,13 +33,15 @@ here and asks `/v1/completions` to carry on the raw prompt, which every server a
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import httpx
+from httpx_sse import EventSource, SSEError
 
 from app.backends.transport import (
     GROK2_STOPS,
@@ -64,7 +67,6 @@ from app.messages import (
 __all__ = ["GROK2_STOPS", "RemoteBackend", "RemoteConfig", "RemoteDisconnected", "RemoteError"]
 
 CHARS_PER_TOKEN = 3.5  # Grok-2's tokenizer on English prose; only for the context estimate
-MAX_LINE = 1 << 20  # one server-sent event line; a chunk is a few hundred bytes
 
 ChatMessage = dict[str, str]
 
@@ -72,31 +74,20 @@ ChatMessage = dict[str, str]
 # ---- server-sent events --------------------------------------------------------------------
 
 
-def sse_lines(response: http.client.HTTPResponse) -> Iterator[bytes]:
-    while True:
-        line = response.readline(MAX_LINE)
-        if not line:
-            return
-        if len(line) == MAX_LINE and not line.endswith(b"\n"):
-            raise RemoteError("the server sent a streamed event over 1 MiB; it is not an "
-                              "OpenAI-compatible stream", "not_openai")
-        yield line
+def stream_data(response: httpx.Response) -> Iterator[str]:
+    """The data of each server-sent event of a streaming response, in order (httpx-sse's
+    parser: comments and other fields skipped, an event cut off by the end of the stream
+    dropped; events without data skipped). SSEError if the response is not an event stream."""
+    for event in EventSource(response).iter_sse():
+        if event.data:
+            yield event.data
 
 
 def sse_data(lines: Iterable[bytes]) -> Iterator[str]:
-    """The data of each server-sent event, in order (comments and other fields are skipped;
-    an event cut off by the end of the stream is dropped)."""
-    data: list[str] = []
-    for raw in lines:
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        if not line:
-            if data:
-                yield "\n".join(data)
-            data = []
-            continue
-        name, _, value = line.partition(":")
-        if name == "data":
-            data.append(value.removeprefix(" "))
+    """`stream_data` over raw bytes (lines or any chunks of an event stream)."""
+    response = httpx.Response(200, headers={"Content-Type": "text/event-stream"},
+                              content=iter(lines))
+    yield from stream_data(response)
 
 
 @dataclass(frozen=True)
@@ -210,13 +201,17 @@ class RemoteBackend:
         cancelled = cancel.is_set if cancel is not None else (lambda: False)
         try:
             opened = open_request(self.config, "POST", tail, self.request_body(body, params),
-                                  cancel=cancel)
+                                  cancel=cancel, accept="text/event-stream")
         except RequestCancelled:  # stopped during the prefill, before any answer
             yield Finished("cancelled", clock.stats(), params.seed)
             return
         try:
             finish = yield from self._read(opened, clock, cancelled)
-        except (OSError, http.client.HTTPException) as exc:
+        except SSEError as exc:  # 2xx, but not an event stream (an httpx.TransportError)
+            raise RemoteError(f"{self.endpoint.label} did not answer with a stream of "
+                              f"server-sent events ({exc}); it is not an OpenAI-compatible "
+                              "server", "not_openai") from exc
+        except httpx.HTTPError as exc:
             if not cancelled():
                 raise RemoteDisconnected(self._dropped(exc), clock.stats()) from exc
             finish = "cancelled"
@@ -233,7 +228,7 @@ class RemoteBackend:
               cancelled: Callable[[], bool]) -> Generator[Token, None, FinishReason | None]:
         """Yield the reply's text; return our finish reason, or None if the stream was cut."""
         finish: FinishReason | None = None
-        for payload in sse_data(sse_lines(opened.response)):
+        for payload in stream_data(opened.response):
             if payload.strip() == "[DONE]":
                 return finish or "stop"
             chunk = read_chunk(payload)
@@ -251,7 +246,7 @@ class RemoteBackend:
         return finish
 
     def _dropped(self, exc: BaseException) -> str:
-        if isinstance(exc, TimeoutError):
+        if isinstance(exc, httpx.TimeoutException):
             return (f"{self.endpoint.label} sent nothing for {self.config.read_timeout_s:g} s; "
                     "the reply so far is kept and can be continued")
         detail = str(exc) or type(exc).__name__

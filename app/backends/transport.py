@@ -4,13 +4,26 @@
 and returns it only when the answer is 2xx, else raises `RemoteError`, whose `kind` and one-line
 message name the problem (unknown host, refused, timeout, bad key, not an OpenAI server, HTTP
 error with the server's own words). `RemoteDisconnected` is the error for a reply cut short.
-Stdlib only (http.client); used by remote.py and connection_test.py.
+Used by remote.py and connection_test.py.
+
+The HTTP client is httpx, one client and one connection per request, with `trust_env`: the
+HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY variables are honoured, and certificates are
+checked against certifi's CA bundle (or SSL_CERT_FILE / SSL_CERT_DIR when set), which the
+frozen macOS and Windows bundles carry, as httpx does by default.
+
+Stop: a `CancelEvent` (app.messages) runs callbacks in the thread that sets it. `open_request`
+registers one that shuts the request's socket down (the socket is taken from httpcore's
+`trace` extension as the connection is made, the TLS one for https), so a read blocked in a
+long prefill (SGLang sends its headers only after it) or in a silent stream returns at once;
+no thread polls the flag. Shutting down, not closing: on Linux, close() does not wake a recv()
+blocked in another thread. httpx timeouts and a flag checked per event were the alternative,
+but Stop would then wait for the next event, minutes during the prefill of a long prompt. With
+a plain threading.Event the flag is only checked at each server-sent event.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import socket
 import ssl
@@ -20,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import httpx
+
 from app import __version__
 from app.errors import UserError
 from app.messages import GenerationStats
@@ -28,7 +43,7 @@ from app.messages import GenerationStats
 # (docs/grok2.md#stop-rules), so chat requests name the end-of-turn markers as stop strings, as
 # the model card's test client does.
 GROK2_STOPS = ("<|separator|>", "<|eos|>", "\nHuman:")
-POLL_S = 0.05  # how often helper threads look at a cancel flag or a socket
+POLL_S = 0.05  # how often the API server's helper threads look at a flag or a socket
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,9 @@ class Endpoint:
     def path(self, tail: str) -> str:
         return f"{self.prefix}/v1/{tail}"
 
+    def url(self, tail: str) -> httpx.URL:
+        return httpx.URL(scheme=self.scheme, host=self.host, port=self.port, path=self.path(tail))
+
 
 def parse_base_url(url: str) -> Endpoint:
     text = url.strip()
@@ -116,62 +134,140 @@ class RequestCancelled(Exception):
 
 @dataclass
 class Opened:
-    """A request whose response headers said 2xx. Until `close()`, setting the `cancel` given
-    to open_request shuts the socket down, so a blocked read returns at once."""
+    """A request whose response headers said 2xx; `response` streams its body. Until
+    `close()`, setting the `cancel` given to open_request (a CancelEvent) shuts the socket
+    down, so a blocked read returns at once."""
 
-    conn: http.client.HTTPConnection
-    response: http.client.HTTPResponse
-    watch: threading.Event
+    client: httpx.Client
+    response: httpx.Response
+    forget: Callable[[], None]  # unregisters the cancel callback
 
     def close(self) -> None:
-        self.watch.set()
+        self.forget()
         self.response.close()
-        self.conn.close()
+        self.client.close()
+
+
+class _Connection:
+    """What httpcore reports about the request's connection (its `trace` extension): the host
+    it dialled (the proxy's, when one is used) and the socket to shut down on Stop."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sock: socket.socket | None = None
+        self.dialled: tuple[str, int] | None = None
+        self.stopped = False
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.started":
+            self.dialled = (str(info.get("host")), int(info.get("port") or 0))
+            return
+        get_extra_info = getattr(info.get("return_value"), "get_extra_info", None)
+        if not event.endswith(".complete") or get_extra_info is None:
+            return
+        sock = get_extra_info("socket")  # after start_tls: the TLS socket
+        if isinstance(sock, socket.socket):
+            with self.lock:
+                self.sock, stopped = sock, self.stopped
+            if stopped:
+                shutdown(sock)
+
+    def stop(self) -> None:
+        """Called in the thread that sets the cancel event."""
+        with self.lock:
+            self.stopped, sock = True, self.sock
+        if sock is not None:
+            shutdown(sock)
+
+
+def on_cancel(cancel: threading.Event | None, action: Callable[[], None]) -> Callable[[], None]:
+    """Run `action` when `cancel` is set, if it can tell (a CancelEvent); returns the
+    unregister function (a no-op for a plain Event, whose flag the caller checks itself)."""
+    register = getattr(cancel, "on_set", None)
+    return register(action) if register is not None else (lambda: None)
 
 
 def open_request(config: RemoteConfig, method: str, tail: str, body: Any = None,
                  read_timeout_s: float | None = None,
-                 cancel: threading.Event | None = None) -> Opened:
+                 cancel: threading.Event | None = None, accept: str = "application/json",
+                 ) -> Opened:
     """Send one request; RemoteError (with its kind) unless the answer is 2xx, and
-    RequestCancelled if `cancel` is set while waiting for the answer (a long prefill)."""
+    RequestCancelled if `cancel` is set while waiting for the answer (a long prefill).
+    `read_timeout_s` (default: the config's) is the longest silence, headers or body."""
     end = parse_base_url(config.base_url)
-    kind = http.client.HTTPSConnection if end.scheme == "https" else http.client.HTTPConnection
-    conn = kind(end.host, end.port, timeout=config.connect_timeout_s)
-    try:
-        conn.connect()
-    except OSError as exc:
-        conn.close()
-        raise connect_problem(exc, end, config.connect_timeout_s) from exc
-    sock = conn.sock
-    sock.settimeout(read_timeout_s or config.read_timeout_s)
-    watch = (call_when(cancel.is_set, lambda: shutdown(sock)) if cancel is not None
-             else threading.Event())
-    headers = {"User-Agent": f"grok-desktop/{__version__}", "Accept": "application/json"}
+    read_s = read_timeout_s or config.read_timeout_s
+    timeout = httpx.Timeout(read_s, connect=config.connect_timeout_s,
+                            pool=config.connect_timeout_s)
+    headers = {"User-Agent": f"grok-desktop/{__version__}", "Accept": accept}
     if config.api_key:
         headers["Authorization"] = f"Bearer {config.api_key}"
     data = None
     if body is not None:
         data = json.dumps(body, ensure_ascii=False).encode()
         headers["Content-Type"] = "application/json"
+    client = httpx.Client(timeout=timeout, trust_env=True, follow_redirects=False)
+    connection = _Connection()
+    forget = on_cancel(cancel, connection.stop)
     try:
-        conn.request(method, end.path(tail), body=data, headers=headers)
-        response = conn.getresponse()
-    except (OSError, http.client.HTTPException) as exc:
-        watch.set()
-        conn.close()
+        request = client.build_request(method, end.url(tail), content=data, headers=headers,
+                                       extensions={"trace": connection.trace})
+        response = client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        forget()
+        client.close()
         if cancel is not None and cancel.is_set():
             raise RequestCancelled from exc
-        if isinstance(exc, TimeoutError):
-            raise RemoteError(f"{end.label} accepted the connection but sent no answer within "
-                              f"{sock.gettimeout():g} s", "timeout") from exc
-        raise RemoteError(f"{end.label} closed the connection without an answer ({exc}); "
-                          "is it an HTTP server?", "not_openai") from exc
-    if not 200 <= response.status < 300:
-        watch.set()
-        text = _read_some(response)
-        conn.close()
-        raise http_problem(response.status, text, end, tail, bool(config.api_key))
-    return Opened(conn, response, watch)
+        raise request_problem(exc, end, config, read_s, connection.dialled) from exc
+    except BaseException:
+        forget()
+        client.close()
+        raise
+    if not 200 <= response.status_code < 300:
+        forget()
+        text = read_some(response).decode("utf-8", "replace")
+        response.close()
+        client.close()
+        raise http_problem(response.status_code, text, end, tail, bool(config.api_key))
+    return Opened(client, response, forget)
+
+
+def request_problem(exc: httpx.HTTPError, end: Endpoint, config: RemoteConfig, read_s: float,
+                    dialled: tuple[str, int] | None = None) -> RemoteError:
+    """The error for a request that got no HTTP answer (`dialled`: the host:port connected
+    to, which names the proxy when the environment sets one)."""
+    if isinstance(exc, httpx.ProxyError):
+        return RemoteError(f"The proxy refused to connect to {end.label} ({exc}): check "
+                           "HTTPS_PROXY / HTTP_PROXY and NO_PROXY.", "unreachable")
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        cause = _os_error(exc) or (TimeoutError() if isinstance(exc, httpx.ConnectTimeout)
+                                   else OSError(str(exc)))
+        if dialled is not None and dialled != (end.host, end.port):
+            where = f"{dialled[0]}:{dialled[1]}"
+            detail = cause.strerror or str(cause) or "no answer"
+            return RemoteError(f"Cannot reach the proxy {where} on the way to {end.label} "
+                               f"({detail}): check HTTPS_PROXY / HTTP_PROXY, or list the host "
+                               "in NO_PROXY.", "unreachable")
+        return connect_problem(cause, end, config.connect_timeout_s)
+    if isinstance(exc, httpx.TimeoutException):
+        return RemoteError(f"{end.label} accepted the connection but sent no answer within "
+                           f"{read_s:g} s", "timeout")
+    return RemoteError(f"{end.label} closed the connection without an answer ({exc}); "
+                       "is it an HTTP server?", "not_openai")
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError under an httpx error (httpx wraps httpcore's, which wraps the socket's)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError):
+            return e
+        todo += [e.__cause__, e.__context__, *(a for a in e.args if isinstance(a, BaseException))]
+    return None
 
 
 def connect_problem(exc: OSError, end: Endpoint, timeout_s: float) -> RemoteError:
@@ -209,7 +305,7 @@ def http_problem(status: int, text: str, end: Endpoint, tail: str, has_key: bool
     if status in (429, 503):
         return RemoteError(f"{end.label} is busy (HTTP {status}): "
                            f"{said or 'try again in a moment'}.", "busy", status)
-    reason = said or http.client.responses.get(status, "error")
+    reason = said or httpx.codes.get_reason_phrase(status) or "error"
     return RemoteError(f"{end.label} answered HTTP {status}: {reason}", "server_error", status)
 
 
@@ -228,11 +324,19 @@ def server_message(text: str) -> str:
     return ""
 
 
-def _read_some(response: http.client.HTTPResponse, limit: int = 65536) -> str:
+def read_some(response: httpx.Response, limit: int = 65536, strict: bool = False) -> bytes:
+    """Up to `limit` bytes of a response body. A failing connection ends it with what arrived,
+    or, if `strict`, raises its httpx.HTTPError."""
+    data = b""
     try:
-        return response.read(limit).decode("utf-8", "replace")
-    except (OSError, http.client.HTTPException):
-        return ""
+        for chunk in response.iter_bytes():
+            data += chunk
+            if len(data) >= limit:
+                break
+    except httpx.HTTPError:
+        if strict:
+            raise
+    return data[:limit]
 
 
 def shutdown(sock: socket.socket) -> None:
@@ -243,7 +347,8 @@ def shutdown(sock: socket.socket) -> None:
 
 def call_when(condition: Callable[[], bool], action: Callable[[], None]) -> threading.Event:
     """Run `action` once, on a helper thread, as soon as `condition()` holds; polls every
-    POLL_S until the returned event is set."""
+    POLL_S until the returned event is set. (The API server's check for a client that left;
+    the remote backend needs no such thread.)"""
     done = threading.Event()
 
     def watch() -> None:

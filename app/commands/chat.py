@@ -7,8 +7,10 @@ conversation started in a terminal continues in the app and the other way round.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -27,13 +29,12 @@ _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "ma
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     ask = sub.add_parser("ask", help="send a message, stream the reply, keep both in history")
-    add_model_arguments(ask)
+    add_model_arguments(ask, required=False)
     ask.add_argument(
         "--conversation",
         "-c",
-        type=int,
         metavar="ID",
-        help="continue this conversation (ids: `grok-desktop list`)",
+        help="continue this conversation: its number (`grok-desktop list`) or uuid",
     )
     ask.add_argument("--system", metavar="TEXT", help="the conversation's system prompt")
     add_sampling_arguments(ask)
@@ -45,6 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lst.add_argument("--limit", type=int, default=30, metavar="N")
     lst.add_argument("--search", metavar="WORDS", help="only conversations containing the words")
     lst.add_argument("--trash", action="store_true", help="list the trash instead")
+    lst.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON array (id, uuid, title, updated, messages, pinned) for scripts",
+    )
     lst.set_defaults(func=run_list)
 
     exp = sub.add_parser("export", help="write conversations as md, json, html, txt or pdf")
@@ -52,19 +58,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     which.add_argument(
         "--conversation",
         "-c",
-        type=int,
         action="append",
         metavar="ID",
-        help="a conversation id (repeat for several)",
+        help="a conversation number (`grok-desktop list`) or uuid (repeat for several)",
     )
     which.add_argument("--all", action="store_true", help="every conversation not in the trash")
-    exp.add_argument("--format", required=True, choices=["md", "json", "html", "txt", "pdf"])
+    exp.add_argument(
+        "--format",
+        choices=["md", "json", "html", "txt", "pdf"],
+        help="the file format (default: from the --out extension)",
+    )
     exp.add_argument(
         "--out",
         required=True,
         type=Path,
         metavar="PATH",
-        help="a file, or a folder (one file per conversation)",
+        help="a file (its extension picks the format), or a folder (one file per conversation)",
     )
     exp.set_defaults(func=run_export)
 
@@ -73,7 +82,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "path",
         type=Path,
         metavar="PATH",
-        help="conversations JSON, or ChatGPT's conversations.json / export .zip",
+        help="our JSON export, or ChatGPT's export: its .zip, its folder or conversations.json",
+    )
+    imp.add_argument(
+        "--strict",
+        action="store_true",
+        help="import nothing if any conversation of a ChatGPT export is broken "
+        "(default: skip and list the broken ones)",
     )
     imp.set_defaults(func=run_import)
 
@@ -102,8 +117,15 @@ def run_ask(args: argparse.Namespace) -> int:
         sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show some characters
     defaults = load_settings()
     _params(defaults.sampling, _overrides(args))  # bad values fail before a long model load
+    if not args.model and not args.demo:  # as the GUI does: the model chosen in Settings
+        args.model = configured_model(defaults)
+        if args.context is None:
+            args.context = defaults.context_tokens
+        if args.device is None and defaults.device != "auto":
+            args.device = defaults.device
     with Store.open() as store:
         if args.conversation is not None:
+            args.conversation = store.resolve_conversation(args.conversation)
             _check_open(store, args.conversation)
         engine = open_engine(args)
         conv_id = _prepare_conversation(store, args, defaults)
@@ -113,6 +135,25 @@ def run_ask(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def configured_model(settings: Settings) -> str:
+    """The Grok-2 folder chosen in the app's Settings, for `ask` without --model/--demo.
+    Raises UserError when none is configured, or it is no longer a usable folder."""
+    from app.settings import check_model_folder
+
+    folder = settings.model_folder
+    if not folder and settings.backend == "remote":
+        raise UserError("the app uses a remote server, and `ask` runs a local model: pass "
+                        "--model DIR or --demo")
+    if not folder:
+        raise UserError("no model configured: pass --model DIR or --demo, or choose the "
+                        "Grok-2 folder in the app's Settings")
+    check = check_model_folder(folder)
+    if not check.ok:
+        raise UserError(f"the configured model folder {folder} cannot be used "
+                        f"({check.summary()}); fix it in Settings or pass --model DIR")
+    return folder
 
 
 def ask(
@@ -238,8 +279,14 @@ def run_list(args: argparse.Namespace) -> int:
     from app.store.store import Store
 
     with Store.open() as store:
+        if args.json:
+            print(json.dumps(_list_json(store, args), ensure_ascii=False, indent=2))
+            return 0
         if args.search:
-            for hit in store.search(args.search, limit=args.limit):
+            hits = store.search(args.search, limit=args.limit)
+            if not hits:
+                print(f"no conversation matches {args.search!r}", file=sys.stderr)
+            for hit in hits:
                 print(f"{hit.conversation_id:>6}  {hit.title}\n        {_one_line(hit.snippet)}")
             return 0
         items = store.list_trash() if args.trash else store.list_conversations(limit=args.limit)
@@ -251,18 +298,50 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_json(store: Store, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`list --json`: one object per conversation, in the order the plain listing uses."""
+    from app.store.conversation import iso_from_ms
+
+    snippets: dict[int, str] = {}
+    items: list[Any]  # ConversationSummary, or Conversation for search hits (same fields)
+    if args.search:
+        hits = store.search(args.search, limit=args.limit)
+        snippets = {h.conversation_id: h.snippet for h in hits}
+        items = [store.get_conversation(h.conversation_id) for h in hits]
+    else:
+        items = store.list_trash() if args.trash else store.list_conversations(limit=args.limit)
+    counts = store.message_counts([s.id for s in items])
+    out = []
+    for s in items:
+        row: dict[str, Any] = {
+            "id": s.id, "uuid": s.uuid, "title": s.title,
+            "updated": iso_from_ms(round(s.updated_at * 1000)),
+            "messages": counts[s.id], "pinned": s.pinned,
+        }
+        if s.deleted_at is not None:
+            row["deleted"] = iso_from_ms(round(s.deleted_at * 1000))
+        if s.id in snippets:
+            row["snippet"] = snippets[s.id]
+        out.append(row)
+    return out
+
+
 def _one_line(text: str, width: int = 100) -> str:
     line = " ".join(text.split())
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from app.exchange.export import export_conversations
+    from app.exchange.export import export_conversations, format_for
     from app.store.store import Store
 
+    fmt = format_for(args.out, args.format)
     with Store.open() as store:
-        ids = store.all_conversation_ids() if args.all else args.conversation
-        written = export_conversations(store, ids, args.format, args.out)
+        if args.all:
+            ids = store.all_conversation_ids()
+        else:
+            ids = [store.resolve_conversation(ref) for ref in args.conversation]
+        written = export_conversations(store, ids, fmt, args.out)
     where = written[0] if len(written) == 1 else f"{len(written)} files in {args.out}"
     print(f"exported {len(ids)} conversation{'s' * (len(ids) != 1)} to {where}")
     return 0
@@ -272,11 +351,34 @@ def run_import(args: argparse.Namespace) -> int:
     from app.exchange.importers import import_file
     from app.store.store import Store
 
+    progress = _ImportProgress(sys.stderr) if sys.stderr.isatty() else None
     with Store.open() as store:
-        result = import_file(store, args.path)
-    n = len(result.imported_ids)
-    line = f"imported {n} conversation{'s' * (n != 1)} from {args.path} ({result.source})"
-    if result.skipped:
-        line += f"; {result.skipped} already present, skipped"
-    print(line)
+        try:
+            result = import_file(store, args.path, strict=args.strict, progress=progress)
+        finally:
+            if progress is not None:
+                progress.clear()
+    print(result.summary(str(args.path)))
     return 0
+
+
+class _ImportProgress:
+    """`reading conversations 120/900` on one terminal line, for files with many."""
+
+    MIN_TOTAL = 50
+
+    def __init__(self, out: TextIO) -> None:
+        self.out, self.shown, self.last = out, False, -1.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if total < self.MIN_TOTAL or (now - self.last < 0.1 and done < total):
+            return
+        self.last, self.shown = now, True
+        self.out.write(f"\rreading conversations {done}/{total}")
+        self.out.flush()
+
+    def clear(self) -> None:
+        if self.shown:
+            self.out.write("\r\033[K")
+            self.out.flush()

@@ -11,9 +11,10 @@ import threading
 from app.errors import UserError
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model DIR | --demo, plus device and dtype; shared by generate, ask and serve."""
-    which = parser.add_mutually_exclusive_group(required=True)
+def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """--model DIR | --demo, plus device and dtype; shared by generate, ask and serve
+    (`required=False`: the command falls back to the model configured in the app)."""
+    which = parser.add_mutually_exclusive_group(required=required)
     which.add_argument("--model", metavar="DIR", help="the Grok-2 folder (official layout)")
     which.add_argument("--demo", action="store_true", help="the built-in tiny demo model (not Grok-2)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")

@@ -75,6 +75,11 @@ def _config_and_quant(args: argparse.Namespace):
 
     if args.model is None:
         return Grok2Config(), args.quant or "int4"
+    folder = Path(args.model).expanduser()
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "no such folder"
+        raise UserError(f"{args.model}: {what}; --model takes the Grok-2 folder that holds "
+                        "config.json")
     stored = read_manifest(args.model)["quant"] if is_prepared(args.model) else None
     if stored and args.quant and args.quant != stored:
         raise UserError(f"{args.model}: prepared as {stored}; drop --quant or prepare again")

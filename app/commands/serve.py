@@ -2,10 +2,14 @@
 
     grok-desktop serve (--model DIR | --demo) [--host H] [--port 1234] [--api-key KEY]
                        [--allow-remote] [--queue N] [--model-name NAME]
+                       [--cors-origin ORIGIN ...]
 
 Prints the URL once it listens (port 0 picks a free port, and the line says which), then
 serves until Ctrl+C or SIGTERM. The key can come from GROK_DESKTOP_API_KEY instead of the
 command line, which other users of the machine can read.
+
+Web pages in a browser are refused (403) unless their origin is allowed with --cors-origin
+(repeatable, e.g. http://localhost:3000): those get CORS headers and preflight answers.
 """
 
 from __future__ import annotations
@@ -35,24 +39,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="requests that may wait for the model before others get 503")
     p.add_argument("--model-name", default="", metavar="NAME",
                    help="model id clients see (default grok-2, or grok-2-demo)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. http://localhost:3000) call the API "
+                        "from a browser; repeatable (default: none, browsers are refused)")
     p.set_defaults(func=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from app.api.server import ApiServer, check_address, print_log
+    from app.api.server import ApiServer, check_address, check_origins, print_log
     from app.commands.generate import open_engine
     from app.errors import UserError
+    from app.logs import setup_logging
 
+    setup_logging()  # engine and server failures also go to the log file
     if args.queue < 0 or not 0 <= args.port < 65536:
         raise UserError("--queue must be >= 0 and --port between 0 and 65535")
     # Refuse an unsafe address before spending minutes loading Grok-2.
     check_address(args.host, args.allow_remote, args.api_key)
+    origins = check_origins(args.cors_origin)
     engine = open_engine(args)
     server = ApiServer(engine, host=args.host, port=args.port, api_key=args.api_key,
                        allow_remote=args.allow_remote, model_id=args.model_name,
-                       max_queue=args.queue, log=print_log)
+                       max_queue=args.queue, cors_origins=origins, log=print_log)
     server.start()
     key = "; API key required" if args.api_key else ""
+    key += f"; web pages allowed from {', '.join(origins)}" if origins else ""
     print(f"Serving {engine.info.name} as '{server.model_id}' at {server.url}{key}; "
           "Ctrl+C stops", flush=True)
     _wait_for_signal()

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from app import paths
+from app.atomic import atomic_write_text
 from app.engine import quantize
 from app.engine.config import Grok2Config
 from app.engine.model import Grok2
@@ -63,9 +64,7 @@ def _store(key: str, value: object) -> None:
     except (OSError, ValueError):
         data = {}
     data.setdefault(machine_key(), {})[key] = value
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def timed(fn: Callable[[], object], repeat: int = 5, sync: bool = False) -> float:

@@ -20,7 +20,7 @@ from torch import nn
 
 from app.engine.config import Grok2Config, load_config
 from app.engine.model import Grok2
-from app.engine.offload import PREFILL_STREAM_THRESHOLD, install
+from app.engine.offload import PREFILL_STREAM_THRESHOLD, install, weight_leaves
 from app.engine.plan import GB, Plan, make_plan
 from app.engine.prepare import convert_tensor, is_prepared, mmap_tensors, unit_of, verify
 from app.engine.quantize import QuantLinear, quantize_model, set_module
@@ -94,7 +94,7 @@ def _load(folder: Path, cfg: Grok2Config, plan: Plan, prepared: bool,
     source = _Prepared(folder) if prepared else _Official(folder, model, plan)
     quantize_model(model, plan.quant, plan.group)
     devices = {"gpu": gpu if plan.has_gpu else cpu, "cpu": cpu}
-    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
+    leaves = weight_leaves(model)
     total = sum(_meta_bytes(m) for _, m in leaves)
     done = 0
     for name, module in leaves:

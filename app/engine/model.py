@@ -214,31 +214,46 @@ class SparseMoE(nn.Module):
         return out.to(x.dtype).view(shape)
 
 
+class ResidualMoE(nn.Module):
+    """The layer's feed-forward: (dense + moe) * combine_scale, combine_scale = 1/sqrt(2)
+    (residual_moe, docs/grok2.md#dense-mlp-and-the-combination). It holds no parameters: the shared MLP and the routed experts stay
+    children of the layer under the checkpoint's names (`mlp`, `block_sparse_moe`) and are
+    passed in. This module only says how they combine and where they run: offloading swaps it
+    for `offload.HybridFeedForward`, which shows the placement in `print(model)`."""
+
+    def __init__(self, combine_scale: float) -> None:
+        super().__init__()
+        self.combine_scale = combine_scale
+
+    def forward(self, m: Tensor, mlp: GatedMLP, moe: SparseMoE) -> Tensor:
+        """m (B, T, D) -> (B, T, D), summed in fp32, returned in m's dtype."""
+        dense = mlp(m).float()
+        routed = moe(m).float()
+        return ((dense + routed) * self.combine_scale).to(m.dtype)
+
+    def extra_repr(self) -> str:
+        return f"(mlp + block_sparse_moe) * {self.combine_scale:.6g}"
+
+
 class DecoderLayer(nn.Module):
     """Sandwich norms: four RMSNorms per layer (docs/grok2.md#decoder-layer)."""
 
     def __init__(self, cfg: Grok2Config, layer_idx: int) -> None:
         super().__init__()
         d, eps = cfg.hidden_size, cfg.rms_norm_eps
-        self.combine_scale = cfg.moe_combine_scale
         self.self_attn = Attention(cfg, layer_idx)
         self.mlp = GatedMLP(d, cfg.intermediate_size)
         self.block_sparse_moe = SparseMoE(cfg)
+        self.feed_forward: nn.Module = ResidualMoE(cfg.moe_combine_scale)  # offloading swaps it
         self.pre_attn_norm = RMSNorm(d, eps)
         self.post_attn_norm = RMSNorm(d, eps)
         self.pre_moe_norm = RMSNorm(d, eps)
         self.post_moe_norm = RMSNorm(d, eps)
 
-    def feed_forward(self, m: Tensor) -> Tensor:
-        """(dense + moe) / sqrt(2): residual_moe (docs/grok2.md#dense-mlp-and-the-combination).
-        Offloading replaces this method."""
-        dense = self.mlp(m).float()
-        moe = self.block_sparse_moe(m).float()
-        return ((dense + moe) * self.combine_scale).to(m.dtype)
-
     def forward(self, h: Tensor, positions: Tensor, cache: KVCache | None) -> Tensor:
         h = h + self.post_attn_norm(self.self_attn(self.pre_attn_norm(h), positions, cache))
-        return h + self.post_moe_norm(self.feed_forward(self.pre_moe_norm(h)))
+        m = self.pre_moe_norm(h)
+        return h + self.post_moe_norm(self.feed_forward(m, self.mlp, self.block_sparse_moe))
 
 
 class Grok2Body(nn.Module):

@@ -1,7 +1,10 @@
 """Executing a placement plan (plan.py) on a built Grok2: a transform, model.py is untouched.
 
-`place_model` moves every module to its tier's device and `install` replaces each layer's
-`feed_forward` (the designed hook) by `HybridFeedForward`:
+`place_model` moves every module to its tier's device and `install` swaps the `feed_forward`
+module of each layer whose routed experts live on the CPU (model.ResidualMoE) for a
+`HybridFeedForward` module. Both hold no parameters (the layer keeps `mlp` and
+`block_sparse_moe` under the checkpoint's names, so the state dict is unchanged), and the
+swap shows in `print(model)` with where each part runs:
 
 - decode (fewer tokens than the threshold): the router runs on the GPU, the hidden state and
   the routing go to the CPU once, the GPU's shared MLP is launched (CUDA launches are
@@ -23,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from app.engine.model import DecoderLayer, Expert, Grok2, RMSNorm
+from app.engine.model import DecoderLayer, Expert, GatedMLP, Grok2, ResidualMoE, RMSNorm, SparseMoE
 from app.engine.plan import Plan
 from app.engine.quantize import QuantLinear, set_module
 
@@ -34,19 +37,27 @@ def place_model(model: Grok2, plan: Plan, gpu: torch.device | str,
                 cpu: torch.device | str = "cpu", threshold: int = PREFILL_STREAM_THRESHOLD) -> Grok2:
     """Move each module to the device of its tier and install the hybrid feed-forward."""
     devices = {"gpu": torch.device(gpu), "cpu": torch.device(cpu)}
-    for name, module in list(model.named_modules()):
-        if name and not list(module.children()):  # leaves: Linear, QuantLinear, norms, ...
-            device = devices[plan.tier_of(name)]
-            if isinstance(module, QuantLinear):
-                set_module(model, name, module.placed(device))
-            else:
-                module.to(device)
+    for name, module in weight_leaves(model):
+        device = devices[plan.tier_of(name)]
+        if isinstance(module, QuantLinear):
+            set_module(model, name, module.placed(device))
+        else:
+            module.to(device)
     return install(model, plan, devices["gpu"], devices["cpu"], threshold)
+
+
+def weight_leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the leaves that hold tensors: Linear, QuantLinear, norms, embedding.
+    Parameter-free modules (ResidualMoE, HybridFeedForward) have no tier of their own."""
+    return [(name, m) for name, m in model.named_modules()
+            if name and not list(m.children())
+            and (list(m.parameters(recurse=False)) or list(m.buffers(recurse=False)))]
 
 
 def install(model: Grok2, plan: Plan, gpu: torch.device, cpu: torch.device,
             threshold: int = PREFILL_STREAM_THRESHOLD) -> Grok2:
-    """Hook a placed model: hidden states follow the layers, offloaded experts run hybrid."""
+    """Hook a placed model: hidden states follow the layers, and each layer whose routed experts
+    live on the CPU tier gets a `HybridFeedForward` in place of its `feed_forward` module."""
     streamer = None
     offloaded = [i for i, _ in enumerate(model.model.layers)
                  if plan.tier_of(f"model.layers.{i}.block_sparse_moe.experts") == "cpu"]
@@ -56,12 +67,34 @@ def install(model: Grok2, plan: Plan, gpu: torch.device, cpu: torch.device,
         assert isinstance(layer, DecoderLayer)  # nn.ModuleList items are typed as Module
         layer.register_forward_pre_hook(_to_device_of(layer.pre_attn_norm))
         if i in offloaded and plan.has_gpu:
-            # replacing the method is the designed hook (see the module docstring)
-            layer.feed_forward = HybridFeedForward(  # type: ignore[method-assign]
-                layer, i, gpu, cpu, streamer)
+            plain = layer.feed_forward
+            if not isinstance(plain, ResidualMoE):
+                raise TypeError(f"layer {i} is already placed ({type(plain).__name__})")
+            layer.feed_forward = HybridFeedForward(
+                i, plain.combine_scale, cpu, streamer,
+                placement={"router": _where(layer.block_sparse_moe.gate),
+                           "shared_mlp": _where(layer.mlp),
+                           "routed_experts": _where(layer.block_sparse_moe.experts)})
     model.model.norm.register_forward_pre_hook(_to_device_of(model.model.norm))
     model.offload_plan = plan
     return model
+
+
+def _where(module: nn.Module) -> str:
+    """'cuda:0 bf16', 'cpu int4 g128/g64': the devices and weight formats of a module's
+    Linear layers, for HybridFeedForward's repr."""
+    devices, formats = [], []
+    for m in module.modules():
+        if isinstance(m, QuantLinear):
+            g = f" g{m.fmt.group}" if m.fmt.kind == "int4" else ""
+            fmt, device = f"{m.fmt.kind}{g}", m.qweight.device
+        elif isinstance(m, nn.Linear):
+            fmt, device = str(m.weight.dtype).removeprefix("torch."), m.weight.device
+        else:
+            continue
+        devices += [str(device)] if str(device) not in devices else []
+        formats += [fmt] if fmt not in formats else []
+    return f"{'/'.join(devices)} {'/'.join(formats)}"
 
 
 def _to_device_of(module: RMSNorm) -> Callable:
@@ -84,42 +117,60 @@ def mix_experts(x: Tensor, weights: Tensor, ids: Tensor,
     return out
 
 
-class HybridFeedForward:
-    """Replaces DecoderLayer.feed_forward for a layer whose routed experts live on the CPU.
-    A plain object, not a Module: the layer keeps its own parameters and state dict."""
+class HybridFeedForward(nn.Module):
+    """The feed-forward of a layer whose routed experts live on the CPU tier: it replaces the
+    layer's `ResidualMoE` module and computes the same (dense + moe) * combine_scale.
 
-    def __init__(self, layer: DecoderLayer, index: int, gpu: torch.device, cpu: torch.device,
-                 streamer: ExpertStreamer | None) -> None:
-        self.layer, self.index, self.gpu, self.cpu, self.streamer = layer, index, gpu, cpu, streamer
+    Like ResidualMoE it holds no parameters (the layer passes its `mlp` and `block_sparse_moe`
+    in), so the state dict keeps the checkpoint's names. `placement` (part -> "device format")
+    is what `print(model)` shows; `streamer` is the GPU prefill path shared by all layers."""
 
-    def __call__(self, m: Tensor) -> Tensor:
-        layer, shape = self.layer, m.shape
+    def __init__(self, index: int, combine_scale: float, cpu: torch.device,
+                 streamer: ExpertStreamer | None, placement: dict[str, str]) -> None:
+        super().__init__()
+        self.index, self.combine_scale, self.cpu_device, self.streamer = (
+            index, combine_scale, cpu, streamer)  # not `cpu`: that is nn.Module.cpu()
+        self.placement = placement
+
+    def extra_repr(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.placement.items()]
+        s = self.streamer
+        if s is not None and s.enabled:
+            parts.append(f"prefill=streamed to {s.gpu} from {s.threshold} tokens "
+                         f"({len(s.slots)} expert buffers)")
+        else:
+            parts.append("prefill=routed experts on the cpu")
+        return ", ".join(parts)
+
+    def forward(self, m: Tensor, mlp: GatedMLP, moe: SparseMoE) -> Tensor:
+        """m (B, T, D) on the GPU tier -> (B, T, D) there, in m's dtype."""
+        shape = m.shape
         x = m.reshape(-1, shape[-1])  # (N, D) on the GPU tier
-        moe = layer.block_sparse_moe
         weights, ids = moe.route(x)  # router on the GPU
         streamer = self.streamer
         if streamer is not None and x.shape[0] >= streamer.threshold:
             try:
                 routed = streamer.run(self.index, x, weights, ids)
-                return self._combine(self._dense(m), routed.to(m.dtype), m)
+                return self._combine(self._dense(mlp, m), routed.to(m.dtype), m)
             except torch.cuda.OutOfMemoryError:
                 streamer.disable()  # the decode path below needs no GPU buffers
-        xc, wc, ic = x.to(self.cpu), weights.to(self.cpu), ids.to(self.cpu)  # one sync
-        mlp_on_gpu = layer.mlp.down_proj.weight.device == m.device
-        dense = layer.mlp(m) if mlp_on_gpu else None  # queued on the GPU, runs meanwhile
+        cpu = self.cpu_device
+        xc, wc, ic = x.to(cpu), weights.to(cpu), ids.to(cpu)  # one sync
+        mlp_on_gpu = mlp.down_proj.weight.device == m.device
+        dense = mlp(m) if mlp_on_gpu else None  # queued on the GPU, runs meanwhile
         routed = mix_experts(xc, wc, ic, lambda e, t: moe.experts[e](t)).to(m.dtype)
         if dense is None:
-            dense = layer.mlp(xc.view(shape))
+            dense = mlp(xc.view(shape))
         return self._combine(dense, routed, m)
 
-    def _dense(self, m: Tensor) -> Tensor:
-        mlp = self.layer.mlp
+    @staticmethod
+    def _dense(mlp: GatedMLP, m: Tensor) -> Tensor:
         device = mlp.down_proj.weight.device
         return mlp(m.to(device)).to(m.device)
 
     def _combine(self, dense: Tensor, routed: Tensor, m: Tensor) -> Tensor:
         dense, routed = dense.to(m.device).float(), routed.to(m.device).float()
-        return ((dense + routed.view(dense.shape)) * self.layer.combine_scale).to(m.dtype)
+        return ((dense + routed.view(dense.shape)) * self.combine_scale).to(m.dtype)
 
 
 class ExpertStreamer:

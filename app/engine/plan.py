@@ -27,6 +27,7 @@ PREFILL_CHUNK = 2048  # tokens per prefill forward (generate.PREFILL_CHUNK)
 QUERY_CHUNK = 128  # queries per attention block (model.QUERY_CHUNK)
 KV_BYTES = 2  # the KV cache is bf16
 HOP_LATENCY_S = 15e-6  # one small host<->device copy incl. synchronisation
+DISK_SLACK = 1.02  # a prepared folder's safetensors headers and alignment, over model_bytes
 
 
 NOT_WEIGHTS = ("KV cache", "workspace", "reserve", "prefill expert buffers")
@@ -320,13 +321,15 @@ def describe(plan: Plan, bw: Bandwidths, kv_tokens: int = 1024) -> str:
     lines.append(f"Grok-2 ({cfg.num_hidden_layers} layers, {cfg.num_local_experts} experts, "
                  f"hidden {cfg.hidden_size}) at {plan.quant}: {_gb(model_bytes(cfg, plan.quant, plan.group))}"
                  f" of weights; context {plan.context:,} tokens")
+    width = max((len(name) for name in (*plan.gpu_parts, *plan.cpu_parts)), default=28)
+    width = max(width, 28)  # one column for both tiers, as wide as the longest part name
     for tier, parts, budget in (("GPU", plan.gpu_parts, plan.gpu_budget),
                                 ("CPU", plan.cpu_parts, plan.cpu_budget)):
         if not parts:
             lines.append(f"{tier}: not used")
             continue
         lines.append(f"{tier}: {_gb(sum(parts.values()))} of {_gb(budget)}")
-        lines.extend(f"  {name:<28} {_gb(n):>10}" for name, n in parts.items())
+        lines.extend(f"  {name:<{width}} {_gb(n):>10}" for name, n in parts.items())
     if plan.has_gpu:
         stream = ("off (no room)" if not plan.stream_slots else
                   "a layer ahead" if plan.stream_layer_ahead else "an expert ahead")

@@ -12,8 +12,8 @@ Output folder:
 Tensor names are the quantized model's state-dict names (`...q_proj.qweight`, `.scales`, or
 `.weight` where nothing is quantized), so loading is a name-for-name fill.
 
-Each file is written to a temporary name, fsynced, renamed, then recorded in the manifest
-(itself replaced atomically): an interruption loses at most the file in progress, and a rerun
+Each file is written atomically (app.atomic: a temporary name, fsynced, renamed), then
+recorded in the manifest (itself replaced atomically): an interruption loses at most the file in progress, and a rerun
 resumes after the last recorded file. Loading verifies every file's size, and the checksum of
 any file whose mtime changed since it was recorded.
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
-import os
 import shutil
 import struct
 from collections.abc import Callable
@@ -32,11 +31,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from app.checkpoint_files import TOKENIZER_NAME, read_header
+from app.atomic import atomic_file, atomic_write_text, remove_temps
+from app.checkpoint_files import TOKENIZER_NAME, read_header, unit_names, unit_of
 from app.engine.config import CONFIG_NAME, config_hash, load_config
-from app.engine.plan import Format, model_bytes
+from app.engine.plan import DISK_SLACK, Format, model_bytes
 from app.engine.quantize import quantizable, quantize_int4, quantize_int8
 from app.engine.weights import (
+    CheckpointIndex,
     _Reader,
     build_meta_model,
     check_index,
@@ -52,28 +53,12 @@ MANIFEST = "prepared.json"
 FORMAT = "grok-desktop-prepared"
 VERSION = 1
 PREPARE_QUANTS = ("int4", "int8", "bf16")
-DISK_SLACK = 1.02  # safetensors headers and alignment
 
 ProgressFn = Callable[[str, int, int], None]
 ALIGN = 4096
 _DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32,
            "U8": torch.uint8, "I8": torch.int8}
 _NAMES = {v: k for k, v in _DTYPES.items()}
-
-
-def unit_names(num_layers: int) -> list[str]:
-    names = ["common"]
-    for i in range(num_layers):
-        names += [f"layer-{i:03d}", f"layer-{i:03d}-experts"]
-    return names
-
-
-def unit_of(name: str) -> str:
-    """Which output file holds a (source) tensor name."""
-    if not name.startswith("model.layers."):
-        return "common"
-    layer = int(name.split(".")[2])
-    return f"layer-{layer:03d}" + ("-experts" if ".block_sparse_moe.experts." in name else "")
 
 
 def convert_tensor(name: str, w: torch.Tensor, fmt: Format | None) -> dict[str, torch.Tensor]:
@@ -86,48 +71,83 @@ def convert_tensor(name: str, w: torch.Tensor, fmt: Format | None) -> dict[str, 
     return {f"{base}.qweight": q.contiguous(), f"{base}.scales": s.contiguous()}
 
 
+class UnitWriter:
+    """Writes a prepared folder one unit (output file) at a time: what `prepare` loops over,
+    and what the downloader calls as soon as a unit's source files have arrived and been
+    verified (app.download.pipeline). Opening it starts or resumes the manifest in `out`."""
+
+    def __init__(self, src: str | Path, out: str | Path, quant: str = "int4",
+                 group: int = 128) -> None:
+        if quant not in PREPARE_QUANTS:
+            raise UserError(f"prepare: unknown quantization {quant!r}; use int4, int8 or bf16")
+        self.src, self.out = Path(src), Path(out)
+        self.cfg = load_config(self.src)
+        self.meta = build_meta_model(self.cfg)
+        self.formats = quantizable(self.meta, quant, group)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.manifest = _start_manifest(self.src, self.out, quant, group)
+        remove_temps(self.out)  # what an interrupted run was writing (rewritten when needed)
+        _save_manifest(self.out, self.manifest)
+        for extra in (CONFIG_NAME, TOKENIZER_NAME):
+            if (self.src / extra).is_file():
+                shutil.copyfile(self.src / extra, self.out / extra)
+        self.units = unit_names(self.cfg.num_hidden_layers)
+        self.estimate = int(model_bytes(self.cfg, quant, group) * DISK_SLACK)
+
+    def is_done(self, unit: str) -> bool:
+        entry = self.manifest["files"].get(unit)
+        return entry is not None and _intact(self.out, unit, entry)
+
+    @property
+    def done_bytes(self) -> int:
+        return sum(f["bytes"] for u, f in self.manifest["files"].items() if self.is_done(u))
+
+    def write(self, unit: str, index: CheckpointIndex, reader: _Reader) -> int:
+        """Convert the unit's tensors from `index` (which may cover only some source files:
+        the unit's own tensors are checked against the config first) and record the file in
+        the manifest. Returns the bytes written."""
+        names = sorted(n for n in [*index.full, *index.shards] if unit_of(n) == unit)
+        check_index(index, self.meta, {n for n in self.meta.state_dict() if unit_of(n) == unit})
+        tensors = {}
+        for name in names:
+            fmt = self.formats.get(name.removesuffix(".weight"))
+            tensors.update(convert_tensor(name, read_tensor(index, reader, name), fmt))
+        self.manifest["files"][unit] = _write_unit(self.out, unit, tensors)
+        _save_manifest(self.out, self.manifest)
+        return self.manifest["files"][unit]["bytes"]
+
+    def finish(self) -> Path:
+        """Mark the folder complete (every unit must be written and intact)."""
+        missing = [u for u in self.units if not self.is_done(u)]
+        if missing:
+            raise ModelFileError(f"{self.out}: {len(missing)} prepared files are missing "
+                                 f"({missing[0]}, ...); run prepare again")
+        self.manifest["complete"] = True
+        _save_manifest(self.out, self.manifest)
+        return self.out
+
+
 def prepare(src: str | Path, out: str | Path, quant: str = "int4", group: int = 128,
             progress: ProgressFn | None = None,
             on_file: Callable[[str], None] | None = None) -> Path:
     """Convert `src` (official layout) into `out`; resume if `out` holds a partial run."""
+    src, out = Path(src), Path(out)
     if quant not in PREPARE_QUANTS:
         raise UserError(f"prepare: unknown quantization {quant!r}; use int4, int8 or bf16")
-    src, out = Path(src), Path(out)
-    cfg = load_config(src)
-    index, meta = index_folder(src), build_meta_model(cfg)
-    check_index(index, meta)
-    formats = quantizable(meta, quant, group)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = _start_manifest(src, out, quant, group)
-    _save_manifest(out, manifest)
-    for extra in (CONFIG_NAME, TOKENIZER_NAME):
-        if (src / extra).is_file():
-            shutil.copyfile(src / extra, out / extra)
-    names = unit_names(cfg.num_hidden_layers)
-    by_unit: dict[str, list[str]] = {u: [] for u in names}
-    for name in list(index.full) + list(index.shards):
-        by_unit[unit_of(name)].append(name)
-    estimate = int(model_bytes(cfg, quant, group) * DISK_SLACK)
-    done = sum(f["bytes"] for u, f in manifest["files"].items() if _intact(out, u, f))
+    index = index_folder(src)
+    check_index(index, build_meta_model(load_config(src)))
+    writer = UnitWriter(src, out, quant, group)
+    done, estimate = writer.done_bytes, writer.estimate
     _check_disk(out, estimate - done)
     reader = _Reader()
-    for unit in names:
-        entry = manifest["files"].get(unit)
-        if entry is None or not _intact(out, unit, entry):
-            tensors = {}
-            for name in sorted(by_unit[unit]):
-                fmt = formats.get(name.removesuffix(".weight"))
-                tensors.update(convert_tensor(name, read_tensor(index, reader, name), fmt))
-            manifest["files"][unit] = _write_unit(out, unit, tensors)
-            _save_manifest(out, manifest)
-            done += manifest["files"][unit]["bytes"]
+    for unit in writer.units:
+        if not writer.is_done(unit):
+            done += writer.write(unit, index, reader)
             if on_file:
                 on_file(unit)
         if progress:
             progress("preparing", min(done, estimate), estimate)
-    manifest["complete"] = True
-    _save_manifest(out, manifest)
-    return out
+    return writer.finish()
 
 
 def _start_manifest(src: Path, out: Path, quant: str, group: int) -> dict:
@@ -158,10 +178,9 @@ def _check_disk(out: Path, need: int) -> None:
 
 
 def _write_unit(out: Path, unit: str, tensors: dict[str, torch.Tensor]) -> dict:
-    final, tmp = out / f"{unit}.safetensors", out / f"{unit}.safetensors.partial"
+    final = out / f"{unit}.safetensors"
     try:
-        digest = write_aligned(tmp, tensors)
-        os.replace(tmp, final)
+        digest = write_aligned(final, tensors)
     except OSError as exc:
         raise StorageError(f"{final}: cannot be written ({exc.strerror}); check free space "
                            "and permissions, then run prepare again to resume") from exc
@@ -172,7 +191,8 @@ def _write_unit(out: Path, unit: str, tensors: dict[str, torch.Tensor]) -> dict:
 def write_aligned(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     """A standard safetensors file, tensors in name order, each starting on a page boundary
     (U8 `__pad` tensors fill the gaps): the CPU kernels need aligned data, and page-aligned
-    tensors can be page-locked one by one. Returns the sha256 of the bytes written."""
+    tensors can be page-locked one by one. Written atomically (app.atomic). Returns the
+    sha256 of the bytes written; raises OSError (disk full, ...) with `path` untouched."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset, pads = 0, 0
     order: list[bytes | torch.Tensor] = []
@@ -192,15 +212,13 @@ def write_aligned(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     raw = json.dumps(header).encode()
     raw += b" " * (-(8 + len(raw)) % ALIGN)
     digest = hashlib.sha256()
-    with path.open("wb") as f:
+    with atomic_file(path) as f:
         for chunk in (struct.pack("<Q", len(raw)), raw, *order):
             # numpy's stubs declare ndarray a buffer only for Python 3.12+
             data = chunk if isinstance(chunk, bytes) else cast(
                 "Buffer", chunk.view(torch.uint8).numpy())
             digest.update(data)
             f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
     return digest.hexdigest()
 
 
@@ -225,9 +243,11 @@ def _intact(out: Path, unit: str, entry: dict) -> bool:
 
 
 def _save_manifest(out: Path, manifest: dict) -> None:
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
+    try:
+        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    except OSError as exc:
+        raise StorageError(f"{out / MANIFEST}: cannot be written ({exc.strerror}); check free "
+                           "space and permissions, then run prepare again to resume") from exc
 
 
 def read_manifest(folder: str | Path) -> dict:

@@ -20,6 +20,9 @@ def apply_repetition_penalty(logits: Tensor, previous: Tensor, penalty: float) -
     return logits
 
 
+GREEDY_BELOW = 1e-5
+
+
 def filter_probs(probs: Tensor, top_k: int, top_p: float, min_p: float) -> Tensor:
     """Zero out what top-k, then min-p, then top-p exclude, and renormalise. probs (V,)."""
     if top_k > 0 and top_k < probs.numel():
@@ -31,6 +34,7 @@ def filter_probs(probs: Tensor, top_k: int, top_p: float, min_p: float) -> Tenso
         sorted_p, order = torch.sort(probs, descending=True)
         before = torch.cumsum(sorted_p, 0) - sorted_p  # mass strictly before each token
         keep_sorted = before < top_p * sorted_p.sum()
+        keep_sorted[0] = True  # the most likely token always stays (a tiny top_p underflows)
         keep = torch.zeros_like(keep_sorted).scatter(0, order, keep_sorted)
         probs = torch.where(keep, probs, torch.zeros_like(probs))
     return probs / probs.sum()
@@ -38,9 +42,10 @@ def filter_probs(probs: Tensor, top_k: int, top_p: float, min_p: float) -> Tenso
 
 def sample_next(logits: Tensor, previous: Tensor, params: GenerationParams,
                 generator: torch.Generator | None) -> int:
-    """Pick the next token id from fp32 logits (V,)."""
+    """Pick the next token id from fp32 logits (V,). A temperature below GREEDY_BELOW is greedy
+    (as vLLM): logits / 1e-40 would overflow float32 into NaN probabilities."""
     logits = apply_repetition_penalty(logits.float(), previous, params.repetition_penalty)
-    if params.temperature == 0:
+    if params.temperature < GREEDY_BELOW:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits / params.temperature, dim=-1)
     probs = filter_probs(probs, params.top_k, params.top_p, params.min_p)

@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app import paths
+from app.atomic import atomic_write_text
 from app.engine.detokenizer import StreamDecoder
 from app.errors import ModelFileError
 
@@ -260,15 +259,7 @@ def _cached_hf_tokenizer(tok: TokFile) -> Any:
 def _write_atomic(target: Path, text: str) -> None:
     """Best effort: a cache that cannot be written only costs the conversion next time."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.replace(tmp, target)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write_text(target, text)
     except OSError as exc:
         log.warning("could not write tokenizer cache %s: %s", target, exc)
 

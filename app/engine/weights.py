@@ -14,7 +14,7 @@ All checkpoint-name handling lives here.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,10 +97,12 @@ def _check_sharded(index: CheckpointIndex, name: str, want: tuple[int, ...]) -> 
     return first
 
 
-def check_index(index: CheckpointIndex, model: Grok2) -> None:
-    """Every expected tensor exists, with the expected shape and a float dtype, and no tensor
-    is left over: an unknown one (a bias, a 65th layer) means the files and config.json
-    describe different models, and loading without it would compute another model silently."""
+def check_index(index: CheckpointIndex, model: Grok2, names: Collection[str] | None = None
+                ) -> None:
+    """Every expected tensor (or only those in `names`: one prepared unit's) exists, with the
+    expected shape and a float dtype, and no tensor is left over: an unknown one (a bias, a
+    65th layer) means the files and config.json describe different models, and loading
+    without it would compute another model silently."""
     expected = model.state_dict(keep_vars=True)
     extra = sorted((set(index.full) | set(index.shards)) - set(expected))
     if extra:
@@ -110,6 +112,8 @@ def check_index(index: CheckpointIndex, model: Grok2) -> None:
                              "this config.json does not have; check that config.json belongs "
                              "to these weights (e.g. num_hidden_layers)")
     for name, param in expected.items():
+        if names is not None and name not in names:
+            continue
         want = tuple(param.shape)
         if name in index.full:
             info = index.full[name]

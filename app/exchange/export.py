@@ -3,20 +3,19 @@
 JSON is the lossless format (every branch, setting, model identity and stat; schema in
 docs/export-schema.md, read back by app/exchange/importers.py). The readable formats show the branch the
 user is looking at. One conversation goes to one file; several go to one JSON file or to a
-folder with one file per conversation. Every file is written atomically (temp + os.replace).
+folder with one file per conversation. Every file is written atomically (app.atomic: temp file, fsync, os.replace).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app import APP_NAME, __version__
+from app.atomic import atomic_write_bytes
 from app.errors import UserError
 from app.exchange.render import (
     close_open_fences,
@@ -95,7 +94,10 @@ def _iso(seconds: float) -> str:
 
 
 def to_json(conversations: Sequence[Conversation]) -> str:
-    return json.dumps(export_document(conversations), ensure_ascii=False, indent=2) + "\n"
+    return (
+        json.dumps(export_document(conversations), ensure_ascii=False, indent=2, allow_nan=False)
+        + "\n"
+    )
 
 
 # ---- Markdown and plain text --------------------------------------------------------------
@@ -143,23 +145,54 @@ def _summary_line(conv: Conversation) -> str:
 # ---- files --------------------------------------------------------------------------------
 
 
+def format_for(out: Path, fmt: str | None = None) -> str:
+    """The export format for `out`: its extension (.md .json .html .txt .pdf) when it has one
+    of those, else `fmt`. Raises UserError when neither says, or when they disagree."""
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if fmt is not None and fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if suffix in FORMATS:
+        if fmt is not None and fmt != suffix:
+            raise UserError(
+                f"--format {fmt} does not match {out} (a .{suffix} name): drop --format, or "
+                f"name the file .{fmt}")
+        return suffix
+    if fmt is None:
+        raise UserError(
+            f"cannot tell the format from {out}: name it .md, .json, .html, .txt or .pdf, or "
+            "add --format")
+    return fmt
+
+
 def export_conversations(
     store: Store, conversation_ids: Sequence[int], fmt: str, out: Path
 ) -> list[Path]:
-    """Write the conversations in `fmt` to `out`; returns the files written."""
+    """Write the conversations in `fmt` to `out`; returns the files written.
+
+    `out` is a file (one conversation, or JSON) or a folder (one file per conversation; the
+    folder itself is created if missing). Its parent folder must exist: a mistyped path is
+    an error (UserError), not a new tree of folders.
+    """
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if not conversation_ids:
         raise UserError("nothing to export: no conversations were chosen")
-    conversations = [store.get_conversation(i) for i in conversation_ids]
     out = Path(out)
+    parent = out.absolute().parent
+    if not out.is_dir() and not parent.is_dir():
+        raise UserError(f"cannot export to {out}: the folder {parent} does not exist; "
+                        "create it first or choose another place")
+    conversations = [store.get_conversation(i) for i in conversation_ids]
     if fmt == "json":
         target = out / "conversations.json" if out.is_dir() else out
         write_atomic(target, to_json(conversations).encode())
         return [target]
     if len(conversations) == 1 and not out.is_dir():
         return [_write_one(conversations[0], fmt, out)]
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the folder {out}: {exc.strerror or exc}") from exc
     return [
         _write_one(c, fmt, out / f"{c.id:05d}-{slug(c.title, 'conversation')}.{fmt}")
         for c in conversations
@@ -183,14 +216,9 @@ def _write_one(conv: Conversation, fmt: str, path: Path) -> Path:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Write `data` to `path` atomically (app.atomic), mode 0644: an export is an ordinary
+    document. Raises UserError naming the file when it cannot be written."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is an ordinary document
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc

@@ -1,220 +1,267 @@
-"""Import conversations: our JSON export (lossless) and ChatGPT's `conversations.json`.
+"""Import conversations: our JSON export (lossless) and ChatGPT's export, as people have them.
 
-A file is read and checked completely before anything is written, then stored in one
-transaction: a malformed or truncated file is rejected with one message naming the file and
-the first problem, and nothing is half-imported. Conversations already in the store (same id)
-are skipped, so importing a file twice is harmless.
+Accepted: our JSON export; ChatGPT's `conversations.json`, or the newer split export
+(`conversations-000.json`, `conversations-001.json`, ...), each as a file, a folder or the zip
+ChatGPT mails out. Text must be UTF-8 (a BOM is fine).
+
+Everything is read and checked before anything is written, then stored in ONE transaction.
+Our format is all-or-nothing: one problem rejects the file, naming the JSON path. In a ChatGPT
+export a broken conversation is skipped and reported (index, title, path and problem) while the
+rest import; `strict=True` rejects the whole file instead. Conversations already in the store
+(same id) are left as they are, so importing a file twice is harmless; the same id twice in one
+file imports both (the second under a new id derived from the first). Lone UTF-16 surrogates
+are replaced with U+FFFD and reported.
 """
 
 from __future__ import annotations
 
-import json
+import re
+import uuid
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.errors import BadImport, UserError
-from app.exchange.chatgpt import conversations_from_chatgpt
-from app.exchange.export import FORMAT_NAME, SCHEMA_VERSION
-from app.messages import GenerationParams
-from app.store.conversation import (
-    FINISH_REASONS,
-    ROLES,
-    STATUSES,
-    Conversation,
-    Message,
-    ms_from_iso,
+from app.exchange.chatgpt import conversation_title, convert_conversation
+from app.exchange.export import FORMAT_NAME
+from app.exchange.jsoncheck import (
+    decode_text,
+    may_hold_surrogates,
+    parse_json,
+    quoted,
+    repair_surrogates,
 )
+from app.exchange.our_json import check_document, conversation
+from app.store.conversation import Conversation
 
 if TYPE_CHECKING:
     from app.store.store import Store
 
+OURS = "Grok Desktop JSON"
+CHATGPT = "ChatGPT export"
+Progress = Callable[[int, int], None]  # (conversations done, total)
+_SHARD = re.compile(r"conversations-(\d+)\.json\Z")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A conversation left out of a ChatGPT import because it is broken."""
+
+    where: str  # its index in the file, e.g. "[4]" or "conversations-001.json [4]"
+    title: str
+    problem: str  # JSON path inside the conversation and what is wrong there
+
+    def __str__(self) -> str:
+        title = f" {quoted(self.title)}" if self.title else ""  # JSON-escaped: one line
+        return f"{self.where}{title}: {self.problem}"
+
 
 @dataclass(frozen=True)
 class ImportResult:
-    source: str  # "Grok Desktop JSON" | "ChatGPT export"
+    source: str  # OURS | CHATGPT
     imported_ids: tuple[int, ...]
-    skipped: int  # already present (same conversation id)
+    skipped: int  # already present (same conversation id), left as they are
+    broken: tuple[Skipped, ...] = ()  # ChatGPT conversations left out, with the reason
+    notes: tuple[str, ...] = ()  # repairs made (new ids for repeated ids, replaced characters)
+
+    def summary(self, name: str) -> str:
+        """What happened, for the CLI and the GUI: one line, then one per broken conversation
+        when there are several, then the notes."""
+        n = len(self.imported_ids)
+        lines = [f"imported {_count(n, 'conversation')} from {name} ({self.source})"]
+        if self.skipped:
+            lines[0] += f"; {self.skipped} already present, skipped"
+        if len(self.broken) == 1:
+            lines[0] += f"; skipped 1: {self.broken[0]}"
+        elif self.broken:
+            lines[0] += f"; skipped {len(self.broken)} that cannot be read:"
+            lines += [f"  {b}" for b in self.broken]
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)
 
 
-def import_file(store: Store, path: Path) -> ImportResult:
-    """Read, check and store every conversation in `path` (one transaction)."""
-    source, conversations = read_import_file(path)
-    ids, skipped = store.import_conversations(conversations)
-    return ImportResult(source, tuple(ids), skipped)
+@dataclass(frozen=True)
+class ParsedImport:
+    source: str
+    conversations: tuple[Conversation, ...]
+    broken: tuple[Skipped, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
-def read_import_file(path: Path) -> tuple[str, list[Conversation]]:
-    """Parse and validate a file; raises UserError naming the file and the first problem."""
+def import_file(
+    store: Store, path: Path, *, strict: bool = False, progress: Progress | None = None
+) -> ImportResult:
+    """Read, check and store every conversation in `path` (a file, folder or zip).
+
+    One transaction: on any error nothing is stored. `strict` makes a broken ChatGPT
+    conversation reject the whole file (our format is always strict). `progress(done, total)`
+    is called as conversations are read. Raises UserError naming the file, the JSON path and
+    the fix; StorageError when the database cannot be written.
+    """
+    parsed = read_import_file(path, strict=strict, progress=progress)
+    ids, skipped = store.import_conversations(parsed.conversations)
+    return ImportResult(parsed.source, tuple(ids), skipped, parsed.broken, parsed.notes)
+
+
+def read_import_file(
+    path: Path, *, strict: bool = False, progress: Progress | None = None
+) -> ParsedImport:
+    """Parse and check a file, folder or zip; raises UserError naming it and the problem."""
     path = Path(path)
     try:
-        data = json.loads(_read_text(path))
-        return parse_document(data)
-    except json.JSONDecodeError as exc:
-        raise _reject(
-            path,
-            f"not valid JSON ({exc.msg} at line {exc.lineno} column "
-            f"{exc.colno}); is the file complete?",
-        ) from exc
+        docs = [(label, _parse(raw, label)) for label, raw in _sources(path)]
+        parsed = _convert(docs, strict, progress or _no_progress)
     except BadImport as exc:
-        raise _reject(path, str(exc)) from exc
+        raise _reject(path, str(exc) + _fix(exc)) from exc
+    if not parsed.conversations and parsed.broken:
+        shown = "; ".join(map(str, parsed.broken[:3]))
+        more = f"; and {len(parsed.broken) - 3} more" if len(parsed.broken) > 3 else ""
+        raise _reject(path, f"no conversation could be read: {shown}{more}")
+    return _distinct_ids(parsed)
 
 
-def parse_document(data: Any) -> tuple[str, list[Conversation]]:
-    """Recognise the format and convert it; raises BadImport."""
-    if isinstance(data, dict) and data.get("format") == FORMAT_NAME:
-        return "Grok Desktop JSON", conversations_from_export(data)
-    if isinstance(data, dict) and "mapping" in data:
-        data = [data]  # a single ChatGPT conversation
-    if isinstance(data, list) and all(isinstance(c, dict) and "mapping" in c for c in data):
-        return "ChatGPT export", conversations_from_chatgpt(data)
-    raise BadImport(
-        "",
-        'not a Grok Desktop export (no "format": "' + FORMAT_NAME + '") '
-        "nor a ChatGPT conversations.json (a list of conversations with a mapping)",
-    )
-
-
-def _read_text(path: Path) -> str:
-    try:
-        if path.suffix.lower() == ".zip":
-            with zipfile.ZipFile(path) as archive:
-                names = [n for n in archive.namelist() if n.endswith("conversations.json")]
-                if not names:
-                    raise _reject(path, "the archive holds no conversations.json")
-                return archive.read(min(names, key=len)).decode("utf-8")
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise UserError(f"{path}: file not found") from exc
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise _reject(path, f"cannot be read ({exc})") from exc
-    except UnicodeDecodeError as exc:
-        raise _reject(path, "is not UTF-8 text; is it really a JSON export?") from exc
+def _no_progress(done: int, total: int) -> None:
+    pass
 
 
 def _reject(path: Path, problem: str) -> UserError:
     return UserError(f"cannot import {path}: {problem}; nothing was imported")
 
 
-# ---- our JSON -----------------------------------------------------------------------------
+def _fix(exc: BadImport) -> str:
+    """What to do about a value at a JSON path (file-level problems say it themselves)."""
+    if not exc.where or exc.problem.startswith("it ") or "--strict" in exc.problem:
+        return ""
+    return "; correct that value in the file, or export it again"
 
 
-def conversations_from_export(doc: dict[str, Any]) -> list[Conversation]:
-    version = doc.get("version")
-    if not isinstance(version, int) or version < 1:
-        raise BadImport("version", "missing or not a positive integer")
-    if version > SCHEMA_VERSION:
-        raise BadImport(
-            "version",
-            f"{version} is newer than this app reads ({SCHEMA_VERSION}); update Grok Desktop",
-        )
-    items = _get(doc, "conversations", list, "")
-    return [_conversation(c, f"conversations[{i}]") for i, c in enumerate(items)]
+# ---- files, folders and zips --------------------------------------------------------------
 
 
-def _conversation(data: Any, where: str) -> Conversation:
-    if not isinstance(data, dict):
-        raise BadImport(where, "expected an object")
-    conv_uuid = _get(data, "id", str, where)
-    if not conv_uuid.strip():
-        raise BadImport(f"{where}.id", "is empty")
-    settings = _get(data, "settings", dict, where, {})
+def _sources(path: Path) -> list[tuple[str, bytes]]:
+    """(label, bytes) of each JSON document to read: one file, or the conversations of a
+    folder or zip (all `conversations-NNN.json` shards, else `conversations.json`)."""
     try:
-        GenerationParams.from_dict(settings)
-    except (TypeError, ValueError) as exc:
-        raise BadImport(f"{where}.settings", str(exc)) from exc
-    raw = _get(data, "messages", list, where)
-    messages = _messages(raw, where)
-    current = _get(data, "current_message_id", int, where, None)
-    if current is not None and all(m.id != current for m in messages):
-        raise BadImport(f"{where}.current_message_id", f"no message has id {current}")
-    deleted = _get(data, "deleted_at", str, where, None)
-    return Conversation(
-        id=0,
-        uuid=conv_uuid,
-        title=_get(data, "title", str, where, ""),
-        pinned=_get(data, "pinned", bool, where, False),
-        system_prompt=_get(data, "system_prompt", str, where, ""),
-        params=settings,
-        created_at=_time(data, "created_at", where),
-        updated_at=_time(data, "updated_at", where),
-        current_leaf_id=current,
-        deleted_at=None if deleted is None else _time(data, "deleted_at", where),
-        messages=tuple(messages),
+        if path.is_dir():
+            names = [p.relative_to(path).as_posix() for p in path.rglob("*.json")]
+            return [(n, (path / n).read_bytes()) for n in _pick(names, path)]
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if not n.endswith("/")]
+                return [(n, archive.read(n)) for n in _pick(names, path)]
+        return [("", path.read_bytes())]  # errors name the file itself
+    except FileNotFoundError as exc:
+        raise UserError(f"{path}: file not found") from exc
+    except PermissionError as exc:
+        raise UserError(f"cannot import {path}: permission denied; check who owns it") from exc
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as exc:
+        raise _reject(path, f"it cannot be read ({exc})") from exc
+
+
+def _pick(names: list[str], path: Path) -> list[str]:
+    shards = {n: m for n in names if (m := _SHARD.match(n.rsplit("/", 1)[-1]))}
+    if shards:
+        return sorted(shards, key=lambda n: (int(shards[n][1]), n))
+    whole = [n for n in names if n.rsplit("/", 1)[-1] == "conversations.json"]
+    if not whole:
+        raise _reject(path, "it holds no conversations.json or conversations-000.json")
+    return [min(whole, key=len)]
+
+
+def _parse(raw: bytes, label: str) -> Any:
+    try:
+        data = parse_json(decode_text(raw))
+    except BadImport as exc:
+        raise BadImport(label, exc.problem) from exc
+    return data, may_hold_surrogates(raw)
+
+
+# ---- converting ---------------------------------------------------------------------------
+
+
+def _convert(docs: list[tuple[str, Any]], strict: bool, progress: Progress) -> ParsedImport:
+    if [_kind(data, label, len(docs) > 1) for label, (data, _) in docs] == [OURS]:
+        return _ours(docs[0][1], progress)
+    items: list[tuple[str, Any]] = []
+    notes: list[str] = []
+    for label, (data, surrogates) in docs:
+        if surrogates:
+            data, repairs = repair_surrogates(data)
+            if repairs.count:
+                notes.append(f"{label}: {repairs.note()}" if label else repairs.note())
+        prefix = f"{label} " if len(docs) > 1 else ""
+        rows = data if isinstance(data, list) else [data]
+        items += [(f"{prefix}[{i}]", item) for i, item in enumerate(rows)]
+    convs, broken = [], []
+    for done, (where, item) in enumerate(items, start=1):
+        try:
+            convs.append(convert_conversation(item, ""))
+        except BadImport as exc:
+            if strict:
+                raise BadImport(
+                    where + _join(exc.where),
+                    f"{exc.problem}; import without --strict to skip the broken conversation",
+                ) from exc
+            broken.append(Skipped(where, conversation_title(item), str(exc)))
+        progress(done, len(items))
+    return ParsedImport(CHATGPT, tuple(convs), tuple(broken), tuple(notes))
+
+
+def _join(where: str) -> str:
+    return where if not where or where.startswith("[") else "." + where
+
+
+def _kind(data: Any, label: str, several: bool) -> str:
+    if isinstance(data, dict) and data.get("format") == FORMAT_NAME and not several:
+        return OURS
+    if isinstance(data, dict) and "mapping" in data:
+        return CHATGPT  # a single ChatGPT conversation
+    if isinstance(data, list) and (
+        not data or any(isinstance(c, dict) and "mapping" in c for c in data)
+    ):
+        return CHATGPT
+    raise BadImport(
+        label if several else "",
+        'it is not a Grok Desktop export (no "format": "' + FORMAT_NAME + '") '
+        "nor a ChatGPT conversations.json (a list of conversations with a mapping)",
     )
 
 
-def _messages(raw: list[Any], where: str) -> list[Message]:
-    seen: set[int] = set()
-    out = []
-    for i, item in enumerate(raw):
-        at = f"{where}.messages[{i}]"
-        msg = _message(item, at)
-        if msg.id in seen:
-            raise BadImport(f"{at}.id", f"{msg.id} is used twice")
-        if msg.parent_id is not None and msg.parent_id not in seen:
-            raise BadImport(f"{at}.parent_id", f"{msg.parent_id} is not an earlier message's id")
-        seen.add(msg.id)
-        out.append(msg)
-    return out
+def _ours(parsed: tuple[Any, bool], progress: Progress) -> ParsedImport:
+    data, surrogates = parsed
+    notes: tuple[str, ...] = ()
+    if surrogates:
+        data, repairs = repair_surrogates(data)
+        notes = (repairs.note(),) if repairs.count else ()
+    items = check_document(data)
+    convs = []
+    for i, item in enumerate(items):
+        convs.append(conversation(item, f"conversations[{i}]"))
+        progress(i + 1, len(items))
+    return ParsedImport(OURS, tuple(convs), (), notes)
 
 
-def _message(data: Any, at: str) -> Message:
-    if not isinstance(data, dict):
-        raise BadImport(at, "expected an object")
-    role = _choice(data, "role", ROLES, at)
-    status = _choice(data, "status", STATUSES, at)
-    created = _time(data, "created_at", at)
-    reason = data.get("finish_reason")
-    if reason is not None and reason not in FINISH_REASONS:
-        raise BadImport(f"{at}.finish_reason", f"{reason!r} is not one of {FINISH_REASONS}")
-    return Message(
-        id=_get(data, "id", int, at),
-        conversation_id=0,
-        parent_id=_get(data, "parent_id", int, at, None),
-        role=role,
-        content=_get(data, "content", str, at),
-        status="interrupted" if status == "streaming" else status,  # cut off when exported
-        created_at=created,
-        updated_at=_time(data, "updated_at", at) if "updated_at" in data else created,
-        finish_reason=reason,
-        model=_get(data, "model", dict, at, None),
-        params=_get(data, "settings", dict, at, None),
-        seed=_get(data, "seed", int, at, None),
-        stats=_get(data, "stats", dict, at, None),
-        error=_get(data, "error", str, at, None),
-    )
+def _distinct_ids(parsed: ParsedImport) -> ParsedImport:
+    """The same conversation id twice in one file: the later copies get ids derived from it
+    (the same ones on every import, so importing the file again still adds nothing)."""
+    seen: dict[str, int] = {}
+    convs, notes = [], list(parsed.notes)
+    for conv in parsed.conversations:
+        copies = seen.get(conv.uuid, 0)
+        seen[conv.uuid] = copies + 1
+        if copies:
+            new = str(uuid.uuid5(uuid.NAMESPACE_URL, f"grok-desktop:{conv.uuid}#{copies + 1}"))
+            notes.append(
+                f"the id {conv.uuid!r} is used by more than one conversation in the file; "
+                f"copy {copies + 1} ({conv.title!r}) was imported as a separate conversation "
+                f"with id {new}"
+            )
+            conv = replace(conv, uuid=new)
+        convs.append(conv)
+    return replace(parsed, conversations=tuple(convs), notes=tuple(notes))
 
 
-_MISSING = object()
-
-
-def _get(data: dict[str, Any], key: str, kind: type, where: str, default: Any = _MISSING) -> Any:
-    """data[key] checked against `kind`; optional when a default is given (None allowed)."""
-    value = data.get(key, _MISSING)
-    if value is _MISSING or (value is None and default is not _MISSING):
-        if default is _MISSING:
-            raise BadImport(f"{where}.{key}".lstrip("."), "is missing")
-        return default
-    wrong_bool = kind is int and isinstance(value, bool)
-    if not isinstance(value, kind) or wrong_bool:
-        raise BadImport(
-            f"{where}.{key}".lstrip("."), f"expected {kind.__name__}, got {type(value).__name__}"
-        )
-    return value
-
-
-def _choice(data: dict[str, Any], key: str, allowed: tuple[str, ...], where: str) -> str:
-    value = _get(data, key, str, where)
-    if value not in allowed:
-        raise BadImport(f"{where}.{key}", f"{value!r} is not one of {', '.join(allowed)}")
-    return value
-
-
-def _time(data: dict[str, Any], key: str, where: str) -> float:
-    text = _get(data, key, str, where)
-    try:
-        return ms_from_iso(text) / 1000
-    except ValueError as exc:
-        raise BadImport(f"{where}.{key}", f"{text!r} is not an ISO 8601 time") from exc
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -1,4 +1,8 @@
-"""PDF export with Qt's own PDF writer: the HTML export laid out by QTextDocument.
+"""PDF export with Qt's own PDF writer: the HTML export (its Qt variant) laid out by
+QTextDocument.
+
+Lines wrap at word boundaries, or anywhere inside a word longer than the line (a URL, a hash),
+so nothing runs off the page. Math is drawn from SVG at 4x its size, so it stays sharp.
 
 Text stays text (selectable, searchable, with embedded font subsets), not a picture. Qt is
 imported inside the function so the core stays Qt-free; a headless process gets an offscreen
@@ -7,11 +11,10 @@ QApplication (QTextDocument needs one for fonts).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from app import APP_NAME
+from app.atomic import atomic_path
 from app.errors import UserError
 from app.exchange.html_export import to_html
 from app.store.conversation import Conversation
@@ -20,30 +23,40 @@ _app = None  # the QGuiApplication this module had to create, kept alive
 
 
 def write_pdf(conv: Conversation, path: Path) -> None:
-    """Write `conv` (its current branch) as an A4 PDF at `path`, atomically."""
-    from PySide6.QtCore import QMarginsF
-    from PySide6.QtGui import QPageLayout, QPageSize, QPdfWriter, QTextDocument
-
+    """Write `conv` (its current branch) as an A4 PDF at `path`, atomically (app.atomic),
+    mode 0644. Raises UserError naming the file when it cannot be written."""
     _ensure_gui_app()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".pdf", dir=path.parent)
-    os.close(fd)
     try:
-        writer = QPdfWriter(tmp)
-        writer.setPageSize(QPageSize(QPageSize.PageSizeId.A4))
-        writer.setPageMargins(QMarginsF(18, 18, 18, 18), QPageLayout.Unit.Millimeter)
-        writer.setTitle(conv.title)
-        writer.setCreator(APP_NAME)
-        doc = QTextDocument()
-        doc.setHtml(to_html(conv))
-        doc.print_(writer)
-        del writer  # flushes and closes the file
-        if os.path.getsize(tmp) == 0:
-            raise UserError(f"cannot write {path}: Qt produced an empty PDF")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is an ordinary document
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        with atomic_path(path) as tmp:
+            _print_pdf(conv, tmp)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    except _EmptyPdf:
+        raise UserError(f"cannot write {path}: Qt produced an empty PDF") from None
+
+
+class _EmptyPdf(Exception):
+    pass
+
+
+def _print_pdf(conv: Conversation, tmp: Path) -> None:
+    from PySide6.QtCore import QMarginsF
+    from PySide6.QtGui import QPageLayout, QPageSize, QPdfWriter, QTextDocument, QTextOption
+
+    writer = QPdfWriter(str(tmp))
+    writer.setPageSize(QPageSize(QPageSize.PageSizeId.A4))
+    writer.setPageMargins(QMarginsF(18, 18, 18, 18), QPageLayout.Unit.Millimeter)
+    writer.setTitle(conv.title)
+    writer.setCreator(APP_NAME)
+    doc = QTextDocument()
+    option = doc.defaultTextOption()
+    option.setWrapMode(QTextOption.WrapMode.WrapAtWordBoundaryOrAnywhere)
+    doc.setDefaultTextOption(option)
+    doc.setHtml(to_html(conv, target="qt"))
+    doc.print_(writer)
+    del writer  # flushes and closes the file
+    if tmp.stat().st_size == 0:
+        raise _EmptyPdf
 
 
 def _ensure_gui_app() -> None:

@@ -1,4 +1,4 @@
-"""Text helpers shared by the exporters: fenced-code splitting, fences, headings, times.
+"""Text helpers shared by the exporters: fences, headings, times.
 
 Message text is Markdown as the model wrote it. Code blocks are kept byte for byte; the only
 repair is closing a fence left open by a reply that was cut off, so the rest of an exported
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from app.exchange.markup import Segment, close_open_fences, fence_for, split_fences  # noqa: F401
+from app.exchange.markup import close_open_fences, fence_for  # noqa: F401
 from app.store.conversation import Conversation, Message
 
 ROLE_LABELS = {"user": "You", "system": "System"}

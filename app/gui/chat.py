@@ -1,5 +1,7 @@
 """What happens in a chat: send, stream a reply into the store and the transcript, stop,
-regenerate, edit and resend, continue or discard a cut-off reply, switch between versions.
+regenerate, edit and resend, continue or discard a cut-off reply, switch between versions,
+delete a message with its later turns (undoable), fork a branch into a new chat, and the
+conversation's own settings (sampling, system prompt, context policy).
 
 The controller owns the open conversation and the reply being written. Replies are written to
 the store through `ReplyWriter` (every 250 ms) while the transcript repaints at its own pace.
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 
 from PySide6.QtCore import QObject, Signal
 
+from app.attachments import summarize
+from app.context import ContextFit, fit_context, policy_of, reply_reserve
 from app.errors import StorageError, UserError
 from app.gui.message_view import MessageView
 from app.gui.transcript import Transcript
@@ -19,10 +23,11 @@ from app.messages import Failed, Finished, GenerationParams, Token
 from app.settings import Settings
 from app.store.conversation import Conversation, Message
 from app.store.reply import ReplyWriter
-from app.store.store import Store
+from app.store.store import DeletedBranch, Store
 from app.worker import EngineWorker, EventStream, Generate
 
 ErrorSink = Callable[[str, str], None]  # (message, detail)
+SIZE_CACHE = 20_000  # remembered message token counts
 
 
 @dataclass
@@ -50,15 +55,28 @@ def describe(msg: Message) -> str:
 
 def view_of(conv: Conversation, msg: Message) -> MessageView:
     index, count = conv.sibling_position(msg.id)
-    return MessageView(id=msg.id, role=msg.role, text=msg.content, status=msg.status,
+    text = summarize(msg.content) if msg.role == "user" else msg.content
+    return MessageView(id=msg.id, role=msg.role, text=text, status=msg.status,
                        sibling_index=index, sibling_count=count, meta=describe(msg),
                        error=msg.error or "")
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """What the quick settings panel edits for one conversation."""
+
+    params: GenerationParams
+    system_prompt: str
+    context_policy: str
 
 
 class ChatController(QObject):
     conversation_changed = Signal(object)  # Conversation | None
     generating_changed = Signal(bool)
     reply_finished = Signal(object)  # GenerationStats
+    rendered = Signal()  # the shown branch changed (a version switch, a delete...)
+    send_refused = Signal(str)  # the text was not sent (the context is full): give it back
+    notice = Signal(str)  # a context policy said no: one line for the user, not an error
 
     def __init__(self, store: Store, worker: EngineWorker, transcript: Transcript,
                  settings: Callable[[], Settings], on_error: ErrorSink,
@@ -69,6 +87,9 @@ class ChatController(QObject):
         self.conversation: Conversation | None = None
         self.active: ActiveReply | None = None
         self.closed = False  # the window is closing: the store may go away
+        self.pending: ChatSettings | None = None  # quick settings chosen before a new chat
+        self._sizes: dict[tuple[str, str], int] = {}  # (role, content) -> tokens
+        self._sizes_model: object = None  # the model those counts are for
 
     # ---- which conversation ---------------------------------------------------------------
 
@@ -84,8 +105,10 @@ class ChatController(QObject):
         """Show a stored conversation (None: a new, empty chat)."""
         if conv_id is None:
             self.conversation = None
+            self.pending = None
             self.transcript.set_messages([])
             self.conversation_changed.emit(None)
+            self.rendered.emit()
             return
         self.conversation = self.store.get_conversation(conv_id)
         self.render()
@@ -100,6 +123,7 @@ class ChatController(QObject):
         if self.active is not None and self.active.conversation_id == conv.id:
             views = [_streaming(v, self.active) for v in views]
         self.transcript.set_messages(views)
+        self.rendered.emit()
 
     def forget(self, conv_id: int) -> None:
         """The conversation went to the trash: close it if it is open."""
@@ -109,19 +133,105 @@ class ChatController(QObject):
     def chat_messages(self) -> list[dict[str, str]]:
         """The engine's input for the open conversation as it stands (for token counts)."""
         if self.conversation is None:
-            prompt = self._settings().system_prompt
+            prompt = self.settings().system_prompt
             return [{"role": "system", "content": prompt}] if prompt else []
         return self.conversation.chat_messages()
+
+    def settings(self) -> ChatSettings:
+        """The open conversation's own settings over the app's (a new chat: what the quick
+        settings panel set for it, else the app's)."""
+        conv, app = self.conversation, self._settings()
+        if conv is None:
+            return self.pending or ChatSettings(app.sampling, app.system_prompt,
+                                                policy_of(None))
+        return ChatSettings(self._params(conv), conv.system_prompt, policy_of(conv.params))
+
+    def apply_settings(self, chosen: ChatSettings | None) -> None:
+        """Store the conversation's settings (None: back to the app's defaults)."""
+        conv = self.conversation
+        if conv is None:
+            self.pending = chosen
+            return
+        if chosen is None:
+            self.store.update_conversation(conv.id, params={},
+                                           system_prompt=self._settings().system_prompt)
+        else:
+            params = {**chosen.params.to_dict(), "context_policy": chosen.context_policy}
+            self.store.update_conversation(conv.id, params=params,
+                                           system_prompt=chosen.system_prompt)
+        self.conversation = self.store.get_conversation(conv.id)
+        self.rendered.emit()
+
+    def context_fit(self, draft: str = "") -> ContextFit | None:
+        """What the next request would send under the conversation's context policy (with
+        `draft` as a new user message), or None when no model is loaded."""
+        info = self.worker.info
+        if info is None:
+            return None
+        chosen = self.settings()
+        messages = self.chat_messages()
+        if draft.strip():
+            messages.append({"role": "user", "content": draft})
+        limit = info.context_length
+        if self._sizes_model != info:  # another tokenizer: forget the remembered counts
+            self._sizes, self._sizes_model = {}, info
+        return fit_context(messages, self._count, limit, chosen.context_policy,
+                           reply_reserve(chosen.params.max_tokens, limit), self._count_one)
+
+    def _count(self, messages: list[dict[str, str]]) -> int:
+        return self.worker.count_tokens(messages) or 0
+
+    def _count_one(self, message: dict[str, str]) -> int:
+        """One message's tokens, remembered (the meter refits a long chat on every pause in
+        typing; only new messages are tokenized)."""
+        key = (message["role"], message["content"])
+        if key not in self._sizes:
+            if len(self._sizes) > SIZE_CACHE:
+                self._sizes.clear()
+            self._sizes[key] = self._count([message])
+        return self._sizes[key]
+
+    # ---- deleting and forking ---------------------------------------------------------------
+
+    def delete_message(self, message_id: int) -> DeletedBranch | None:
+        """Delete a message and its later turns; returns what undo needs."""
+        if self.generating:
+            return None
+        deleted = self.store.delete_message(message_id)
+        self.render()
+        return deleted
+
+    def undo_delete(self, deleted: DeletedBranch) -> None:
+        self.store.restore_branch(deleted)
+        if self.conversation_id == deleted.conversation_id:
+            self.render()
+
+    def fork(self, message_id: int) -> int:
+        """A new chat with the branch up to `message_id`; it is opened."""
+        new_id = self.store.fork_conversation(message_id)
+        self.open(new_id)
+        return new_id
 
     # ---- sending and replying -------------------------------------------------------------
 
     async def send(self, text: str) -> None:
         if self.generating:
             return
+        fit = self.context_fit(text)
+        if fit is not None and fit.stopped:  # "stop at the limit", or the message is too big
+            self.notice.emit(fit.stopped)
+            self.send_refused.emit(text)
+            return
         new = self.conversation is None
         if new:
-            settings = self._settings()
-            conv_id = self.store.create_conversation(system_prompt=settings.system_prompt)
+            pending, self.pending = self.pending, None
+            if pending is not None:
+                params = {**pending.params.to_dict(), "context_policy": pending.context_policy}
+                conv_id = self.store.create_conversation(system_prompt=pending.system_prompt,
+                                                         params=params)
+            else:
+                conv_id = self.store.create_conversation(
+                    system_prompt=self._settings().system_prompt)
             self.conversation = self.store.get_conversation(conv_id)
         conv = self.conversation
         assert conv is not None  # set above when there was none
@@ -177,14 +287,22 @@ class ChatController(QObject):
             return
         conv = self.store.get_conversation(conv_id)
         params = self._params(conv)
+        policy = policy_of(conv.params)
+        messages = conv.chat_messages(upto_id=parent_id)
+        fit = fit_context(messages, self._count, info.context_length, policy,
+                          reply_reserve(params.max_tokens, info.context_length), self._count_one)
+        if fit.stopped:
+            self.notice.emit(fit.stopped)
+            self.render()
+            return
         if resume is not None:
             text = self.store.resume_reply(resume.id)
             message_id = resume.id
         else:
             text = ""
             message_id = self.store.begin_reply(conv_id, parent_id, info, params)
-        request = Generate(tuple(conv.chat_messages(upto_id=parent_id)), params,
-                           continue_text=text or None)
+        request = Generate(tuple(messages), params, continue_text=text or None,
+                           context_policy=policy)
         writer = ReplyWriter(self.store, message_id, text=text)
         self.active = ActiveReply(conv_id, message_id, writer, self.worker.stream(request))
         self.generating_changed.emit(True)
@@ -201,7 +319,7 @@ class ChatController(QObject):
     def _params(self, conv: Conversation) -> GenerationParams:
         if conv.params:
             try:
-                return conv.generation_params()
+                return conv.generation_params(self._settings().sampling)
             except (TypeError, ValueError):
                 pass  # an old or hand-edited row: fall back to the settings
         return self._settings().sampling

@@ -23,16 +23,33 @@ def choose_export_target(parent: QWidget, count: int, title: str) -> tuple[str, 
     path, chosen = QFileDialog.getSaveFileName(parent, "Export", f"{stem}.md", filters)
     if not path:
         return None
-    fmt = next((f for f, text in _FILTERS.items() if text == chosen), None)
-    fmt = Path(path).suffix.lstrip(".").lower() if fmt is None else fmt
-    if fmt not in FORMATS:
-        fmt = "md"
+    return export_target(path, chosen, count)
+
+
+def export_target(path: str, chosen_filter: str, count: int) -> tuple[str, Path]:
+    """(format, target) for what the save dialog returned.
+
+    The extension the user typed wins (`conv.pdf` with the Markdown filter selected is a PDF);
+    without a known one the selected filter decides and its extension is added. Several
+    chats in a readable format go to a folder (the name without extension), one file each.
+    """
     target = Path(path)
+    typed = target.suffix.lower().lstrip(".")
+    if typed in FORMATS:
+        fmt = typed
+    else:
+        fmt = next((f for f, text in _FILTERS.items() if text == chosen_filter), "md")
+        target = target.with_name(f"{target.name}.{fmt}")
     if count > 1 and fmt != "json":
         target = target.with_suffix("")  # several chats: a folder with one file each
-    elif target.suffix.lower() != f".{fmt}":
-        target = target.with_suffix(f".{fmt}")
     return fmt, target
+
+
+def export_status(written: list[Path]) -> str:
+    """The status-bar line after an export: the file written, or the folder and a count."""
+    if len(written) == 1:
+        return f"Exported to {written[0]}"
+    return f"Exported {len(written)} files to {written[0].parent}" if written else ""
 
 
 def export_with_dialog(parent: QWidget, store: Store, ids: list[int], title: str) -> list[Path]:
@@ -45,10 +62,11 @@ def export_with_dialog(parent: QWidget, store: Store, ids: list[int], title: str
 
 
 def import_with_dialog(parent: QWidget, store: Store) -> str | None:
-    path, _ = QFileDialog.getOpenFileName(parent, "Import conversations", "",
-                                          "Grok Desktop export (*.json);;All files (*)")
+    path, _ = QFileDialog.getOpenFileName(
+        parent, "Import conversations", "",
+        "Grok Desktop or ChatGPT export (*.json *.zip);;All files (*)")
     if not path:
         return None
     result = import_file(store, Path(path))
-    skipped = f", {result.skipped} already here" if result.skipped else ""
-    return f"Imported {len(result.imported_ids)} conversations ({result.source}){skipped}."
+    summary = " ".join(line.strip() for line in result.summary(Path(path).name).splitlines())
+    return summary[0].upper() + summary[1:] + "."

@@ -1,41 +1,40 @@
-"""Message text to display pieces: prose (Markdown) and fenced code blocks, and code colouring.
+"""Message text to display pieces: the GUI's view of app/exchange/markup.py.
 
-The GUI's view of `app/exchange/markup.py` (shared with the exporters): the message widget renders
-`Prose` with Qt's own Markdown parser (md4c, GitHub dialect, raw HTML off) and each `Code`
-block in its own widget with a copy button, coloured by `highlight_html`.
+The same Markdown pipeline as the exports (markdown-it-py, Pygments, ziamath), in the Qt
+rich-text variant: a reply is cut at its top-level code blocks (`split_segments`); each `Prose`
+piece is rendered by `prose_html` into a label, each `Code` block into its own widget with a
+Copy button by `code_html`. A code block nested in a list is part of its prose piece and gets a
+`copy:N` link instead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from app.exchange.markup import Block, Code, Prose, blocks, break_long_words, highlight, to_html
 
-from app.exchange.markup import canonical_language, highlight_html, split_fences
+__all__ = ["Code", "Prose", "Segment", "code_html", "prose_html", "split_segments"]
 
-__all__ = ["Code", "Prose", "Segment", "canonical_language", "highlight_html", "split_segments"]
-
-
-@dataclass(frozen=True)
-class Prose:
-    text: str
-
-
-@dataclass(frozen=True)
-class Code:
-    code: str
-    language: str = ""
-    closed: bool = True  # False while a streamed reply is still inside the block
-
-
-Segment = Prose | Code
+Segment = Block
+MATH_SCALE = 2.0  # math images drawn at twice their shown size: sharp on HiDPI screens
 
 
 def split_segments(text: str) -> list[Segment]:
-    """Cut text at fenced code blocks; an unclosed fence runs to the end (still streaming).
+    """Cut text at top-level code blocks; an unclosed fence runs to the end (still streaming).
     Blank prose between blocks is dropped."""
-    out: list[Segment] = []
-    for seg in split_fences(text):
-        if seg.kind == "code":
-            out.append(Code(seg.text, seg.lang.lower(), closed=seg.closed))
-        elif seg.text.strip():
-            out.append(Prose(seg.text.strip("\n")))
-    return out
+    return blocks(text)
+
+
+def prose_html(text: str, *, dark: bool = False, color: str = "#1f2328",
+               code_out: list[str] | None = None, font_px: float = 16.0) -> str:
+    """Markdown prose as Qt rich text (headings, lists, tables, quotes, math images, links).
+
+    code_out receives the code of blocks nested in the prose, for their `copy:N` links;
+    font_px (the label's font size in pixels) sizes the math to match the text.
+    """
+    return to_html(text, target="qt", dark=dark, color=color, math_scale=MATH_SCALE,
+                   code_out=code_out, copy_links=True, math_px=font_px)
+
+
+def code_html(code: str, language: str, *, dark: bool = False) -> str:
+    """A code block's text as a wrapping `<pre>` with Pygments colours in style attributes."""
+    body = break_long_words(highlight(code, language, inline=True, dark=dark))
+    return f'<pre style="margin:0; white-space:pre-wrap">{body}</pre>'

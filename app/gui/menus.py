@@ -36,6 +36,12 @@ class MenuHost(Protocol):
     def load_configured_model(self) -> object: ...
     def load_demo(self) -> object: ...
     def unload_model(self) -> object: ...
+    def regenerate_last(self) -> object: ...
+    def edit_last_message(self) -> object: ...
+    def fork(self) -> object: ...
+    def choose_attachments(self) -> object: ...
+    def toggle_quick_settings(self) -> object: ...
+    def toggle_sidebar(self) -> object: ...
 
 
 def _bound(menu: QMenu, actions: dict[str, QAction], name: str, text: str,
@@ -68,9 +74,16 @@ def build_menus(window: MenuHost, parent: QWidget) -> dict[str, QAction]:
            window.composer.focus_input)
     chat_menu = bar.addMenu("&Chat")
     _bound(chat_menu, actions, "stop", "&Stop the reply", window.chat.stop)
+    chat_menu.addAction("&Regenerate the last reply", window.regenerate_last)
+    chat_menu.addAction("&Edit my last message", window.edit_last_message)
+    chat_menu.addAction("&Fork into a new chat", lambda: window.fork())
+    chat_menu.addAction("&Attach files…", window.choose_attachments)
+    chat_menu.addSeparator()
+    chat_menu.addAction("Chat &settings panel", window.toggle_quick_settings)
+    chat_menu.addAction("Show or hide the chat &list", window.toggle_sidebar)
     model_menu = bar.addMenu("&Model")
     model_menu.addAction("Load the &Grok-2 folder", window.load_configured_model)
-    model_menu.addAction("Load the &demo model (tiny, random)", window.load_demo)
+    model_menu.addAction("Load the &demo model (tiny, for trying the app)", window.load_demo)
     model_menu.addAction("&Unload", window.unload_model)
     help_menu = bar.addMenu("&Help")
     help_menu.addAction("&Keyboard shortcuts", lambda: ShortcutsDialog(parent).open())

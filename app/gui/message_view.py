@@ -1,7 +1,8 @@
 """One message on screen: a user bubble or an assistant reply, with its action buttons.
 
-Assistant text is cut into prose (rendered by Qt's Markdown parser, raw HTML off) and code
-blocks (highlighted, each with its own Copy button). While a reply streams, only the pieces
+Assistant text is cut into prose and top-level code blocks by the shared Markdown pipeline
+(app/gui/markdown.py: markdown-it-py, Pygments, math images; raw HTML shown as text): prose
+in a rich-text label, each code block in its own widget with a Copy button. While a reply streams, only the pieces
 whose text changed are re-rendered, normally just the last one.
 """
 
@@ -9,24 +10,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from PySide6.QtCore import QEvent, Qt, QTimer, Signal
-from PySide6.QtGui import QFontDatabase, QGuiApplication, QResizeEvent, QTextDocument
+from PySide6.QtCore import QEvent, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import (
+    QDesktopServices,
+    QFontDatabase,
+    QFontInfo,
+    QGuiApplication,
+    QResizeEvent,
+)
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
-    QPlainTextEdit,
     QPushButton,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
-from app.gui.markdown import Code, Prose, Segment, highlight_html, split_segments
+from app.exchange.markup import SAFE_SCHEMES, break_long_words
+from app.gui.composer import ComposerEdit
+from app.gui.markdown import Code, Prose, Segment, code_html, prose_html, split_segments
 from app.gui.theme import current_palette
 
-_MD = (QTextDocument.MarkdownFeature.MarkdownDialectGitHub
-       | QTextDocument.MarkdownFeature.MarkdownNoHTML)
 _SELECTABLE = (Qt.TextInteractionFlag.TextSelectableByMouse
                | Qt.TextInteractionFlag.TextSelectableByKeyboard
                | Qt.TextInteractionFlag.LinksAccessibleByMouse)
@@ -45,12 +51,6 @@ class MessageView:
     meta: str = ""  # e.g. "120 tokens · 14.2 tok/s"
     error: str = ""
     can_regenerate: bool = True
-
-
-def markdown_html(text: str) -> str:
-    doc = QTextDocument()
-    doc.setMarkdown(text, _MD)
-    return doc.toHtml()
 
 
 class WrapLabel(QLabel):
@@ -87,13 +87,27 @@ class ProseLabel(WrapLabel):
         self.setObjectName("MessageText")
         self.setTextFormat(Qt.TextFormat.RichText)
         self.setTextInteractionFlags(_SELECTABLE)
-        self.setOpenExternalLinks(True)
+        self.setOpenExternalLinks(False)  # links are checked in _link first
+        self.linkActivated.connect(self._link)
+        self.nested_code: list[str] = []  # code blocks inside lists, for their Copy links
         self.set_segment(segment)
 
     def set_segment(self, segment: Prose) -> None:
         self.segment = segment
-        self.setText(markdown_html(segment.text))
+        palette = current_palette()
+        self.nested_code = []
+        self.setText(prose_html(segment.text, dark=palette.name == "dark", color=palette.text,
+                                code_out=self.nested_code,
+                                font_px=QFontInfo(self.font()).pixelSize()))
         self.setAccessibleName(segment.text[:200])
+
+    def _link(self, href: str) -> None:
+        """`copy:N` copies nested code block N; http, https and mailto links open."""
+        if href.startswith("copy:") and href[5:].isdigit() and int(href[5:]) < len(
+                self.nested_code):
+            QGuiApplication.clipboard().setText(self.nested_code[int(href[5:])])
+        elif href.lower().startswith(SAFE_SCHEMES):
+            QDesktopServices.openUrl(QUrl(href))
 
 
 class CodeBlock(QFrame):
@@ -134,9 +148,8 @@ class CodeBlock(QFrame):
     def set_segment(self, segment: Code) -> None:
         self.segment = segment
         self.language.setText(segment.language or "code")
-        colors = {k: getattr(current_palette(), k)
-                  for k in ("keyword", "string", "comment", "number", "function")}
-        self.view.setText(highlight_html(segment.code, segment.language, colors))
+        dark = current_palette().name == "dark"
+        self.view.setText(code_html(segment.code, segment.language, dark=dark))
         self.view.setAccessibleName(f"{segment.language or 'code'} code block")
 
     def copy(self) -> None:
@@ -232,7 +245,7 @@ class MessageWidget(QFrame):
         self.text_label = WrapLabel(bubble)
         self.text_label.setObjectName("MessageText")
         self.text_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.text_label.setText(view.text)
+        self.text_label.setText(break_long_words(view.text))  # a 300-character word wraps
         self.text_label.setTextInteractionFlags(_SELECTABLE)
         self.text_label.setAccessibleName(view.text[:200])
         inner.addWidget(self.text_label)
@@ -282,6 +295,9 @@ class MessageWidget(QFrame):
                         ("Discard", "Discard the reply", "discard")]
         elif view.status != "streaming" and view.can_regenerate:
             buttons.append(("Regenerate", "Regenerate the reply", "regenerate"))
+        if view.status != "streaming":
+            buttons += [("Fork", "Fork: a new chat with the conversation up to here", "fork"),
+                        ("Delete", "Delete this message and the turns after it", "delete")]
         for text, name, key in buttons:
             button = _action(text, name, row_widget)
             button.clicked.connect(lambda _=False, k=key: self.action.emit(k, self.view.id))
@@ -350,15 +366,20 @@ class MessageWidget(QFrame):
 
     # ---- editing a user message -----------------------------------------------------------
 
-    def start_edit(self) -> None:
+    def start_edit(self, text: str | None = None) -> None:
+        """Edit in place (`text`: the full stored message, when the view shows a summary).
+        Enter sends, Shift+Enter adds a line, as in the message box."""
         if self.view.role != "user" or self._editor is not None:
             return
         editor = QFrame(self)
         editor.setObjectName("UserBubble")
         box = QVBoxLayout(editor)
-        edit = QPlainTextEdit(self.view.text, editor)
+        edit = ComposerEdit(editor)
+        self._edit_original = self.view.text if text is None else text
+        edit.setPlainText(self._edit_original)
         edit.setAccessibleName("Edit message")
-        edit.setTabChangesFocus(True)
+        edit.submitted.connect(lambda: self._submit_edit(edit.toPlainText()))
+        self.edit_box = edit
         box.addWidget(edit)
         buttons = QHBoxLayout()
         buttons.addStretch(1)
@@ -378,7 +399,8 @@ class MessageWidget(QFrame):
 
     def _submit_edit(self, text: str) -> None:
         self._end_edit()
-        if text.strip() and text != self.view.text:
+        text = text.strip()
+        if text and text != getattr(self, "_edit_original", self.view.text).strip():
             self.edit_submitted.emit(self.view.id, text)
 
     def _end_edit(self) -> None:

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.api.guard import normalize_origin
 from app.backends import ConnectionReport, RemoteConfig, check_connection
 from app.gui.tasks import spawn
 from app.settings import Settings
@@ -43,7 +44,8 @@ def model_key(s: Settings) -> tuple:
 
 def api_key(s: Settings) -> tuple:
     """The settings of the API server switch."""
-    return (s.api_server_enabled, s.api_server_port, s.api_server_key, s.api_server_allow_remote)
+    return (s.api_server_enabled, s.api_server_port, s.api_server_key, s.api_server_allow_remote,
+            tuple(s.api_cors_origins))
 
 
 def _seconds(value: float, high: float, name: str) -> QDoubleSpinBox:
@@ -169,6 +171,11 @@ class ApiServerPanel(QWidget):
         self.allow_remote = QCheckBox("Let other machines on the network connect")
         self.allow_remote.setChecked(s.api_server_allow_remote and bool(s.api_server_key))
         self.allow_remote.setAccessibleName("Allow other machines")
+        self.origins = QLineEdit(" ".join(s.api_cors_origins))
+        self.origins.setPlaceholderText("none: browsers are refused (e.g. http://localhost:3000)")
+        self.origins.setAccessibleName("Web pages allowed to use the API server")
+        self.origins_note = _note("")
+        self.origins.textChanged.connect(self._check_origins)
         self.why = _note("")
         self.key.textChanged.connect(self._update)
         self.enabled.toggled.connect(self._update)
@@ -176,6 +183,8 @@ class ApiServerPanel(QWidget):
         form.addRow("Port", self.port)
         form.addRow("API key", self.key)
         form.addRow("", self.allow_remote)
+        form.addRow("Web pages", self.origins)
+        form.addRow("", self.origins_note)
         column.addSpacing(8)
         column.addWidget(self.why)
         column.addSpacing(8)
@@ -186,6 +195,7 @@ class ApiServerPanel(QWidget):
                               "backend: with a remote server, point your tools at it directly."))
         column.addStretch(1)
         self._update()
+        self._check_origins()
 
     def _update(self) -> None:
         has_key = bool(self.key.text().strip())
@@ -203,4 +213,23 @@ class ApiServerPanel(QWidget):
         key = self.key.text().strip()
         return {"api_server_enabled": self.enabled.isChecked(),
                 "api_server_port": self.port.value(), "api_server_key": key,
-                "api_server_allow_remote": self.allow_remote.isChecked() and bool(key)}
+                "api_server_allow_remote": self.allow_remote.isChecked() and bool(key),
+                "api_cors_origins": self._origins()[0]}
+
+    def _origins(self) -> tuple[list[str], list[str]]:
+        """The allowed origins typed (space or comma separated): (valid normalised, invalid)."""
+        good, bad = [], []
+        for text in self.origins.text().replace(",", " ").split():
+            try:
+                good.append(normalize_origin(text))
+            except ValueError:
+                bad.append(text)
+        return good, bad
+
+    def _check_origins(self) -> None:
+        bad = self._origins()[1]
+        self.origins_note.setText(
+            f"Not a web origin (not saved): {', '.join(bad)}. Write scheme://host[:port], "
+            "e.g. http://localhost:3000." if bad else
+            "Pages from these origins may call the server from a browser (CORS); any other "
+            "page is refused.")

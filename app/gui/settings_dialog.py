@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from PySide6.QtCore import QUrl
+from PySide6.QtCore import QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QFontDatabase
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -69,6 +69,8 @@ def _combo(choices: tuple[str, ...], value: str, name: str) -> QComboBox:
 
 
 class SettingsDialog(QDialog):
+    download_requested = Signal()  # Settings > Model: "Download Grok-2…"
+
     def __init__(self, settings: Settings, conversation_prompt: str | None = None,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -142,6 +144,10 @@ class SettingsDialog(QDialog):
         self.folder_status.setWordWrap(True)
         self.folder_status.setAccessibleName("Folder check result")
         form.addRow("", self.folder_status)
+        download = QPushButton("Download Grok-2…")
+        download.setAccessibleName("Download Grok-2 from the Hugging Face Hub")
+        download.clicked.connect(self.download_requested)
+        form.addRow("", download)
         align_labels(form)
         return page
 

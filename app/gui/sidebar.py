@@ -7,12 +7,24 @@ the window what the user picked through signals.
 
 from __future__ import annotations
 
+import html
 import time
 
-from PySide6.QtCore import QEvent, QObject, QPoint, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QKeyEvent, QKeySequence
+from PySide6.QtCore import (
+    QEvent,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QPoint,
+    QSize,
+    Qt,
+    QTimer,
+    Signal,
+)
+from PySide6.QtGui import QColor, QKeyEvent, QKeySequence, QPainter, QTextDocument
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QFrame,
     QHBoxLayout,
     QLabel,
@@ -21,6 +33,9 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QMenu,
     QPushButton,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QVBoxLayout,
     QWidget,
 )
@@ -28,9 +43,11 @@ from PySide6.QtWidgets import (
 from app.errors import UserError
 from app.gui.theme import current_palette
 from app.store.conversation import ConversationSummary
+from app.store.rows import SearchHit
 from app.store.store import Store
 
 ID_ROLE = Qt.ItemDataRole.UserRole
+SNIPPET_ROLE = Qt.ItemDataRole.UserRole + 1  # rich text of a search hit: title and snippet
 UNDO_MS = 10_000
 SEARCH_DELAY_MS = 200
 
@@ -48,9 +65,87 @@ def _section(stamp: float, pinned: bool, now: float) -> str:
     return "Older"
 
 
+class _RenameDelegate(QStyledItemDelegate):
+    """The rename box fills the whole row and is at least one line of text tall (the style
+    sheet's item padding otherwise squeezes it to a few pixels)."""
+
+    def createEditor(self, parent: QWidget, option: QStyleOptionViewItem,
+                     index: QModelIndex | QPersistentModelIndex) -> QWidget:
+        editor = super().createEditor(parent, option, index)
+        editor.setObjectName("RenameEditor")
+        editor.setStyleSheet("padding: 2px 6px; margin: 0;")
+        editor.setMinimumHeight(editor.fontMetrics().height() + 10)
+        return editor
+
+    def updateEditorGeometry(self, editor: QWidget, option: QStyleOptionViewItem,
+                             index: QModelIndex | QPersistentModelIndex) -> None:
+        rect = option.rect
+        height = max(rect.height(), editor.minimumHeight())
+        editor.setGeometry(rect.x(), rect.y() + (rect.height() - height) // 2, rect.width(),
+                           height)
+
+
+def snippet_html(hit: SearchHit, accent: str, muted: str, width: int = 80) -> str:
+    """A search hit as rich text: the title, then the snippet with each match in bold and
+    the accent colour (not literal brackets)."""
+    text = hit.snippet.replace("\n", " ")[:width]
+    out, pos = [], 0
+    for start, end in hit.marks:
+        if start >= len(text):
+            break
+        out.append(html.escape(text[pos:start]))
+        out.append(f'<b style="color:{accent}">{html.escape(text[start:end])}</b>')
+        pos = min(end, len(text))
+    out.append(html.escape(text[pos:]))
+    return (f"{html.escape(hit.title or 'New conversation')}<br>"
+            f'<span style="color:{muted}">{"".join(out)}</span>')
+
+
+class SnippetDelegate(_RenameDelegate):
+    """Paints search hits (items with SNIPPET_ROLE) as rich text; other items as usual; the
+    rename box as _RenameDelegate."""
+
+    def _document(self, option: QStyleOptionViewItem, markup: str) -> QTextDocument:
+        doc = QTextDocument()
+        doc.setDefaultFont(option.font)
+        doc.setDocumentMargin(2)
+        doc.setHtml(markup)
+        doc.setTextWidth(max(40, option.rect.width() - 8))
+        return doc
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem,
+              index: QModelIndex | QPersistentModelIndex) -> None:  # Qt override
+        markup = index.data(SNIPPET_ROLE)
+        if not markup:
+            super().paint(painter, option, index)
+            return
+        opt = QStyleOptionViewItem(option)
+        self.initStyleOption(opt, index)
+        opt.text = ""
+        style = opt.widget.style() if opt.widget is not None else QApplication.style()
+        style.drawControl(QStyle.ControlElement.CE_ItemViewItem, opt, painter, opt.widget)
+        doc = self._document(opt, markup)
+        painter.save()
+        painter.translate(opt.rect.left() + 4, opt.rect.top() + 2)
+        doc.drawContents(painter)
+        painter.restore()
+
+    def sizeHint(self, option: QStyleOptionViewItem,
+                 index: QModelIndex | QPersistentModelIndex) -> QSize:  # Qt override
+        markup = index.data(SNIPPET_ROLE)
+        if not markup:
+            return super().sizeHint(option, index)
+        opt = QStyleOptionViewItem(option)
+        self.initStyleOption(opt, index)
+        doc = self._document(opt, markup)
+        return QSize(int(doc.idealWidth()), int(doc.size().height()) + 4)
+
+
 class Sidebar(QFrame):
     conversation_selected = Signal(int)
     conversation_removed = Signal(int)  # trashed: the window closes it if it is open
+    conversation_restored = Signal(list)  # ids back from the trash by Undo
+    conversation_renamed = Signal(int, str)
     new_chat_requested = Signal()
     export_requested = Signal(list)
 
@@ -88,6 +183,7 @@ class Sidebar(QFrame):
         self.list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.list.setItemDelegate(SnippetDelegate(self.list))  # snippets; the rename box
         self.list.setEditTriggers(QAbstractItemView.EditTrigger.EditKeyPressed)
         self.list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.list.customContextMenuRequested.connect(self._context_menu)
@@ -200,6 +296,8 @@ class Sidebar(QFrame):
             if hit.snippet:
                 item.setToolTip(hit.snippet)
                 item.setText(f"{item.text()}\n{hit.snippet.replace(chr(10), ' ')[:80]}")
+                palette = current_palette()
+                item.setData(SNIPPET_ROLE, snippet_html(hit, palette.accent, palette.muted))
 
     def _add_header(self, text: str) -> None:
         item = QListWidgetItem(text)
@@ -263,6 +361,8 @@ class Sidebar(QFrame):
         conv_id, title = item.data(ID_ROLE), item.text().strip()
         if conv_id is not None and title:
             self.store.update_conversation(conv_id, title=title)
+            item.setToolTip(title)
+            self.conversation_renamed.emit(conv_id, title)
 
     def rename(self, conv_id: int) -> None:
         item = self.item_for(conv_id)
@@ -291,11 +391,13 @@ class Sidebar(QFrame):
             self.delete(ids)
 
     def undo_delete(self) -> None:
-        for conv_id in self._undo_ids:
+        restored, self._undo_ids = self._undo_ids, []
+        for conv_id in restored:
             self.store.restore_conversation(conv_id)
-        self._undo_ids = []
         self.undo_bar.hide()
         self.refresh()
+        if restored:
+            self.conversation_restored.emit(restored)
 
     def restore(self, conv_ids: list[int]) -> None:
         for conv_id in conv_ids:

@@ -89,6 +89,11 @@ class StatusBar(QStatusBar):
     def set_loading(self, text: str) -> None:
         self.model.setText(text)
 
+    def set_generating(self) -> None:
+        """A reply started: the last reply's speed no longer applies."""
+        self.speed.setText("generating…")
+        self.ttft.setText("")
+
     def set_stats(self, stats: GenerationStats) -> None:
         if stats.completion_tokens:
             self.speed.setText(f"{stats.tokens_per_s:,.1f} tok/s")

@@ -6,6 +6,9 @@ drops the newest, scrolling back down does the reverse. So opening, scrolling an
 cost the same in a 20-message chat and a 5000-message one. Finished messages are rendered
 once; streamed text is coalesced and applied at most every REPAINT_MS (25 per second), and
 only the streaming message is re-rendered.
+
+Where the context policy leaves earlier messages out of what the model sees, a marker line
+sits above the first message that is still sent (`set_context_marker`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from collections.abc import Callable
 from PySide6.QtCore import QEvent, QObject, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QResizeEvent
 from PySide6.QtWidgets import QFrame, QLabel, QPushButton, QScrollArea, QVBoxLayout, QWidget
+from shiboken6 import isValid
 
 from app.gui.message_view import MessageView, MessageWidget
+from app.gui.theme import current_palette
 
 PAGE = 40
 MAX_PAGES = 3
@@ -44,6 +49,9 @@ class Transcript(QScrollArea):
         self._stick = True
         self._anchor: tuple[MessageWidget, int] | None = None  # keep this widget at this y
         self.repaints = 0  # streamed-text flushes applied (tests, the repaint bench)
+        self.marker_id: int | None = None  # the first message the model still sees after a gap
+        self.marker_text = ""
+        self.marker: QLabel | None = None
         self._timer = QTimer(self, interval=REPAINT_MS)  # runs while text keeps coming
         self._timer.timeout.connect(self._flush)
         self._build_body()
@@ -118,6 +126,37 @@ class Transcript(QScrollArea):
         views, self.views = self.views, []
         self.set_messages(views)
 
+    def set_context_marker(self, message_id: int | None, text: str = "") -> None:
+        """Show `text` as a divider above `message_id` (None: no marker)."""
+        if (message_id, text) == (self.marker_id, self.marker_text):
+            return
+        self.marker_id, self.marker_text = message_id, text
+        self._place_marker()
+
+    def _place_marker(self) -> None:
+        old, self.marker = self.marker, None
+        if old is not None and isValid(old):
+            old.setParent(None)
+            old.deleteLater()
+        widget = self.widgets.get(self.marker_id) if self.marker_id is not None else None
+        if widget is None or not isValid(widget):
+            return
+        page = widget.parentWidget()
+        if not isinstance(page, _Page):
+            return
+        marker = QLabel(self.marker_text, page)
+        marker.setObjectName("ContextMarker")
+        marker.setAccessibleName("Context marker")
+        marker.setWordWrap(True)
+        marker.setAlignment(Qt.AlignmentFlag.AlignHCenter)
+        muted = current_palette().muted
+        marker.setStyleSheet(f"QLabel#ContextMarker {{ color: {muted}; padding: 6px;"
+                             f" border-top: 1px dashed {muted};"
+                             f" border-bottom: 1px dashed {muted}; }}")
+        page.insert_before(widget, marker)
+        marker.show()
+        self.marker = marker
+
     def set_empty_text(self, title: str, subtitle: str) -> None:
         self.empty.set_text(title, subtitle)
 
@@ -128,6 +167,7 @@ class Transcript(QScrollArea):
         self._first = self._end = len(self.views)
         self._build_page(max(0, len(self.views) - PAGE), len(self.views), at_top=True)
         self._refresh_chrome()
+        self._place_marker()
         self.scroll_to_bottom()
 
     def _build_page(self, start: int, end: int, at_top: bool) -> None:
@@ -162,6 +202,7 @@ class Transcript(QScrollArea):
             self._end -= page.count()
             self._drop(page)
         self._refresh_chrome()
+        self._place_marker()
 
     def build_later(self) -> None:
         """Build the next newer page (dropping the oldest past MAX_PAGES), view kept still."""
@@ -174,6 +215,7 @@ class Transcript(QScrollArea):
             self._first += page.count()
             self._drop(page)
         self._refresh_chrome()
+        self._place_marker()
 
     def _keep_in_place(self) -> None:
         """Remember the top visible message so pages can come and go without a jump."""
@@ -229,6 +271,8 @@ class Transcript(QScrollArea):
             self._end = len(self.views)
         self._stick = True
         self._refresh_chrome()
+        if self.marker is None or not isValid(self.marker):
+            self._place_marker()
 
     def update_message(self, view: MessageView) -> None:
         for i, old in enumerate(self.views):
@@ -305,8 +349,12 @@ class _Page(QWidget):
     def add(self, widget: MessageWidget) -> None:
         self._layout.addWidget(widget)
 
+    def insert_before(self, widget: QWidget, extra: QWidget) -> None:
+        self._layout.insertWidget(self._layout.indexOf(widget), extra)
+
     def count(self) -> int:
-        return self._layout.count()
+        """Messages on this page (a context marker is not one)."""
+        return len(self.messages())
 
     def messages(self) -> list[MessageWidget]:
         items = (item.widget() for i in range(self._layout.count())

@@ -27,6 +27,7 @@ def _label(text: str, name: str, parent: QWidget, wrap: bool = True) -> QLabel:
 class WelcomeView(QWidget):
     folder_chosen = Signal(str)  # a folder that passed the check
     demo_requested = Signal()
+    download_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -77,8 +78,9 @@ class WelcomeView(QWidget):
     def _grok_card(self) -> QFrame:
         card, layout = self._card(
             "Use Grok-2",
-            "Point to the folder you downloaded with hf download xai-org/grok-2 (about 500 GB: "
-            "config.json, tokenizer.tok.json and the .safetensors files).")
+            "Download it here (about 500 GB, resumable, verified), or point to the folder you "
+            "downloaded with hf download xai-org/grok-2 (config.json, tokenizer.tok.json and "
+            "the .safetensors files).")
         self.folder_result = _label("", "FolderCheck", card)
         self.folder_result.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.folder_result.hide()
@@ -86,8 +88,14 @@ class WelcomeView(QWidget):
         self.choose_button.setProperty("primary", True)
         self.choose_button.setAccessibleName("Choose the Grok-2 folder")
         self.choose_button.clicked.connect(self._browse)
+        self.download_button = QPushButton("Download Grok-2…", card)
+        self.download_button.setAccessibleName("Download Grok-2 from the Hugging Face Hub")
+        self.download_button.clicked.connect(self.download_requested)
         layout.addWidget(self.folder_result)
-        layout.addWidget(self.choose_button)
+        buttons = QHBoxLayout()  # side by side: the first view keeps its height
+        buttons.addWidget(self.choose_button)
+        buttons.addWidget(self.download_button)
+        layout.addLayout(buttons)
         return card
 
     def _demo_card(self) -> QFrame:

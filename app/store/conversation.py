@@ -106,10 +106,11 @@ class Conversation:
         return ids.index(message_id) + 1, len(ids)
 
     def generation_params(self, default: GenerationParams | None = None) -> GenerationParams:
-        """The conversation's own settings; `default` (the app's settings) when it has none."""
-        if not self.params and default is not None:
-            return default
-        return GenerationParams.from_dict(self.params)
+        """The conversation's own settings over `default` (the app's settings): a setting the
+        conversation does not store comes from `default`."""
+        if default is None:
+            return GenerationParams.from_dict(self.params)
+        return GenerationParams.from_dict({**default.to_dict(), **self.params})
 
     def chat_messages(self, upto_id: int | None = None) -> list[dict[str, str]]:
         """The engine's input: system prompt, then the path ending at `upto_id` (or the leaf)."""

@@ -9,6 +9,8 @@ import json
 import re
 import shutil
 import sqlite3
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,8 @@ class SearchHit:
     conversation_id: int
     title: str
     message_id: int | None  # None when only the title matched
-    snippet: str  # matched words wrapped in [ ]
+    snippet: str  # about 90 characters around the first match, on one line
+    marks: tuple[tuple[int, int], ...] = ()  # (start, end) of each match in the snippet
 
 
 # ---- row helpers --------------------------------------------------------------------------
@@ -90,8 +93,18 @@ def insert_conversation(conn: sqlite3.Connection, conv: Conversation) -> int:
         ),
     )
     conv_id = inserted_id(cur)
-    id_map: dict[int, int] = {}
-    for m in conv.messages:
+    id_map: dict[int | None, int | None] = {}
+    insert_message_rows(conn, conv_id, conv.messages, id_map)
+    leaf = id_map.get(conv.current_leaf_id) if conv.current_leaf_id is not None else None
+    conn.execute("UPDATE conversations SET current_leaf_id = ? WHERE id = ?", (leaf, conv_id))
+    return conv_id
+
+
+def insert_message_rows(conn: sqlite3.Connection, conv_id: int, messages: Sequence[Message],
+                        id_map: dict[int | None, int | None]) -> None:
+    """Insert whole message rows (parents listed before children) into `conv_id` with new ids;
+    `id_map` (old id -> new id) is filled in, and may already map a parent outside `messages`."""
+    for m in messages:
         parent = id_map[m.parent_id] if m.parent_id is not None else None
         cur = conn.execute(
             f"INSERT INTO messages ({MSG_COLUMNS.split(', ', 1)[1]})"
@@ -113,9 +126,6 @@ def insert_conversation(conn: sqlite3.Connection, conv: Conversation) -> int:
             ),
         )
         id_map[m.id] = inserted_id(cur)
-    leaf = id_map.get(conv.current_leaf_id) if conv.current_leaf_id is not None else None
-    conn.execute("UPDATE conversations SET current_leaf_id = ? WHERE id = ?", (leaf, conv_id))
-    return conv_id
 
 
 def params_json(params: GenerationParams | dict[str, Any] | None) -> str | None:
@@ -203,6 +213,14 @@ def row_to_conversation(row: tuple, messages: tuple[Message, ...]) -> Conversati
     )
 
 
+# Scripts written without spaces between words: unicode61 makes a whole run one token, so
+# their words are found as substrings (trigram index, or LIKE below three characters).
+_SPACELESS = re.compile(
+    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3100-\u312f\u3400-\u4dbf"
+    "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f]"
+)
+
+
 def fts_query(text: str) -> str:
     """User words -> a safe FTS5 query: each word quoted (all must match), the last one also
     as a prefix (search as you type) once it has two characters."""
@@ -215,47 +233,138 @@ def fts_query(text: str) -> str:
     return " ".join(quoted)
 
 
+@dataclass(frozen=True)
+class SearchPlan:
+    """How each word of a query is found: word index (unicode61, last word as a prefix),
+    trigram substring index (space-less scripts, 3+ characters), or LIKE (shorter)."""
+
+    words: str  # FTS5 query for the unicode61 index, or ""
+    trigram: str  # FTS5 query for the trigram index, or ""
+    like: tuple[str, ...]  # LIKE patterns ('%...%', escaped with \)
+
+
+def search_plan(text: str, trigram: bool = True) -> SearchPlan:
+    """Split the user's words among the indexes; user text is always quoted, never syntax."""
+    plain, tri, like = [], [], []
+    for word in text.split():
+        if not _SPACELESS.search(word):
+            plain.append(word)
+        elif trigram and len(word) >= 3:
+            tri.append('"' + word.replace('"', '""') + '"')
+        else:
+            escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            like.append(f"%{escaped}%")
+    return SearchPlan(fts_query(" ".join(plain)), " ".join(tri), tuple(like))
+
+
 def search(conn: sqlite3.Connection, text: str, limit: int) -> list[SearchHit]:
     """Title hits first, then message hits newest first; one hit per conversation."""
-    query = fts_query(text)
-    if not query:
+    has_tri = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE name = 'messages_tri'").fetchone() is not None
+    plan = search_plan(text, has_tri)
+    if not (plan.words or plan.trigram or plan.like):
         return []
+    pattern = match_pattern(fold(text))
     hits: dict[int, SearchHit] = {}
+    sql, params, _ = _plan_sql(plan, "titles", "c.id", "c.title")
     for conv_id, title in conn.execute(
-        "SELECT c.id, c.title FROM titles_fts JOIN conversations c ON c.id = titles_fts.rowid"
-        " WHERE titles_fts MATCH ? AND c.deleted_ms IS NULL ORDER BY c.updated_ms DESC LIMIT ?",
-        (query, limit),
+        f"SELECT c.id, c.title FROM {sql} AND c.deleted_ms IS NULL"
+        " ORDER BY c.updated_ms DESC LIMIT ?", (*params, limit),
     ):
-        hits[conv_id] = SearchHit(conv_id, title, None, snippet(title, text))
+        if pattern.search(fold(title)):  # the index matched tokens; the words must be there
+            hits[conv_id] = _hit(conv_id, title, None, title, pattern)
+    sql, params, order = _plan_sql(plan, "messages", "m.id", "m.content")
     cursor = conn.execute(
-        "SELECT f.rowid, m.conversation_id, c.title FROM messages_fts f"
-        " JOIN messages m ON m.id = f.rowid JOIN conversations c ON c.id = m.conversation_id"
-        " WHERE messages_fts MATCH ? AND c.deleted_ms IS NULL ORDER BY f.rowid DESC",
-        (query,),
+        f"SELECT m.id, m.conversation_id, c.title FROM {sql} AND m.status <> 'streaming'"
+        f" AND c.deleted_ms IS NULL ORDER BY {order} DESC", params,
     )
     while len(hits) < limit and (row := cursor.fetchone()) is not None:
         msg_id, conv_id, title = row
         if conv_id not in hits:
-            content = conn.execute("SELECT content FROM messages WHERE id = ?", (msg_id,))
-            hits[conv_id] = SearchHit(conv_id, title, msg_id, snippet(content.fetchone()[0], text))
+            content = conn.execute(
+                "SELECT content FROM messages WHERE id = ?", (msg_id,)).fetchone()[0]
+            # "C++" matches the token "c" in the index: keep rows where the text itself is.
+            if pattern.search(fold(content)):
+                hits[conv_id] = _hit(conv_id, title, msg_id, content, pattern)
     cursor.close()
     return list(hits.values())
 
 
-def snippet(content: str, text: str, width: int = 90) -> str:
-    """About `width` characters around the first match, matched words in [ ], on one line.
+def _plan_sql(plan: SearchPlan, table: str, key: str,
+              column: str) -> tuple[str, list[str], str]:
+    """FROM ... WHERE ... for one table. The first index in the plan drives the query (its
+    rowid order streams, so ORDER BY id DESC LIMIT stops early); the other parts filter.
+    Returns (sql, parameters, the id column to order by)."""
+    indexes = [(f"{table}_{suffix}", query)
+               for suffix, query in (("fts", plan.words), ("tri", plan.trigram)) if query]
+    base = "conversations c" if table == "titles" else (
+        "messages m JOIN conversations c ON c.id = m.conversation_id")
+    conds: list[str] = []
+    params: list[str] = []
+    order = key
+    if indexes:
+        driver, query = indexes.pop(0)
+        on = "c.id" if table == "titles" else "m.id"
+        base = f"{driver} JOIN " + base.replace(" JOIN", f" ON {on} = {driver}.rowid JOIN", 1) \
+            if table != "titles" else f"{driver} JOIN conversations c ON c.id = {driver}.rowid"
+        conds.append(f"{driver} MATCH ?")
+        params.append(query)
+        order = f"{driver}.rowid"
+    for name, query in indexes:
+        conds.append(f"{key} IN (SELECT rowid FROM {name} WHERE {name} MATCH ?)")
+        params.append(query)
+    for like in plan.like:
+        conds.append(f"{column} LIKE ? ESCAPE '\\'")
+        params.append(like)
+    return f"{base} WHERE " + " AND ".join(conds), params, order
+
+
+_QUOTES = str.maketrans("‘’ʼ“”", "'''\"\"")
+
+
+def fold(text: str) -> str:
+    """Text for matching: accents and typographic quotes folded, one character for one, so
+    positions found in the folded text are positions in the original (for highlighting)."""
+    return "".join(unicodedata.normalize("NFD", ch)[:1] or ch for ch in text).translate(_QUOTES)
+
+
+def match_pattern(text: str) -> re.Pattern[str]:
+    """What a query matches in a (folded) text, for highlighting: words at a word start
+    (extended to the word's end, as the prefix search does), space-less-script words
+    anywhere."""
+    parts = []
+    for word in sorted(set(text.split()), key=len, reverse=True):
+        if _SPACELESS.search(word):
+            parts.append(re.escape(word))
+        else:
+            start = r"(?<!\w)" if word[0].isalnum() or word[0] == "_" else ""
+            parts.append(start + re.escape(word) + r"\w*")
+    return re.compile("|".join(parts), re.IGNORECASE)
+
+
+def _hit(conv_id: int, title: str, msg_id: int | None, content: str,
+         pattern: re.Pattern[str]) -> SearchHit:
+    text, marks = snippet(content, pattern)
+    return SearchHit(conv_id, title, msg_id, text, marks)
+
+
+def snippet(content: str, pattern: re.Pattern[str] | str,
+            width: int = 90) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """About `width` characters around the first match, on one line, and the (start, end)
+    spans of the matches in it (for highlighting; the text itself is unmarked).
 
     Made here rather than by FTS5's snippet(), which re-runs a prefix query per row.
     """
-    words = [re.escape(w) for w in text.split()]
-    pattern = re.compile(r"\b(?:" + "|".join(words) + r")\w*", re.IGNORECASE)
-    first = pattern.search(content)
+    if isinstance(pattern, str):
+        pattern = match_pattern(fold(pattern))
+    first = pattern.search(fold(content))
     start = 0 if first is None else max(0, first.start() - width // 3)
-    if start:
-        start = content.find(" ", start) + 1 or start  # begin on a word
+    if start and not _SPACELESS.search(content[start : start + 1]):
+        start = content.find(" ", start, first.start() if first else None) + 1 or start
     window = " ".join(content[start : start + width].split())
-    marked = pattern.sub(lambda m: f"[{m.group()}]", window)
-    return ("…" if start else "") + marked + ("…" if start + width < len(content) else "")
+    text = ("…" if start else "") + window + ("…" if start + width < len(content) else "")
+    marks = tuple(m.span() for m in pattern.finditer(fold(text)) if m.end() > m.start())
+    return text, marks
 
 
 # ---- errors -------------------------------------------------------------------------------

@@ -8,8 +8,11 @@ as it was and the backup beside it.
 Version 1 (the first release): ISO-text times, a `settings` JSON per conversation holding the
 system prompt, status `done` for finished rows, model as a folder path, no trash, no search,
 no pinning, no remembered branch.
-Version 2 (current): millisecond times, uuids, pinning, trash, per-message model identity /
+Version 2: millisecond times, uuids, pinning, trash, per-message model identity /
 settings / seed / stats as JSON, `current_leaf_id`, FTS5 search over titles and messages.
+Version 3 (current): a second FTS5 index per table with the trigram tokenizer, for substring
+search in scripts written without spaces (Chinese, Japanese, Thai...), where unicode61 makes
+a whole run one token. Skipped (search falls back to LIKE) if SQLite lacks trigram (< 3.34).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from app.paths import PRIVATE_DIR, PRIVATE_FILE, make_private
 from app.store.conversation import ms_from_iso
 from app.store.rows import error_kind, storage_error
 
-CURRENT_VERSION = 2
+CURRENT_VERSION = 3
 
 SCHEMA_V2 = """
 CREATE TABLE conversations (
@@ -101,6 +104,36 @@ CREATE TRIGGER titles_fts_update AFTER UPDATE OF title ON conversations BEGIN
 END;
 CREATE TRIGGER titles_fts_delete AFTER DELETE ON conversations BEGIN
     INSERT INTO titles_fts(titles_fts, rowid, title) VALUES ('delete', old.id, old.title);
+END;
+"""
+
+SEARCH_V3 = """
+CREATE VIRTUAL TABLE messages_tri USING fts5(
+    content, content='messages', content_rowid='id', tokenize='trigram');
+CREATE TRIGGER messages_tri_insert AFTER INSERT ON messages WHEN new.status <> 'streaming' BEGIN
+    INSERT INTO messages_tri(rowid, content) VALUES (new.id, new.content);
+END;
+CREATE TRIGGER messages_tri_update AFTER UPDATE OF content, status ON messages BEGIN
+    INSERT INTO messages_tri(messages_tri, rowid, content)
+        SELECT 'delete', old.id, old.content WHERE old.status <> 'streaming';
+    INSERT INTO messages_tri(rowid, content)
+        SELECT new.id, new.content WHERE new.status <> 'streaming';
+END;
+CREATE TRIGGER messages_tri_delete AFTER DELETE ON messages WHEN old.status <> 'streaming' BEGIN
+    INSERT INTO messages_tri(messages_tri, rowid, content) VALUES ('delete', old.id, old.content);
+END;
+
+CREATE VIRTUAL TABLE titles_tri USING fts5(
+    title, content='conversations', content_rowid='id', tokenize='trigram');
+CREATE TRIGGER titles_tri_insert AFTER INSERT ON conversations BEGIN
+    INSERT INTO titles_tri(rowid, title) VALUES (new.id, new.title);
+END;
+CREATE TRIGGER titles_tri_update AFTER UPDATE OF title ON conversations BEGIN
+    INSERT INTO titles_tri(titles_tri, rowid, title) VALUES ('delete', old.id, old.title);
+    INSERT INTO titles_tri(rowid, title) VALUES (new.id, new.title);
+END;
+CREATE TRIGGER titles_tri_delete AFTER DELETE ON conversations BEGIN
+    INSERT INTO titles_tri(titles_tri, rowid, title) VALUES ('delete', old.id, old.title);
 END;
 """
 
@@ -212,6 +245,7 @@ def create_current(conn: sqlite3.Connection) -> None:
     try:
         for statement in _statements(SCHEMA_V2):
             conn.execute(statement)
+        _add_trigram_search(conn)
         conn.execute(f"PRAGMA user_version = {CURRENT_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -354,4 +388,33 @@ def _v1_message(row: tuple) -> tuple:
     )
 
 
-STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2}
+# ---- step 2 -> 3 ---------------------------------------------------------------------------
+
+
+def has_trigram(conn: sqlite3.Connection) -> bool:
+    """Whether this SQLite has FTS5's trigram tokenizer (3.34+)."""
+    try:
+        conn.execute("CREATE VIRTUAL TABLE temp.trigram_probe USING fts5(x, tokenize='trigram')")
+    except sqlite3.OperationalError:
+        return False
+    conn.execute("DROP TABLE temp.trigram_probe")
+    return True
+
+
+def _add_trigram_search(conn: sqlite3.Connection) -> None:
+    """The trigram indexes and their triggers, filled from the rows already stored (streaming
+    rows are indexed when they stop, as in the unicode61 index)."""
+    if not has_trigram(conn):
+        return
+    for statement in _statements(SEARCH_V3):
+        conn.execute(statement)
+    conn.execute("INSERT INTO messages_tri(rowid, content)"
+                 " SELECT id, content FROM messages WHERE status <> 'streaming'")
+    conn.execute("INSERT INTO titles_tri(rowid, title) SELECT id, title FROM conversations")
+
+
+def _v2_to_v3(conn: sqlite3.Connection) -> None:
+    _add_trigram_search(conn)
+
+
+STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}

@@ -16,6 +16,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from app.store.conversation import (
     make_title,
     newest_leaf_under,
     now_ms,
+    path_to,
 )
 from app.store.rows import (
     CONV_COLUMNS,
@@ -36,6 +38,7 @@ from app.store.rows import (
     SearchHit,
     insert_conversation,
     insert_message,
+    insert_message_rows,
     inserted_id,
     params_json,
     row_to_conversation,
@@ -46,7 +49,16 @@ from app.store.rows import (
 )
 from app.store.schema import open_database
 
-__all__ = ["SearchHit", "Store"]
+__all__ = ["DeletedBranch", "SearchHit", "Store"]
+
+
+@dataclass(frozen=True)
+class DeletedBranch:
+    """Messages removed by `Store.delete_message`, parents first, for `restore_branch`."""
+
+    conversation_id: int
+    messages: tuple[Message, ...]
+    leaf_id: int | None  # the branch that was shown before the delete
 
 
 class Store:
@@ -169,6 +181,37 @@ class Store:
         )
         return row_to_conversation(rows[0], tuple(row_to_message(m) for m in messages))
 
+    def resolve_conversation(self, ref: str | int) -> int:
+        """A conversation's number from what a user typed: its number (`grok-desktop list`)
+        or its uuid (the export's `id`, any case). Raises UserError naming the reference."""
+        text = str(ref).strip()
+        if text.isdigit():
+            rows = self._read("SELECT id FROM conversations WHERE id = ?", (int(text),))
+        else:
+            rows = self._read("SELECT id FROM conversations WHERE uuid = ?", (text.lower(),))
+            if not rows:  # uuids from other tools may be stored in upper case
+                rows = self._read("SELECT id FROM conversations WHERE lower(uuid) = ?",
+                                  (text.lower(),))
+        if not rows:
+            label = text if text.isdigit() else repr(text)
+            raise UserError(
+                f"no conversation {label} in {self.path}; use a number from `grok-desktop "
+                "list` or a uuid from `grok-desktop list --json`"
+            )
+        return int(rows[0][0])
+
+    def message_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
+        """Number of stored messages (every branch) per conversation."""
+        ids = list(conversation_ids)
+        counts = dict.fromkeys(ids, 0)
+        for start in range(0, len(ids), 500):  # under SQLite's limit on ? parameters
+            chunk = ids[start : start + 500]
+            rows = self._read(
+                "SELECT conversation_id, count(*) FROM messages WHERE conversation_id IN"
+                f" ({','.join('?' * len(chunk))}) GROUP BY conversation_id", tuple(chunk))
+            counts.update({int(conv): int(n) for conv, n in rows})
+        return counts
+
     def all_conversation_ids(self, include_trash: bool = False) -> list[int]:
         where = "" if include_trash else " WHERE deleted_ms IS NULL"
         return [r[0] for r in self._read(f"SELECT id FROM conversations{where} ORDER BY id")]
@@ -262,6 +305,50 @@ class Store:
                 conn.execute(
                     "UPDATE conversations SET current_leaf_id = ? WHERE id = ?", (leaf, conv_id)
                 )
+
+    def delete_message(self, message_id: int) -> DeletedBranch:
+        """Delete a message with every later turn under it (the view moves to a sibling or the
+        parent); returns what `restore_branch` needs to undo it."""
+        conv = self.get_conversation(self._message_key(message_id)[0])
+        under = {message_id}
+        for m in conv.messages:  # ordered by id: parents come before their children
+            if m.parent_id in under:
+                under.add(m.id)
+        removed = tuple(m for m in conv.messages if m.id in under)
+        self.delete_branch(message_id)
+        return DeletedBranch(conv.id, removed, conv.current_leaf_id)
+
+    def restore_branch(self, deleted: DeletedBranch) -> dict[int, int]:
+        """Undo `delete_message`: the messages come back (with new ids, returned as old -> new)
+        under the same parent, and the branch that was shown is shown again."""
+        if not deleted.messages:
+            return {}
+        root_parent = deleted.messages[0].parent_id
+        id_map: dict[int | None, int | None] = {root_parent: root_parent}
+        with self.transaction() as conn:
+            insert_message_rows(conn, deleted.conversation_id, deleted.messages, id_map)
+            leaf = id_map.get(deleted.leaf_id, deleted.leaf_id)
+            conn.execute("UPDATE conversations SET current_leaf_id = ? WHERE id = ?",
+                         (leaf, deleted.conversation_id))
+        return {k: v for k, v in id_map.items()
+                if k is not None and v is not None and k != root_parent}
+
+    def fork_conversation(self, message_id: int) -> int:
+        """A new conversation holding the branch from the first message down to `message_id`,
+        with the same system prompt and settings; returns its id."""
+        conv = self.get_conversation(self._message_key(message_id)[0])
+        path = path_to(conv.messages, message_id)
+        now = now_ms() / 1000
+        fork = replace(conv, id=0, uuid=str(uuid.uuid4()), title=f"{conv.title} (fork)".strip(),
+                       pinned=False, created_at=now, updated_at=now, deleted_at=None,
+                       current_leaf_id=message_id, messages=tuple(path))
+        with self.transaction() as conn:
+            return insert_conversation(conn, fork)
+
+    def data_version(self) -> int:
+        """Changes when another connection (the CLI, another process) commits: a cheap way to
+        notice conversations added behind the app's back (SQLite PRAGMA data_version)."""
+        return int(self._read("PRAGMA data_version")[0][0])
 
     def get_message(self, message_id: int) -> Message:
         rows = self._read(f"SELECT {MSG_COLUMNS} FROM messages WHERE id = ?", (message_id,))

@@ -1,7 +1,8 @@
 """Debian metadata for the .deb: the version mapping and the DEBIAN/control text.
 
 Used by build_deb.sh (`python3 deb_meta.py control --variant cpu --installed-size N --depends
-"..."` prints the control file; `version` prints the Debian version, `changelog` a changelog);
+"..."` prints the control file, with the X11 libraries of Qt's xcb plugin added to Depends;
+`version` prints the Debian version, `changelog` a changelog);
 tested by tests/test_packaging.py. Name and version come from app/__init__.py.
 """
 
@@ -15,17 +16,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pyinstaller"))
 import bundle_config as cfg
 
+sys.path.insert(0, str(cfg.ROOT))
+from app.gui.xcb_check import packages as xcb_packages
+
 MAINTAINER = "Grok Desktop developers <grok-desktop@users.noreply.github.com>"
-# Runtime packages Qt needs, in Depends whatever the scan of the bundle finds: the xcb
-# libraries Qt's xcb platform plugin needs (most also found by the scan, which adds versions;
-# libxcb-xinerama0 is not linked by this Qt but older ones load it), and a colour emoji font
-# for replies (no library names a font). Added to the computed Depends by `merge_depends`;
-# a computed, versioned entry for the same package wins.
-QT_RUNTIME_PACKAGES = [
-    "libxcb-cursor0", "libxkbcommon-x11-0", "libxcb-icccm4", "libxcb-image0",
-    "libxcb-keysyms1", "libxcb-randr0", "libxcb-render-util0", "libxcb-shape0",
-    "libxcb-xinerama0", "libxcb-xkb1", "fonts-noto-color-emoji",
-]
+# Packages the app needs beyond the shared libraries dpkg-shlibdeps finds: a colour emoji
+# font, so emoji in replies and PDF exports are not empty boxes on a fresh Debian.
+EXTRA_DEPENDS = ("fonts-noto-color-emoji",)
+# Runtime packages Qt needs, in Depends whatever the scan of the bundle finds: the X11/xcb
+# libraries of Qt's xcb platform plugin, the list the app checks before it starts the GUI
+# (app/gui/xcb_check.py; the scan finds them too and adds versions, but names them only if
+# the build machine has them), then EXTRA_DEPENDS. Added to the computed Depends by
+# `merge_depends`; a computed, versioned entry for the same package wins.
+QT_RUNTIME_PACKAGES = [*xcb_packages(), *EXTRA_DEPENDS]
 VARIANTS = {
     "cpu": "CPU-only build (PyTorch without CUDA): runs everywhere, no GPU acceleration.",
     "cuda": "NVIDIA build (PyTorch with CUDA 12): uses an NVIDIA GPU when the driver is "
@@ -53,9 +56,11 @@ def merge_depends(computed: str, static: list[str] | None = None) -> str:
 
 
 def control_text(variant: str, installed_kib: int, depends: str, arch: str = "amd64") -> str:
-    """The DEBIAN/control file of the package."""
+    """The DEBIAN/control file of the package; `depends` (shared libraries) gets
+    EXTRA_DEPENDS appended."""
     if variant not in VARIANTS:
         raise SystemExit(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}")
+    depends = merge_depends(depends, list(EXTRA_DEPENDS))
     fields = {
         "Package": cfg.APP_ID,
         "Version": debian_version(cfg.VERSION),
@@ -104,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "changelog":
         sys.stdout.write(changelog_text(args.date))
     else:
+        # dpkg-shlibdeps' line plus QT_RUNTIME_PACKAGES: the X11 libraries of Qt's xcb plugin
+        # are named even when the build machine lacks some and --ignore-missing-info skipped them
         sys.stdout.write(control_text(args.variant, args.installed_size,
                                       merge_depends(args.depends), args.arch))
     return 0

@@ -33,7 +33,8 @@ EXCLUDES = [
 LICENSED_DISTS = [
     "torch", "PySide6_Essentials", "shiboken6", "safetensors", "tokenizers", "platformdirs",
     "qasync", "sympy", "mpmath", "networkx", "jinja2", "markupsafe", "filelock", "fsspec",
-    "typing_extensions", "numpy",
+    "typing_extensions", "numpy", "httpx", "httpx_sse", "httpcore", "h11", "certifi", "idna",
+    "anyio", "sniffio",
 ]
 
 # Linux: folders of the distribution's own shared libraries. A library PyInstaller collected
@@ -59,6 +60,11 @@ def from_system(source: str, platform: str) -> bool:
         return False
     return path.startswith(SYSTEM_LIB_DIRS)
 
+
+# Imported only inside a function (httpx loads certifi when it makes its first TLS context),
+# named so PyInstaller runs certifi's hook, which bundles its CA file (cacert.pem): without
+# it, https:// to a remote server fails inside the frozen app.
+HIDDEN_IMPORTS = ["certifi"]
 
 # Bundle paths (as PyInstaller names them, "/"-separated) that are build-time only or tests:
 # C++ headers and CMake files, static libraries, torch's test binaries and test .so files,

@@ -32,7 +32,7 @@ from app.backends import (
 )
 from app.backends.remote import GROK2_STOPS, sse_data
 from app.engine.chat_format import render_chat
-from app.messages import Finished, GenerationParams, Token
+from app.messages import CancelEvent, Finished, GenerationParams, Token
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "data" / "sglang_stream.txt"
@@ -123,7 +123,7 @@ def _collect(events: Iterator[Token | Finished]) -> tuple[str, Finished]:
 
 
 def test_importing_the_backends_loads_no_torch_qt_or_engine() -> None:
-    """The GUI may import app.backends (RemoteConfig, check_connection): stdlib only."""
+    """The GUI may import app.backends (RemoteConfig, check_connection): no torch, Qt, engine."""
     code = ("import sys, app.backends; print(sorted(m for m in sys.modules if m == 'torch' or "
             "m.startswith(('PySide6', 'app.engine', 'app.gui'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
@@ -195,7 +195,7 @@ def test_cancel_stops_at_once_while_the_server_is_silent(scripted: _ScriptedServ
     """Stop during a long silence (prefill) ends the reply as cancelled, not after a timeout."""
     hold = threading.Event()
     scripted.script = lambda h: h.stream(_events()[:2], hold=hold)
-    cancel = threading.Event()
+    cancel = CancelEvent()  # what the worker passes: Stop shuts the socket down
     events = RemoteBackend(_config(scripted, read_timeout_s=30)).stream_chat(HELLO, GREEDY,
                                                                              cancel)
     start = time.monotonic()
@@ -210,7 +210,7 @@ def test_cancel_stops_at_once_before_the_server_answers(scripted: _ScriptedServe
     """Stop while the server has not even sent its headers (SGLang during prefill)."""
     hold = threading.Event()
     scripted.script = lambda h: (hold.wait(10), h.stream(_events()))
-    cancel = threading.Event()
+    cancel = CancelEvent()  # what the worker passes: Stop shuts the socket down
     events = RemoteBackend(_config(scripted, read_timeout_s=30)).stream_chat(HELLO, GREEDY,
                                                                              cancel)
     start = time.monotonic()
@@ -244,6 +244,136 @@ def test_continue_sends_the_partial_reply_both_ways(scripted: _ScriptedServer) -
     assert path == "/v1/completions"
     assert body["prompt"] == render_chat(HELLO, continue_text=" My")
     assert body["prompt"].endswith("Assistant: My")
+
+
+def test_plain_event_cancels_at_the_next_event(scripted: _ScriptedServer) -> None:
+    """A plain threading.Event cannot call back: it is checked after each event."""
+    scripted.script = lambda h: h.stream(_events())
+    cancel = threading.Event()
+    events = RemoteBackend(_config(scripted)).stream_chat(HELLO, GREEDY, cancel)
+    first = next(events)
+    cancel.set()
+    text, done = _collect(events)
+    assert isinstance(first, Token) and first.text == " My"
+    assert done.reason == "cancelled" and text == ""
+
+
+def test_cancel_event_calls_back_once_in_the_setting_thread() -> None:
+    """CancelEvent runs each callback once, at set() or at once if already set; a callback
+    that was unregistered does not run."""
+    cancel, calls = CancelEvent(), []
+    cancel.on_set(lambda: calls.append(("a", threading.current_thread().name)))
+    forget = cancel.on_set(lambda: calls.append(("b", "")))
+    forget()
+    setter = threading.Thread(target=cancel.set, name="setter")
+    setter.start()
+    setter.join(5)
+    cancel.set()
+    cancel.on_set(lambda: calls.append(("late", threading.current_thread().name)))
+    assert calls == [("a", "setter"), ("late", threading.current_thread().name)]
+    assert cancel.is_set() and cancel.wait(0)
+
+
+# ---- proxies and certificates (httpx with trust_env) ---------------------------------------
+
+
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+def test_http_proxy_from_the_environment_and_no_proxy(scripted: _ScriptedServer,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY sends the requests through the proxy (absolute URLs); NO_PROXY bypasses it;
+    a proxy that is down is named as the problem, not the server."""
+    _no_proxy_env(monkeypatch)
+
+    def proxy(h: _Scripted) -> None:
+        if h.path.endswith("/v1/models"):
+            h.reply(200, b'{"object":"list","data":[{"id":"grok-2"}]}')
+        else:
+            h.reply(400, b'{"detail": "empty conversation"}')
+
+    scripted.script = proxy
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{scripted.server_address[1]}")
+    report = check_connection(RemoteConfig("http://gpu-server.invalid:30000"))
+    assert report.ok and report.model == "grok-2"
+    assert [p for p, _ in scripted.requests] == ["http://gpu-server.invalid:30000/v1/models",
+                                                 "http://gpu-server.invalid:30000/v1/chat/completions"]
+    monkeypatch.setenv("NO_PROXY", "gpu-server.invalid")
+    dialled = []
+
+    def no_dns(address: tuple[str, int], *args: object, **kw: object) -> None:
+        dialled.append(address)
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", no_dns)
+    report = check_connection(RemoteConfig("http://gpu-server.invalid:30000"))
+    assert report.kind == "unreachable" and "'gpu-server.invalid'" in report.message
+    assert dialled == [("gpu-server.invalid", 30000)]
+    monkeypatch.undo()
+    _no_proxy_env(monkeypatch)
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    closed_port = free.getsockname()[1]
+    free.close()
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port}")
+    report = check_connection(RemoteConfig("http://gpu-server.invalid:30000"))
+    assert report.kind == "unreachable"
+    assert report.message.startswith(f"Cannot reach the proxy 127.0.0.1:{closed_port} on the "
+                                     "way to gpu-server.invalid:30000 (Connection refused)")
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[_ScriptedServer, Path]]:
+    """The scripted server over TLS with a certificate from a test CA; yields it and the CA's
+    PEM file."""
+    import ssl
+
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    ca_file = tmp_path / "test-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    httpd = _ScriptedServer(("127.0.0.1", 0), _Scripted)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    httpd.requests = []
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield httpd, ca_file
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_tls_checks_certificates_as_httpx_does(tls_server: tuple[_ScriptedServer, Path],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unknown CA fails the handshake with one line (certifi's bundle does not know it);
+    SSL_CERT_FILE naming the CA makes the same server work, and Stop over TLS is at once."""
+    httpd, ca_file = tls_server
+    _no_proxy_env(monkeypatch)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    httpd.script = _models_then(400)
+    url = f"https://127.0.0.1:{httpd.server_address[1]}"
+    report = check_connection(RemoteConfig(url, model="/local/grok-2"))
+    assert report.kind == "unreachable"
+    assert report.message.startswith(f"The TLS handshake with 127.0.0.1:{httpd.server_address[1]}"
+                                      " failed (CERTIFICATE_VERIFY_FAILED)")
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    assert check_connection(RemoteConfig(url, model="/local/grok-2")).ok
+    hold = threading.Event()
+    httpd.script = lambda h: h.stream(_events()[:2], hold=hold)
+    cancel = CancelEvent()
+    events = RemoteBackend(RemoteConfig(url, model="/local/grok-2", read_timeout_s=30)
+                           ).stream_chat(HELLO, GREEDY, cancel)
+    start = time.monotonic()
+    threading.Timer(0.2, cancel.set).start()
+    text, done = _collect(events)
+    hold.set()
+    assert done.reason == "cancelled" and text == " My"
+    assert time.monotonic() - start < 5
 
 
 # ---- the connection test -------------------------------------------------------------------

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from app.engine.model import ResidualMoE
 from app.engine.offload import HybridFeedForward, place_model
 from app.engine.plan import GB, make_plan
 from app.engine.quantize import quantize_model
@@ -88,5 +89,41 @@ def test_cpu_only_plan_keeps_plain_feed_forward(ckpt3):
     plain = load_model(ckpt3, dtype=torch.float32)
     off = load_model(ckpt3, dtype=torch.float32)
     place_model(off, make_plan(off.config, "float32", 0, 64 * GB, context=64), "cuda")
-    assert "feed_forward" not in vars(off.model.layers[0])
+    assert all(type(layer.feed_forward) is ResidualMoE for layer in off.model.layers)
     assert torch.equal(off(IDS), plain(IDS))
+
+
+@torch.inference_mode()
+def test_swap_keeps_checkpoint_state_dict(ckpt3):
+    """The hybrid feed-forward is a module in the tree that owns no tensors: the state dict
+    keeps the official checkpoint's names and tensors."""
+    plain = load_model(ckpt3, dtype=torch.float32)
+    off = load_model(ckpt3, dtype=torch.float32)
+    before = off.state_dict()
+    place_model(off, _plan(off), "cpu")
+    after = off.state_dict()
+    assert list(after) == list(before) == list(plain.state_dict())
+    assert not any("feed_forward" in k for k in after)
+    assert all(torch.equal(after[k], before[k]) for k in after)
+    hybrid = off.model.layers[1].feed_forward
+    assert isinstance(hybrid, HybridFeedForward)
+    assert dict(off.model.layers[1].named_children())["feed_forward"] is hybrid
+    assert list(hybrid.parameters()) == [] and list(hybrid.buffers()) == []
+
+
+@torch.inference_mode()
+def test_print_model_names_the_placement(ckpt3):
+    """print(model) shows the swap: which parts run where, in which format, and the prefill
+    path; the plain model shows its ResidualMoE."""
+    plain = load_model(ckpt3, dtype=torch.float32)
+    assert "(feed_forward): ResidualMoE((mlp + block_sparse_moe) * 0.707107)" in repr(plain)
+    _, off = _pair(ckpt3, quant="int4", threshold=4, gpu_mlp_layers=(0,))
+    text = repr(off)  # identical layers print once: "(0-2): 3 x DecoderLayer("
+    assert "(0-2): 3 x DecoderLayer(" in text
+    assert "(feed_forward): HybridFeedForward(router=cpu float32, " in text
+    layer0 = repr(off.model.layers[0].feed_forward)
+    assert "shared_mlp=cpu int4 g" in layer0
+    assert "routed_experts=cpu int4 g" in layer0
+    assert "prefill=streamed to cpu from 4 tokens (2 expert buffers)" in layer0
+    off.model.layers[0].feed_forward.streamer.disable()
+    assert "prefill=routed experts on the cpu" in repr(off.model.layers[0].feed_forward)

@@ -62,9 +62,13 @@ def test_interrupted_prepare_resumes_to_the_same_output(ckpt, tmp_path):
         prep.prepare(ckpt, tmp_path / "p", "int8", on_file=crash_after_two)
     with pytest.raises(ModelFileError, match="incomplete"):
         load_engine_model(tmp_path / "p", CPU_ONLY)
+    leftover = tmp_path / "p" / f".{prep.unit_names(2)[2]}.safetensors.x1y2z3.tmp"
+    leftover.write_bytes(b"a killed run's file in progress")
     resumed = []
     prep.prepare(ckpt, tmp_path / "p", "int8", on_file=resumed.append)
     assert resumed == prep.unit_names(2)[2:]
+    assert not leftover.exists()  # the rerun cleans what a kill left
+    assert not [p for p in (tmp_path / "p").iterdir() if p.name.startswith(".")]
     fresh = prep.prepare(ckpt, tmp_path / "q", "int8")
     assert torch.equal(_logits(tmp_path / "p"), _logits(fresh))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from app.engine.sampling import apply_repetition_penalty, filter_probs, sample_next
@@ -47,3 +48,15 @@ def test_greedy_and_seeded_sampling():
     many = {sample_next(logits, none, params, g) for g in [torch.Generator().manual_seed(1)]
             for _ in range(50)}
     assert many <= {0, 1, 2, 3} and len(many) > 1
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1e-40, 1.0), (1e-6, 1.0), (0.7, 5e-324),
+                                                    (0.7, 1e-30), (1e-40, 1e-30)])
+def test_tiny_temperature_and_top_p_pick_the_top_token(temperature, top_p):
+    """Values a settings file or an API client may send: never NaN probabilities, always the
+    most likely token (before: RuntimeError from multinomial on NaN)."""
+    logits = torch.tensor([0.5, 3.0, 1.0, -2.0])
+    params = GenerationParams(temperature=temperature, top_p=top_p)
+    gen = torch.Generator().manual_seed(0)
+    assert {sample_next(logits, torch.tensor([], dtype=torch.long), params, gen)
+            for _ in range(20)} == {1}

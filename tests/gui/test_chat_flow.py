@@ -141,25 +141,23 @@ def test_discard_an_interrupted_reply(qtbot, make_window, store):
     assert [v.id for v in window.transcript.views] == [user]
 
 
-def test_engine_failure_shows_one_error_and_app_keeps_working(qtbot, make_window):
-    """A prompt beyond the context fails in the engine: one banner, the chat stays usable."""
+def test_message_larger_than_the_context_is_refused_with_one_line(qtbot, make_window):
+    """A message beyond the context is not sent: one notice, the text back in the box, no
+    half-made reply, and the chat stays usable."""
     window = make_window(SHORT)
     load_demo(qtbot, window)
     send(qtbot, window, "word " * 6000)  # more than the demo model's 4096-token context
-    wait(qtbot, lambda: window.error_banner.isVisible())
-    wait(qtbot, lambda: not window.chat.generating)
-    assert "context" in window.error_banner.message
-    assert window.error_banner.shown_count == 1
-    [failed] = replies(window)
-    assert failed.status == "error"
-    failed_conv = window.chat.conversation_id
-    window.error_banner.dismiss()
-    window.new_chat()
+    wait(qtbot, lambda: window.notice_bar.isVisible())
+    assert "last message alone is" in window.notice_label.text()
+    assert not window.error_banner.isVisible()
+    assert window.composer.text().startswith("word word")  # nothing the user wrote is lost
+    assert replies(window) == [] and not window.chat.generating
+    window.notice_bar.hide()
+    window.composer.set_text("")
     send(qtbot, window, "short one")
     wait(qtbot, lambda: replies(window) and not window.chat.generating)
     assert replies(window)[0].status == "complete"
     assert not window.error_banner.isVisible()
-    assert failed_conv in window.sidebar.ids()  # the failed conversation is kept
 
 
 def test_engine_exception_mid_reply_is_reported(qtbot, make_window, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PySide6.QtCore import Qt
 
-from app.gui.sidebar import Sidebar
+from app.gui.sidebar import SNIPPET_ROLE, Sidebar
 
 from .conftest import wait
 
@@ -45,7 +45,9 @@ def test_search_finds_titles_and_message_text(qtbot, sidebar):
     sidebar.search.clear()
     qtbot.keyClicks(sidebar.search, "rain")
     wait(qtbot, lambda: sidebar.ids() == [poem], timeout=3000)
-    assert "[rain]" in sidebar.item_for(poem).toolTip()
+    item = sidebar.item_for(poem)
+    assert "rain" in item.toolTip() and "[" not in item.text()
+    assert '">rain</b>' in item.data(SNIPPET_ROLE)  # the match is bold and coloured
     sidebar.search.clear()
     wait(qtbot, lambda: len(sidebar.ids()) == 3, timeout=3000)
 
@@ -98,3 +100,14 @@ def test_selection_opens_and_export_is_requested(qtbot, sidebar):
     assert opened == [sql]
     sidebar.item_for(kyoto).setSelected(True)
     assert sorted(sidebar.selected_ids()) == sorted([kyoto, sql])
+
+
+def test_search_snippet_is_rich_text_with_the_match_highlighted(qtbot):
+    """The snippet marks each match in bold colour, escapes the text, and paints taller rows."""
+    from app.gui.sidebar import snippet_html
+    from app.store.rows import SearchHit
+
+    hit = SearchHit(1, "<T>", 2, "我们讨论世界和平的问题 <b>", ((4, 8),))
+    markup = snippet_html(hit, "#123456", "#777777")
+    assert '<b style="color:#123456">世界和平</b>' in markup
+    assert "&lt;T&gt;" in markup and "&lt;b&gt;" in markup and "[" not in markup

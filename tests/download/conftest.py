@@ -1,0 +1,43 @@
+"""Fixtures for the download tests: a tiny Grok-2 in the official layout, served by the
+stand-in hub on 127.0.0.1, and the app's folders in a temporary home."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.download.hub import StandInHub
+
+
+@pytest.fixture(scope="session")
+def repo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The files of the stand-in repo: config.json, tokenizer.tok.json, 15 TP-common and
+    24 TP-00R safetensors files (app.engine.tiny), LICENSE and README.md."""
+    from app.engine.tiny import write_tiny_checkpoint
+
+    folder = write_tiny_checkpoint(tmp_path_factory.mktemp("repo") / "grok-2", seed=7,
+                                   n_merges=120)
+    (folder / "LICENSE").write_text("Grok 2 Community License Agreement (stand-in text)\n")
+    (folder / "README.md").write_text("# grok-2 (stand-in)\n")
+    (folder / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs\n")
+    return folder
+
+
+@pytest.fixture
+def hub(repo_folder: Path) -> Iterator[StandInHub]:
+    server = StandInHub(repo_folder).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def app_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("GROK_DESKTOP_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    return home
+
+
