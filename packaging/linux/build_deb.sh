@@ -8,8 +8,10 @@
 # Settings (environment): VARIANT=cpu|cuda, PYTHON (3.11+, built with a shared libpython),
 # TORCH_SPEC (default torch==2.13.0), TORCH_PIP_ARGS (e.g. an --index-url for the CPU wheels),
 # BUILD_DIR (default packaging/build), DIST_DIR (default packaging/dist), XZ_LEVEL (default 6),
-# REUSE_BUNDLE=1 (package the last PyInstaller folder again, e.g. after editing the .desktop).
-# Needs: dpkg-deb, dpkg-shlibdeps (dpkg-dev). Runs unprivileged (dpkg-deb --root-owner-group).
+# REUSE_BUNDLE=1 (package the last PyInstaller folder again, e.g. after editing the .desktop),
+# CLEAN=1 (PyInstaller from nothing, not reusing its analysis in packaging/build).
+# Needs: dpkg-deb, dpkg-shlibdeps, readelf (dpkg-dev and its binutils). Runs unprivileged
+# (dpkg-deb --root-owner-group).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -52,7 +54,10 @@ PY
 }
 
 freeze() {
-    rm -rf "$BUILD_DIR/pyinstaller-$VARIANT"
+    # PyInstaller reuses its analysis in work/ when nothing it analysed changed (a changed
+    # bundle_config filter only re-collects); CLEAN=1 starts from nothing
+    rm -rf "$BUILD_DIR/pyinstaller-$VARIANT/dist"
+    [[ "${CLEAN:-0}" == 1 ]] && rm -rf "$BUILD_DIR/pyinstaller-$VARIANT"
     "$VENV/bin/pyinstaller" --noconfirm --log-level WARN \
         --distpath "$BUILD_DIR/pyinstaller-$VARIANT/dist" \
         --workpath "$BUILD_DIR/pyinstaller-$VARIANT/work" \
@@ -97,15 +102,20 @@ stage_tree() {
 }
 
 shlib_depends() {
-    # Debian's own tool maps the system libraries the bundle links against (libc, X11, xcb,
-    # GL, wayland, fontconfig...) to package names with versions; libraries inside the bundle
-    # are private. Qt's GTK theme plugin is left out: it loads only where GTK 3 already is.
+    # Depends from what the bundle really loads: bundle_libs.py walks DT_NEEDED from the
+    # executables, Python extension modules and Qt plugins through the bundle, fails on bundled
+    # libraries nothing loads (their needs would leak into Depends) and prints which system
+    # libraries are needed and which package holds each (dpkg -S); Debian's dpkg-shlibdeps then
+    # turns the system libraries those files link against into versioned package names.
+    # Libraries inside the bundle are private (-l). The static Qt runtime list is added by
+    # deb_meta.py (QT_RUNTIME_PACKAGES).
     local work="$BUILD_DIR/shlibdeps-$VARIANT" libdirs=() elves=()
     rm -rf "$work"; mkdir -p "$work/debian"
     printf 'Source: grok-desktop\n\nPackage: grok-desktop\nArchitecture: any\n' > "$work/debian/control"
+    "$PYTHON" "$ROOT/packaging/linux/bundle_libs.py" "$STAGE/opt/grok-desktop" \
+        --elves "$work/elves.txt" --report >&2
+    mapfile -t elves < "$work/elves.txt"
     mapfile -t libdirs < <(find "$STAGE/opt" -name '*.so*' -type f -printf '%h\n' | sort -u)
-    mapfile -t elves < <(find "$STAGE/opt" -type f \( -name '*.so*' -o -perm -u+x \) \
-        ! -name 'libqgtk3.so' -exec sh -c 'head -c4 "$1" | grep -q ELF && echo "$1"' _ {} \;)
     (cd "$work" && dpkg-shlibdeps -O --ignore-missing-info --warnings=0 \
         "${libdirs[@]/#/-l}" "${elves[@]}" 2> "$work/errors.log") | sed -n 's/^shlibs:Depends=//p'
     if grep -q "error:" "$work/errors.log"; then
@@ -116,7 +126,7 @@ shlib_depends() {
 
 build_deb() {
     local depends installed version arch out
-    depends="$(shlib_depends)"
+    depends="$(shlib_depends)" || exit 1
     [[ -n "$depends" ]] || { echo "dpkg-shlibdeps found no dependencies" >&2; exit 1; }
     installed="$(du -sk --exclude=DEBIAN "$STAGE" | cut -f1)"
     arch="$(dpkg --print-architecture)"
@@ -131,7 +141,7 @@ build_deb() {
 
 check_tools() {
     local tool
-    for tool in dpkg-deb dpkg-shlibdeps; do
+    for tool in dpkg-deb dpkg-shlibdeps readelf; do
         command -v "$tool" >/dev/null || { echo "$tool missing: apt-get install dpkg-dev" >&2; exit 2; }
     done
     # PyInstaller bundles libpython, so the interpreter must be built with --enable-shared

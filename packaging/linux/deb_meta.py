@@ -23,6 +23,12 @@ MAINTAINER = "Grok Desktop developers <grok-desktop@users.noreply.github.com>"
 # Packages the app needs beyond the shared libraries dpkg-shlibdeps finds: a colour emoji
 # font, so emoji in replies and PDF exports are not empty boxes on a fresh Debian.
 EXTRA_DEPENDS = ("fonts-noto-color-emoji",)
+# Runtime packages Qt needs, in Depends whatever the scan of the bundle finds: the X11/xcb
+# libraries of Qt's xcb platform plugin, the list the app checks before it starts the GUI
+# (app/gui/xcb_check.py; the scan finds them too and adds versions, but names them only if
+# the build machine has them), then EXTRA_DEPENDS. Added to the computed Depends by
+# `merge_depends`; a computed, versioned entry for the same package wins.
+QT_RUNTIME_PACKAGES = [*xcb_packages(), *EXTRA_DEPENDS]
 VARIANTS = {
     "cpu": "CPU-only build (PyTorch without CUDA): runs everywhere, no GPU acceleration.",
     "cuda": "NVIDIA build (PyTorch with CUDA 12): uses an NVIDIA GPU when the driver is "
@@ -37,11 +43,16 @@ def debian_version(version: str) -> str:
     return re.sub(r"\.?post(\d+)", r"+post\1", v)
 
 
-def merge_depends(depends: str, extra: list[str]) -> str:
-    """`depends` (dpkg-shlibdeps' line) plus each package of `extra` it does not name yet."""
-    entries = [e.strip() for e in depends.split(",") if e.strip()]
-    named = {alt.split()[0] for e in entries for alt in e.split("|") if alt.split()}
-    return ", ".join(entries + [p for p in extra if p not in named])
+def merge_depends(computed: str, static: list[str] | None = None) -> str:
+    """`computed` (dpkg-shlibdeps' comma-separated Depends) plus the `static` packages
+    (default QT_RUNTIME_PACKAGES) not already named in it, in that order, without duplicates.
+    A package is "named" when it is the first word of an entry or of one of its alternatives."""
+    static = QT_RUNTIME_PACKAGES if static is None else static
+    entries = [e.strip() for e in computed.split(",") if e.strip()]
+    named = {alt.split()[0] for e in entries for alt in e.split("|") if alt.strip()}
+    out = list(dict.fromkeys(entries))
+    out += [pkg for pkg in dict.fromkeys(static) if pkg not in named]
+    return ", ".join(out)
 
 
 def control_text(variant: str, installed_kib: int, depends: str, arch: str = "amd64") -> str:
@@ -49,7 +60,7 @@ def control_text(variant: str, installed_kib: int, depends: str, arch: str = "am
     EXTRA_DEPENDS appended."""
     if variant not in VARIANTS:
         raise SystemExit(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}")
-    depends = ", ".join([d for d in (depends,) if d] + list(EXTRA_DEPENDS))
+    depends = merge_depends(depends, list(EXTRA_DEPENDS))
     fields = {
         "Package": cfg.APP_ID,
         "Version": debian_version(cfg.VERSION),
@@ -89,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     control = sub.add_parser("control", help="print DEBIAN/control")
     control.add_argument("--variant", required=True, choices=sorted(VARIANTS))
     control.add_argument("--installed-size", type=int, required=True, metavar="KIB")
-    control.add_argument("--depends", default="")
+    control.add_argument("--depends", default="",
+                         help="computed Depends; QT_RUNTIME_PACKAGES are added to it")
     control.add_argument("--arch", default="amd64")
     args = parser.parse_args(argv)
     if args.what == "version":
@@ -97,11 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "changelog":
         sys.stdout.write(changelog_text(args.date))
     else:
-        # dpkg-shlibdeps' line plus the X11 libraries of Qt's xcb plugin (the list the app
-        # checks before it starts the GUI, app/gui/xcb_check.py): named even when the build
-        # machine lacks some and --ignore-missing-info skipped them
-        depends = merge_depends(args.depends, xcb_packages())
-        sys.stdout.write(control_text(args.variant, args.installed_size, depends, args.arch))
+        # dpkg-shlibdeps' line plus QT_RUNTIME_PACKAGES: the X11 libraries of Qt's xcb plugin
+        # are named even when the build machine lacks some and --ignore-missing-info skipped them
+        sys.stdout.write(control_text(args.variant, args.installed_size,
+                                      merge_depends(args.depends), args.arch))
     return 0
 
 

@@ -37,6 +37,30 @@ LICENSED_DISTS = [
     "anyio", "sniffio",
 ]
 
+# Linux: folders of the distribution's own shared libraries. A library PyInstaller collected
+# from one of these is left out of the bundle and taken from the user's system (the .deb's
+# Depends name its package): the C++ runtime (a bundled libstdc++ older than the one Mesa's
+# drivers were built against makes them fail to load, a known PyInstaller crash), X11/xcb,
+# glib, fontconfig, freetype, dbus, OpenSSL, sqlite... These read the system's configuration
+# (fonts.conf, GIO modules, X locale files) and get its security updates. What the bundle
+# carries is what pip installed (torch, Qt from the PySide6 wheel, numpy's OpenBLAS...) and
+# the Python runtime itself (libpython and its extension modules).
+SYSTEM_LIB_DIRS = ("/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/")
+
+
+def from_system(source: str, platform: str) -> bool:
+    """Whether a collected binary (its path on the build machine) is a Linux distribution
+    library that the installed app takes from the user's system instead of the bundle.
+    libpython and anything under a Python installation (lib-dynload, site-packages) stay."""
+    if not platform.startswith("linux"):
+        return False
+    path = source.replace("\\", "/")
+    name = path.rsplit("/", 1)[-1]
+    if name.startswith("libpython") or "/python3" in path or "-packages/" in path:
+        return False
+    return path.startswith(SYSTEM_LIB_DIRS)
+
+
 # Imported only inside a function (httpx loads certifi when it makes its first TLS context),
 # named so PyInstaller runs certifi's hook, which bundles its CA file (cacert.pem): without
 # it, https:// to a remote server fails inside the frozen app.
@@ -61,7 +85,9 @@ DROP_PATTERNS = [
     "PySide6/Qt/plugins/platformthemes/libqgtk3*", "libgdk_pixbuf-*", "libcairo*",
     "libpango*", "libatk-*", "libharfbuzz.so*", "libgraphite2.so*", "libfribidi.so*",
     "libthai.so*", "libdatrie.so*", "libpixman-*", "libjpeg.so.62*", "libbsd.so*", "libmd.so*",
-    "libXau.so*", "libXdmcp.so*", "libXext.so*", "libXrender.so*",
+    "libXau.so*", "libXdmcp.so*", "libXext.so*", "libXrender.so*", "libgtk-3.so*",
+    "libgdk-3.so*", "libXcomposite.so*", "libXcursor.so*", "libXdamage.so*", "libXfixes.so*",
+    "libXi.so*", "libXinerama.so*", "libXrandr.so*", "libatspi.so*", "libepoxy.so*",
 ]
 # torch_shm_manager: `import torch` checks that it exists
 KEEP_PATTERNS = ["PySide6/Qt/translations/qtbase_*", "torch/bin/torch_shm_manager"]
