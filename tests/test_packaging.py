@@ -350,6 +350,29 @@ def test_bundle_carries_the_https_stack_and_its_ca_file(cfg):
     assert {"httpx", "httpx_sse", "httpcore", "h11", "certifi", "idna"} <= set(cfg.LICENSED_DISTS)
 
 
+def test_bundle_collects_the_data_files_of_runtime_packages(cfg):
+    """Every installed dependency that keeps non-Python files next to its modules and has no
+    PyInstaller hook (the math fonts, latex2mathml's table) is in PACKAGE_DATA, the spec
+    collects it, and the filter keeps those files."""
+    import importlib.util
+
+    hooked = {"PySide6", "torch", "certifi", "pygments", "tokenizers", "numpy"}
+    for name in ("ziamath", "ziafont", "latex2mathml", "markdown_it", "mdit_py_plugins",
+                 "starlette", "uvicorn", "httpx", "huggingface_hub"):
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None, name
+        folder = Path(spec.origin).parent
+        # upstream bookkeeping (port notes, READMEs, licenses, card templates) is not read
+        data = [p for p in folder.rglob("*") if p.is_file() and p.suffix not in (
+            ".py", ".pyc", ".pyi", ".typed", ".yaml", ".md") and p.name != "LICENSE"
+            and "__pycache__" not in p.parts]
+        if data and name not in hooked:
+            assert name in cfg.PACKAGE_DATA, f"{name} ships {data[0].name}: add it to PACKAGE_DATA"
+            assert all(cfg.keep(f"{name}/{p.relative_to(folder).as_posix()}") for p in data)
+    spec_text = (cfg.ROOT / "packaging" / "pyinstaller" / "grok-desktop.spec").read_text()
+    assert "package_data()" in spec_text and "cfg.PACKAGE_DATA" in spec_text
+
+
 def test_bundle_filter_drops_build_only_files(cfg):
     """Headers, test binaries and foreign translations are dropped; runtime files are kept."""
     for dropped in ("torch/include/ATen/ATen.h", "torch/bin/test_api", "torch/lib/libfoo.a",

@@ -65,6 +65,10 @@ def from_system(source: str, platform: str) -> bool:
 # named so PyInstaller runs certifi's hook, which bundles its CA file (cacert.pem): without
 # it, https:// to a remote server fails inside the frozen app.
 HIDDEN_IMPORTS = ["certifi"]
+# Packages that read data files next to their modules at run time and have no PyInstaller hook:
+# ziamath/ziafont (the math fonts behind every rendered formula), latex2mathml (its symbol
+# table). Without them math in a reply or an export fails only in the installed app.
+PACKAGE_DATA = ["ziamath", "ziafont", "latex2mathml"]
 
 # Bundle paths (as PyInstaller names them, "/"-separated) that are build-time only or tests:
 # C++ headers and CMake files, static libraries, torch's test binaries and test .so files,
