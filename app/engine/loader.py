@@ -23,7 +23,7 @@ from app.engine.model import Grok2
 from app.engine.offload import PREFILL_STREAM_THRESHOLD, install
 from app.engine.plan import GB, Plan, make_plan
 from app.engine.prepare import convert_tensor, is_prepared, mmap_tensors, unit_of, verify
-from app.engine.quantize import QuantLinear, quantize_model, set_module
+from app.engine.quantize import QuantLinear, build_cpu_kernels, quantize_model, set_module
 from app.engine.weights import _Reader, build_meta_model, check_index, index_folder, read_tensor
 from app.errors import UserError
 
@@ -103,7 +103,9 @@ def _load(folder: Path, cfg: Grok2Config, plan: Plan, prepared: bool,
         if isinstance(module, QuantLinear):
             new = QuantLinear(module.in_features, module.out_features, module.fmt,
                               tensors["qweight"], tensors["scales"])
-            set_module(model, name, new.placed(device))
+            placed = new.placed(device)
+            set_module(model, name, placed)
+            build_cpu_kernels(placed)  # repack for onnxruntime now, not on the first token
         else:
             for local, t in tensors.items():
                 setattr(module, local, nn.Parameter(t.to(device, dtype), requires_grad=False))

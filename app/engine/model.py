@@ -186,6 +186,8 @@ class SparseMoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (N, D)
         weights, ids = self.route(x)  # (N, k), (N, k)
+        if x.shape[0] == 1 and x.device.type == "cpu":  # decode: index the k experts directly
+            return self._one_token(x, weights[0], ids[0].tolist()).to(x.dtype).view(shape)
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         for e in ids.unique().tolist():
             rows, slot = (ids == e).nonzero(as_tuple=True)
@@ -193,6 +195,16 @@ class SparseMoE(nn.Module):
             out.index_add_(0, rows, y * weights[rows, slot, None])
         return out.to(x.dtype).view(shape)
 
+
+    def _one_token(self, x: Tensor, weights: Tensor, ids: list[int]) -> Tensor:
+        """The sum of forward()'s loop for one token (N = 1), in the same order (ascending
+        expert id, fp32, starting from zero: the same bits) without its index tensors."""
+        out = None
+        for slot, e in sorted(enumerate(ids), key=lambda item: item[1]):
+            y = self.experts[e](x).float() * weights[slot]
+            out = y if out is None else out + y
+        assert out is not None  # num_experts_per_tok >= 1
+        return out
 
 class DecoderLayer(nn.Module):
     """Sandwich norms: four RMSNorms per layer (spec 2.2)."""

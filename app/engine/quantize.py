@@ -9,8 +9,13 @@ Stored format (what `prepare` writes, what a CPU-resident QuantLinear holds, mem
 On a GPU, int4 is held as plain nibbles (N, K/2), high nibble = even k, the input of
 `torch.ops.aten._convert_weight_to_int4pack` (tinygemm) and of a cheap dequantization.
 
-Kernels: CPU int4 `_weight_int4pack_mm_for_cpu`, CPU int8 `_weight_int8pack_mm` or
-dequantize+bf16 matmul (bench.py measures and picks, `CPU_KERNELS`), GPU int4 tinygemm for
+The int4 quantizer writes integer zero points (zero = (8 - zp) * scale, exact in bf16), so the
+same stored pair is also w = (q - zp) * scale, onnxruntime's MatMulNBits form.
+
+Kernels: CPU "nbits" (onnxruntime MatMulNBits, int8 activations, cpu_kernels.py; a weight
+without an exact MatMulNBits form, e.g. int4 from an older quantizer, uses the next ones), CPU
+int4 `_weight_int4pack_mm_for_cpu`, CPU int8 `_weight_int8pack_mm` or dequantize+bf16 matmul
+(bench.py measures and picks, `CPU_KERNELS`), GPU int4 tinygemm for
 M <= 4 tokens else dequantize + cuBLAS, GPU int8 dequantize + cuBLAS. Activations are bf16
 inside the quantized kernels (the float32 variants of the CPU ops are 10x slower).
 """
@@ -18,14 +23,19 @@ inside the quantized kernels (the float32 variants of the CPU ops are 10x slower
 from __future__ import annotations
 
 import functools
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from app.engine import cpu_kernels
 from app.engine.plan import Format, weight_format
 
-CPU_KERNELS = {"int8": "int8pack", "int4": "int4pack"}  # bench.select_cpu_kernels may change
+# "nbits": onnxruntime's MatMulNBits (cpu_kernels.py, int8 activations, 2-3x the PyTorch
+# kernels' rate), where installed; bench.select_cpu_kernels measures and may change these.
+CPU_KERNELS = ({"int8": "nbits", "int4": "nbits"} if cpu_kernels.available()
+               else {"int8": "int8pack", "int4": "int4pack"})
 GPU_TINYGEMM_MAX_M = 4  # tinygemm is fastest at M <= 2-4, 5x slower than cuBLAS at M = 32
 
 
@@ -49,16 +59,27 @@ def quantize_int4(w: Tensor, group: int) -> tuple[Tensor, Tensor]:
 
 
 def int4_codes(w: Tensor, group: int) -> tuple[Tensor, Tensor]:
-    """Codes uint8 (N, K) in 0..15 and (scale, zero) bf16 (K/g, N, 2). The grid is computed
-    from the bf16-rounded scale and zero, the ones the kernels will use."""
+    """Codes uint8 (N, K) in 0..15 and (scale, zero) bf16 (K/g, N, 2) with an integer zero
+    point: zero = (8 - zp) * scale, zp in 0..15, so w = (q - zp) * scale, the form onnxruntime's
+    MatMulNBits takes natively (cpu_kernels.py). The scale is rounded up to 5 significant bits
+    so that (8 - zp) * scale is exact in bf16: the stored pair means the same weight to every
+    kernel. The range is widened to include 0 (an integer zero point needs it)."""
     n, k = w.shape
     wg = w.float().reshape(n, k // group, group)
-    lo, hi = wg.amin(-1), wg.amax(-1)  # (N, K/g)
-    scale = ((hi - lo) / 15.0).clamp(min=1e-8).to(torch.bfloat16).float()
-    zero = (lo + 8.0 * scale).to(torch.bfloat16).float()
-    q = torch.round((wg - zero[..., None]) / scale[..., None] + 8.0).clamp(0, 15)
+    lo, hi = wg.amin(-1).clamp(max=0.0), wg.amax(-1).clamp(min=0.0)  # (N, K/g)
+    scale = _round_up_significand(((hi - lo) / 15.0).clamp(min=1e-8), bits=5)
+    zp = torch.round(-lo / scale).clamp(0, 15)
+    zero = (8.0 - zp) * scale  # exact in bf16: a 4-bit integer times a 5-bit significand
+    q = torch.round(wg / scale[..., None] + zp[..., None]).clamp(0, 15)
     scales = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()  # (K/g, N, 2)
     return q.to(torch.uint8).reshape(n, k), scales.to(torch.bfloat16)
+
+
+def _round_up_significand(x: Tensor, bits: int) -> Tensor:
+    """Positive fp32 x rounded up to `bits` significant bits (so also exact in bf16)."""
+    drop = 24 - bits  # fp32 has a 24-bit significand
+    i = x.float().contiguous().view(torch.int32)
+    return ((i + (1 << drop) - 1) & ~((1 << drop) - 1)).view(torch.float32)
 
 
 def pack_int4_cpu(codes: Tensor) -> Tensor:
@@ -179,6 +200,12 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
+        if self.layout == "cpu" and CPU_KERNELS[self.fmt.kind] == "nbits" \
+                and self.qweight.device.type == "cpu":
+            nbits = nbits_kernel(self)
+            if nbits is not None:  # few ops: this runs ~13 times per layer and token
+                y = nbits(x.reshape(-1, shape[-1]))
+                return y.to(x.dtype).view(*shape[:-1], self.out_features)
         x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
         if self.qweight.device.type == "cpu" and self.layout == "cpu":
             y = _cpu_matmul(self, x2)
@@ -191,8 +218,55 @@ class QuantLinear(nn.Module):
         return f"{self.in_features}, {self.out_features}, {self.fmt.kind}{g}, layout={self.layout}"
 
 
+# QuantLinear -> (the weight's identity, its MatMulNBits or None where it cannot take it)
+_NBITS: weakref.WeakKeyDictionary[QuantLinear, tuple[tuple, cpu_kernels.NBitsMatMul | None]] = (
+    weakref.WeakKeyDictionary())
+
+
+def nbits_kernel(m: QuantLinear) -> cpu_kernels.NBitsMatMul | None:
+    """m's onnxruntime MatMulNBits, built (weights repacked) on first use and rebuilt if the
+    weight tensors are replaced or written; None if the weight has no exact MatMulNBits form
+    (an int4 zero that is not an integer zero point, a K no block size divides)."""
+    key = (m.qweight.data_ptr(), _version(m.qweight), m.scales.data_ptr(), _version(m.scales))
+    cached = _NBITS.get(m)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    kernel = None
+    n, k = m.out_features, m.in_features
+    if m.fmt.kind == "int4":
+        ops4 = cpu_kernels.int4_operands(unpack_int4_cpu(m.qweight, n, k), m.scales)
+        if ops4 is not None:
+            kernel = cpu_kernels.NBitsMatMul(k, n, 4, m.fmt.group, *ops4)
+    else:
+        ops8 = cpu_kernels.int8_operands(m.qweight, m.scales)
+        if ops8 is not None:
+            kernel = cpu_kernels.NBitsMatMul(k, n, 8, cpu_kernels.int8_block(k), *ops8)
+    _NBITS[m] = (key, kernel)
+    return kernel
+
+
+def build_cpu_kernels(model: nn.Module) -> int:
+    """Build (repack) every CPU-resident QuantLinear's MatMulNBits now rather than on its first
+    forward, so the first tokens are not slowed by it. Returns how many were built."""
+    built = 0
+    for mod in model.modules():
+        if isinstance(mod, QuantLinear) and mod.layout == "cpu" \
+                and mod.qweight.device.type == "cpu" and not mod.qweight.is_meta \
+                and CPU_KERNELS[mod.fmt.kind] == "nbits":
+            built += nbits_kernel(mod) is not None
+    return built
+
+
+def _version(t: Tensor) -> int:
+    """t's in-place write counter (inference tensors keep none: they are written only by the
+    loader, before any forward)."""
+    return 0 if t.is_inference() else t._version
+
+
 def _cpu_matmul(m: QuantLinear, x: Tensor) -> Tensor:
     kind, kernel = m.fmt.kind, CPU_KERNELS[m.fmt.kind]
+    if kernel == "nbits":  # forward() found no MatMulNBits form: the exact PyTorch kernels
+        kernel = "int4pack" if kind == "int4" else "int8pack"
     if kind == "int4" and kernel == "int4pack":
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, m.qweight, m.fmt.group, m.scales)
     if kind == "int8" and kernel == "int8pack":

@@ -1,0 +1,75 @@
+"""onnxruntime MatMulNBits kernels: the same weights as the stored format (exact zero points),
+int8-activation error within a stated tolerance, exact fallback for weights it cannot take."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.engine import cpu_kernels, quantize
+from app.engine.plan import Format
+from app.engine.quantize import QuantLinear, int4_codes
+
+pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="onnxruntime not installed")
+
+
+@pytest.mark.parametrize("n,k,group", [(256, 512, 128), (96, 192, 64), (48, 96, 32)])
+def test_int4_zero_points_are_exact_integers(n, k, group):
+    """The quantizer's bf16 zero is (8 - zp) * scale with zp an integer 0..15, exactly: the
+    pair (scale, zero) and MatMulNBits' (scale, zp) describe the same weights."""
+    torch.manual_seed(0)
+    _, scales = int4_codes(torch.randn(n, k) + 0.3, group)
+    s, z = scales[..., 0].double(), scales[..., 1].double()
+    zp = 8 - z / s
+    assert torch.equal(zp, zp.round()) and zp.min() >= 0 and zp.max() <= 15
+
+
+@pytest.mark.parametrize("kind,group", [("int4", 128), ("int4", 32), ("int8", 0)])
+def test_nbits_matches_dequantized_weights(kind, group, monkeypatch):
+    """y = x @ W_deq^T to within 2% (int8 activations per block: llama.cpp's Q8 dot products;
+    measured 0.5-0.8%); the kernel is really the onnxruntime one."""
+    monkeypatch.setitem(quantize.CPU_KERNELS, kind, "nbits")
+    torch.manual_seed(1)
+    q = QuantLinear.from_weight(torch.randn(160, 256), Format(kind, group))
+    assert quantize.nbits_kernel(q) is not None
+    x = torch.randn(5, 256)
+    exact = x.double() @ q.dequantized(torch.float64).T
+    y = q(x)
+    assert y.dtype == x.dtype and y.shape == (5, 160)
+    assert (y.double() - exact).norm() / exact.norm() < 0.02
+
+
+def test_old_zero_points_stay_on_the_exact_pytorch_kernel(monkeypatch):
+    """An int4 weight whose zeros are off the integer grid (an older quantizer's) gets no
+    MatMulNBits (never an approximated weight): it computes exactly what int4pack computes."""
+    torch.manual_seed(2)
+    q = QuantLinear.from_weight(torch.randn(64, 128), Format("int4", 128))
+    q.scales[..., 1] += q.scales[..., 0] * 0.25  # a zero no integer zero point gives
+    monkeypatch.setitem(quantize.CPU_KERNELS, "int4", "nbits")
+    assert quantize.nbits_kernel(q) is None
+    x = torch.randn(3, 128)
+    y = q(x)
+    monkeypatch.setitem(quantize.CPU_KERNELS, "int4", "int4pack")
+    assert torch.equal(y, q(x))
+
+
+def test_kernel_is_rebuilt_when_weights_change(monkeypatch):
+    """A cached kernel belongs to the tensors it was built from: new weights, new kernel."""
+    monkeypatch.setitem(quantize.CPU_KERNELS, "int8", "nbits")
+    q = QuantLinear.from_weight(torch.randn(32, 128), Format("int8"))
+    first = quantize.nbits_kernel(q)
+    assert quantize.nbits_kernel(q) is first
+    q.qweight.neg_()
+    second = quantize.nbits_kernel(q)
+    assert second is not first
+    x = torch.randn(1, 128)
+    exact = x.double() @ q.dequantized(torch.float64).T
+    assert (q(x).double() - exact).norm() / exact.norm() < 0.02
+
+
+def test_build_cpu_kernels_builds_every_cpu_quant_linear(monkeypatch):
+    monkeypatch.setitem(quantize.CPU_KERNELS, "int4", "nbits")
+    monkeypatch.setitem(quantize.CPU_KERNELS, "int8", "nbits")
+    model = torch.nn.Sequential(QuantLinear.from_weight(torch.randn(64, 128), Format("int4", 64)),
+                                QuantLinear.from_weight(torch.randn(32, 64), Format("int8")))
+    assert quantize.build_cpu_kernels(model) == 2
