@@ -15,26 +15,23 @@ Weight semantics are kept exactly (quantize.py's stored formats):
         scale repeated over its blocks.
 
 Each QuantLinear gets one tiny ONNX graph (a single MatMulNBits node, weights as initializers),
-run with `InferenceSession.run` on a numpy view of the activation. All sessions share one
-global thread pool sized from torch.get_num_threads() when the first session is built.
+run with `InferenceSession.run` on a numpy view of the activation; each session has
+torch.get_num_threads() threads (at build time) that sleep when idle.
 `available()` is False when onnxruntime or onnx is not installed: callers fall back to
 PyTorch's kernels.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 ACCURACY_LEVEL = 4  # int8 activations, integer dot products (MLAS "CompInt8")
-BLOCKS = (256, 128, 64, 32, 16)  # block sizes MatMulNBits accepts, largest first
+BLOCKS = (128, 64, 32, 16, 256)  # MatMulNBits block sizes, preferred first: 8-bit weights
+# with 128 run 2x faster than with 16, 32, 64 or 256 (MLAS's fast 8-bit path; measured)
 
-_lock = threading.Lock()
-_threads: int | None = None  # the global pool's size, set once per process
 
 
 def available() -> bool:
@@ -47,28 +44,17 @@ def available() -> bool:
     return True
 
 
-def _global_pool() -> None:
-    """Size onnxruntime's process-wide thread pool once (it cannot be resized later)."""
-    global _threads
-    with _lock:
-        if _threads is None:
-            from onnxruntime.capi import _pybind_state
-
-            _threads = max(1, torch.get_num_threads())
-            _pybind_state.set_global_thread_pool_sizes(_threads, 1)
-
-
 def int8_block(k: int) -> int:
     """A MatMulNBits block size dividing k for an int8 weight (per-row scale repeated); 0 if
     none does."""
     return next((b for b in BLOCKS if k % b == 0), 0)
 
 
-def int4_operands(codes: Tensor, scales: Tensor) -> tuple[np.ndarray, np.ndarray,
-                                                            np.ndarray] | None:
+def int4_operands(codes: Tensor, scales: Tensor) -> tuple | None:
     """MatMulNBits operands for int4 codes (N, K) in 0..15 and bf16 (scale, zero) (K/g, N, 2):
-    packed nibbles (N, K/g, g/2) low nibble first, fp32 scales (N*K/g,), packed 4-bit zero
-    points (N * ceil(K/g / 2),). None when some zero is not (8 - integer) * scale exactly."""
+    (4, g, packed nibbles (N, K/g, g/2) low nibble first, fp32 scales (N*K/g,), packed 4-bit
+    zero points (N * ceil(K/g / 2),)). None when some zero is not (8 - integer) * scale
+    exactly."""
     n, k = codes.shape
     groups = scales.shape[0]
     g = k // groups
@@ -84,57 +70,102 @@ def int4_operands(codes: Tensor, scales: Tensor) -> tuple[np.ndarray, np.ndarray
     if groups % 2:
         zq = torch.cat([zq, torch.zeros(n, 1, dtype=torch.uint8)], dim=1)
     zpacked = zq[:, 0::2] | (zq[:, 1::2] << 4)
-    return (packed.contiguous().numpy(), s.float().reshape(-1).numpy(),
+    return (4, g, packed.contiguous().numpy(), s.float().reshape(-1).numpy(),
             zpacked.reshape(-1).contiguous().numpy())
 
 
-def int8_operands(q: Tensor, row_scales: Tensor) -> tuple[np.ndarray, np.ndarray] | None:
-    """MatMulNBits operands for int8 q (N, K) and fp32 per-row scales (N,): q + 128 as bytes
-    (N, K/b, b) and the scale repeated per block (N*K/b,). None if no block size divides K."""
+def int8_operands(q: Tensor, row_scales: Tensor) -> tuple | None:
+    """MatMulNBits operands for int8 q (N, K) and fp32 per-row scales (N,): (8, b, q + 128 as
+    bytes (N, K/b, b), the scale repeated per block (N*K/b,)). None if no block size divides
+    K."""
     n, k = q.shape
     b = int8_block(k)
     if not b:
         return None
     u = (q.to(torch.int16) + 128).to(torch.uint8).reshape(n, k // b, b)
     s = row_scales.float()[:, None].expand(n, k // b)
-    return u.contiguous().numpy(), s.reshape(-1).contiguous().numpy()
+    return 8, b, u.contiguous().numpy(), s.reshape(-1).contiguous().numpy()
+
+
+Operands = tuple  # (bits, block, packed, scales[, zero_points]): one MatMulNBits weight
+
+
+def _nbits_node(ops: Operands, k: int, n: int, a: str, y: str, prefix: str,
+                inits: list) -> Any:
+    """A MatMulNBits node y = a W^T for one weight's operands; appends its initializers."""
+    from onnx import helper, numpy_helper
+
+    bits, block, *arrays = ops
+    names = [f"{prefix}_{tag}" for tag in ("B", "S", "Z")[:len(arrays)]]
+    inits += [numpy_helper.from_array(arr, name) for arr, name in zip(arrays, names)]
+    return helper.make_node("MatMulNBits", [a, *names], [y], domain="com.microsoft", K=k, N=n,
+                            bits=bits, block_size=block, accuracy_level=ACCURACY_LEVEL)
+
+
+def _session(nodes: list, inits: list, k: int, n: int) -> Any:
+    """An onnxruntime session for a graph A (M, k) fp32 -> Y (M, n) fp32."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, "grok_desktop", [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    options = ort.SessionOptions()
+    # A pool per session whose idle threads sleep: onnxruntime's threads otherwise spin after
+    # each call and, between two calls, take the cores from PyTorch's ops and from the other
+    # pool (measured, mid-size decode with 2 threads: 17 ms/token this way, 40-65 ms with the
+    # shared spinning pool). Python cannot turn spinning off for the global pool.
+    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
 
 
 class NBitsMatMul:
     """y = x W^T for one quantized weight through onnxruntime's MatMulNBits.
 
-    `packed` (N, K/b, b*bits/8) uint8, `scales` fp32 (N*K/b,), `zero_points` packed uint8 or
-    None (then 2^(bits-1)). Call with x (M, K) (any float dtype) -> (M, N) fp32."""
+    `ops` = (bits, block, packed (N, K/b, b*bits/8) uint8, scales fp32 (N*K/b,)[, packed
+    zero points uint8]; without them 2^(bits-1)). Call with x (M, K) (any float dtype) ->
+    (M, N) fp32."""
 
-    def __init__(self, k: int, n: int, bits: int, block: int, packed: np.ndarray,
-                 scales: np.ndarray, zero_points: np.ndarray | None = None) -> None:
-        import onnxruntime as ort
-        from onnx import TensorProto, helper, numpy_helper
-
-        _global_pool()
+    def __init__(self, k: int, n: int, ops: Operands) -> None:
         self.k, self.n = k, n
-        inits = [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales, "S")]
-        inputs = ["A", "B", "S"]
-        if zero_points is not None:
-            inits.append(numpy_helper.from_array(zero_points, "Z"))
-            inputs.append("Z")
-        node = helper.make_node("MatMulNBits", inputs, ["Y"], domain="com.microsoft", K=k, N=n,
-                                bits=bits, block_size=block, accuracy_level=ACCURACY_LEVEL)
-        graph = helper.make_graph(
-            [node], "quant_linear",
-            [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
-            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
-            initializer=inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                        helper.make_opsetid("com.microsoft", 1)])
-        options = ort.SessionOptions()
-        options.use_per_session_threads = False  # the one global pool (_global_pool)
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(model.SerializeToString(), options,
-                                            providers=["CPUExecutionProvider"])
-        del model, graph, inits
+        inits: list = []
+        self.session = _session([_nbits_node(ops, k, n, "A", "Y", "w", inits)], inits, k, n)
 
     def __call__(self, x: Tensor) -> Tensor:
-        a = (x.detach() if x.requires_grad else x).to(torch.float32).contiguous().numpy()
-        out: Any = self.session.run(None, {"A": a})[0]
-        return torch.from_numpy(out)
+        return _run(self.session, x)
+
+
+class NBitsGatedMLP:
+    """down(gelu_erf(gate(x)) * up(x)) in one onnxruntime graph (three MatMulNBits, the
+    erf GELU of com.microsoft, a Mul), fp32 between them (the PyTorch path rounds the
+    intermediate to bf16). One call instead of three matmuls and the glue ops: decode runs
+    this for the shared MLP and both routed experts of every layer.
+    Call with x (M, D) -> (M, D) fp32."""
+
+    def __init__(self, d: int, hidden: int, gate: Operands, up: Operands,
+                 down: Operands) -> None:
+        from onnx import helper
+
+        inits: list = []
+        nodes = [_nbits_node(gate, d, hidden, "A", "g", "gate", inits),
+                 _nbits_node(up, d, hidden, "A", "u", "up", inits),
+                 helper.make_node("Gelu", ["g"], ["a"], domain="com.microsoft"),
+                 helper.make_node("Mul", ["a", "u"], ["h"]),
+                 _nbits_node(down, hidden, d, "h", "Y", "down", inits)]
+        self.session = _session(nodes, inits, d, d)
+        self.kind = ""  # the weights' format ("int4", "int8"), set by the builder
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return _run(self.session, x)
+
+
+def _run(session: Any, x: Tensor) -> Tensor:
+    a = (x.detach() if x.requires_grad else x).to(torch.float32).contiguous().numpy()
+    out: Any = session.run(None, {"A": a})[0]
+    return torch.from_numpy(out)

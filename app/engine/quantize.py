@@ -200,7 +200,7 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
-        if self.layout == "cpu" and CPU_KERNELS[self.fmt.kind] == "nbits" \
+        if CPU_KERNELS[self.fmt.kind] == "nbits" and self.layout == "cpu" \
                 and self.qweight.device.type == "cpu":
             nbits = nbits_kernel(self)
             if nbits is not None:  # few ops: this runs ~13 times per layer and token
@@ -218,49 +218,88 @@ class QuantLinear(nn.Module):
         return f"{self.in_features}, {self.out_features}, {self.fmt.kind}{g}, layout={self.layout}"
 
 
-# QuantLinear -> (the weight's identity, its MatMulNBits or None where it cannot take it)
-_NBITS: weakref.WeakKeyDictionary[QuantLinear, tuple[tuple, cpu_kernels.NBitsMatMul | None]] = (
-    weakref.WeakKeyDictionary())
+# QuantLinear -> (its qweight, its scales, its MatMulNBits or None); a gated MLP's down
+# projection -> (the tensors and modules the fused kernel was built from, the kernel or None).
+# Decode looks these up ~100 times per token: identity checks only, no tensor ops.
+_NBITS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+_FUSED: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+
+
+def _nbits_ready(m: nn.Module) -> bool:
+    return (isinstance(m, QuantLinear) and m.layout == "cpu" and m.qweight.device.type == "cpu"
+            and not m.qweight.is_meta and CPU_KERNELS[m.fmt.kind] == "nbits")
+
+
+def _operands(m: QuantLinear) -> tuple | None:
+    n, k = m.out_features, m.in_features
+    if m.fmt.kind == "int4":
+        return cpu_kernels.int4_operands(unpack_int4_cpu(m.qweight, n, k), m.scales)
+    return cpu_kernels.int8_operands(m.qweight, m.scales)
 
 
 def nbits_kernel(m: QuantLinear) -> cpu_kernels.NBitsMatMul | None:
-    """m's onnxruntime MatMulNBits, built (weights repacked) on first use and rebuilt if the
-    weight tensors are replaced or written; None if the weight has no exact MatMulNBits form
-    (an int4 zero that is not an integer zero point, a K no block size divides)."""
-    key = (m.qweight.data_ptr(), _version(m.qweight), m.scales.data_ptr(), _version(m.scales))
+    """m's onnxruntime MatMulNBits, built (weights repacked) on first use and rebuilt when the
+    weight tensors are replaced (the loader fills new tensors; nothing writes them in place);
+    None if the weight has no exact MatMulNBits form (an int4 zero that is not an integer zero
+    point, a K no block size divides)."""
+    q, s = m._buffers["qweight"], m._buffers["scales"]
     cached = _NBITS.get(m)
-    if cached is not None and cached[0] == key:
-        return cached[1]
+    if cached is not None and cached[0] is q and cached[1] is s:
+        return cached[2]
+    ops = _operands(m)
+    kernel = None if ops is None else cpu_kernels.NBitsMatMul(m.in_features, m.out_features, ops)
+    _NBITS[m] = (q, s, kernel)
+    return kernel
+
+
+def gated_mlp_kernel(gate: nn.Module, up: nn.Module, down: nn.Module
+                     ) -> cpu_kernels.NBitsGatedMLP | None:
+    """down(gelu(gate(x)) * up(x)) as one onnxruntime graph when all three are CPU QuantLinears
+    of one format on the "nbits" kernel with exact MatMulNBits forms (cached like
+    nbits_kernel); else None (the caller runs the three modules)."""
+    parts = (gate, up, *(m._buffers.get(n) for m in (gate, up, down)
+                         for n in ("qweight", "scales")))
+    cached = _FUSED.get(down)
+    if cached is not None and all(a is b for a, b in zip(cached[0], parts)):
+        kernel = cached[1]  # None: these weights have no exact MatMulNBits form
+        return kernel if kernel is not None and CPU_KERNELS[kernel.kind] == "nbits" else None
+    if not (_nbits_ready(gate) and _nbits_ready(up) and _nbits_ready(down)):
+        return None  # not cached: the kernel choice may change
+    assert isinstance(gate, QuantLinear) and isinstance(up, QuantLinear) \
+        and isinstance(down, QuantLinear)
     kernel = None
-    n, k = m.out_features, m.in_features
-    if m.fmt.kind == "int4":
-        ops4 = cpu_kernels.int4_operands(unpack_int4_cpu(m.qweight, n, k), m.scales)
-        if ops4 is not None:
-            kernel = cpu_kernels.NBitsMatMul(k, n, 4, m.fmt.group, *ops4)
-    else:
-        ops8 = cpu_kernels.int8_operands(m.qweight, m.scales)
-        if ops8 is not None:
-            kernel = cpu_kernels.NBitsMatMul(k, n, 8, cpu_kernels.int8_block(k), *ops8)
-    _NBITS[m] = (key, kernel)
+    if gate.fmt.kind == up.fmt.kind == down.fmt.kind:
+        g, u, d = _operands(gate), _operands(up), _operands(down)
+        if g is not None and u is not None and d is not None:
+            kernel = cpu_kernels.NBitsGatedMLP(gate.in_features, gate.out_features, g, u, d)
+            kernel.kind = gate.fmt.kind
+    _FUSED[down] = (parts, kernel)
     return kernel
 
 
 def build_cpu_kernels(model: nn.Module) -> int:
     """Build (repack) every CPU-resident QuantLinear's MatMulNBits now rather than on its first
     forward, so the first tokens are not slowed by it. Returns how many were built."""
-    built = 0
+    built, fused = 0, set[int]()
     for mod in model.modules():
-        if isinstance(mod, QuantLinear) and mod.layout == "cpu" \
-                and mod.qweight.device.type == "cpu" and not mod.qweight.is_meta \
-                and CPU_KERNELS[mod.fmt.kind] == "nbits":
+        trio = _gated_trio(mod)
+        if trio is not None and gated_mlp_kernel(*trio) is not None:
+            built += 1
+            fused.update(id(m) for m in trio)
+    for mod in model.modules():
+        if _nbits_ready(mod) and id(mod) not in fused:
+            assert isinstance(mod, QuantLinear)
             built += nbits_kernel(mod) is not None
     return built
 
 
-def _version(t: Tensor) -> int:
-    """t's in-place write counter (inference tensors keep none: they are written only by the
-    loader, before any forward)."""
-    return 0 if t.is_inference() else t._version
+def _gated_trio(mod: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module] | None:
+    """(gate, up, down) of a gated MLP module (model.Expert, model.GatedMLP), else None."""
+    names = (("w1", "w3", "w2"), ("gate_proj", "up_proj", "down_proj"))
+    for gate, up, down in names:
+        if all(hasattr(mod, n) for n in (gate, up, down)):
+            return getattr(mod, gate), getattr(mod, up), getattr(mod, down)
+    return None
 
 
 def _cpu_matmul(m: QuantLinear, x: Tensor) -> Tensor:
