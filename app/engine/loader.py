@@ -103,15 +103,14 @@ def _load(folder: Path, cfg: Grok2Config, plan: Plan, prepared: bool,
         if isinstance(module, QuantLinear):
             new = QuantLinear(module.in_features, module.out_features, module.fmt,
                               tensors["qweight"], tensors["scales"])
-            placed = new.placed(device)
-            set_module(model, name, placed)
-            build_cpu_kernels(placed)  # repack for onnxruntime now, not on the first token
+            set_module(model, name, new.placed(device))
         else:
             for local, t in tensors.items():
                 setattr(module, local, nn.Parameter(t.to(device, dtype), requires_grad=False))
         done += _meta_bytes(module)
         if progress:
             progress("loading weights", done, total)
+    build_cpu_kernels(model, progress)  # repack for onnxruntime now, not on the first tokens
     return install(model.eval(), plan, devices["gpu"], cpu, threshold)
 
 

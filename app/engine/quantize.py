@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -277,19 +278,24 @@ def gated_mlp_kernel(gate: nn.Module, up: nn.Module, down: nn.Module
     return kernel
 
 
-def build_cpu_kernels(model: nn.Module) -> int:
-    """Build (repack) every CPU-resident QuantLinear's MatMulNBits now rather than on its first
-    forward, so the first tokens are not slowed by it. Returns how many were built."""
+def build_cpu_kernels(model: nn.Module,
+                      progress: Callable[[str, int, int], None] | None = None) -> int:
+    """Build (repack) the onnxruntime kernels of every CPU-resident quantized gated MLP (one
+    fused graph each) and of every other such QuantLinear now rather than on first use, so
+    the first tokens are not slowed by it; `progress(label, done, total)` counts modules.
+    Returns how many kernels were built."""
+    mods = list(model.modules())  # parents first: a gated MLP before its projections
     built, fused = 0, set[int]()
-    for mod in model.modules():
+    for i, mod in enumerate(mods):
         trio = _gated_trio(mod)
         if trio is not None and gated_mlp_kernel(*trio) is not None:
             built += 1
             fused.update(id(m) for m in trio)
-    for mod in model.modules():
-        if _nbits_ready(mod) and id(mod) not in fused:
+        elif _nbits_ready(mod) and id(mod) not in fused:
             assert isinstance(mod, QuantLinear)
             built += nbits_kernel(mod) is not None
+        if progress and built:
+            progress("preparing CPU kernels", i + 1, len(mods))
     return built
 
 

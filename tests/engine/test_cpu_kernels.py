@@ -102,3 +102,30 @@ def test_fused_expert_matches_the_three_matmuls(kind, group, monkeypatch):
     assert quantize.gated_mlp_kernel(expert.w1, expert.w3, expert.w2) is None
     slow = expert(x)
     assert (slow.double() - exact).norm() / exact.norm() < 0.02
+
+
+def test_build_fuses_gated_mlps_and_repacks_each_weight_once(monkeypatch):
+    """On a quantized model every expert and shared MLP gets one fused kernel and its three
+    projections no kernel of their own (the repacked copy exists once); attention and the
+    head get one each; the progress callback counts up to the module total."""
+    from app.engine.bench import MID_CONFIG, synthetic_model
+    from app.engine.config import Grok2Config
+    from app.engine.model import Expert, GatedMLP
+
+    monkeypatch.setitem(quantize.CPU_KERNELS, "int4", "nbits")
+    monkeypatch.setitem(quantize.CPU_KERNELS, "int8", "nbits")
+    cfg = Grok2Config.from_dict(dict(MID_CONFIG, hidden_size=128, num_hidden_layers=1,
+                                     intermediate_size=256, moe_intermediate_size=128,
+                                     vocab_size=256))
+    model = synthetic_model(cfg, "int4")
+    seen = []
+    built = quantize.build_cpu_kernels(model, lambda label, done, total: seen.append(
+        (label, done, total)))
+    mlps = [m for m in model.modules() if isinstance(m, (Expert, GatedMLP))]
+    linears = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert len(mlps) == 9 and built == len(linears) - 2 * len(mlps)
+    for m in mlps:
+        trio = quantize._gated_trio(m)
+        assert trio is not None and quantize._FUSED[trio[2]][1] is not None
+        assert all(p not in quantize._NBITS for p in trio)
+    assert seen and seen[-1][1] == seen[-1][2] and seen[-1][0] == "preparing CPU kernels"
