@@ -299,6 +299,14 @@ def build_cpu_kernels(model: nn.Module,
     return built
 
 
+def exact_fallbacks(model: nn.Module) -> int:
+    """How many CPU int4 weights have no exact MatMulNBits form (zeros off the integer grid:
+    quantized by an older version) and so run on PyTorch's slower int4 kernel, after
+    build_cpu_kernels."""
+    return sum(1 for m in model.modules() if isinstance(m, QuantLinear) and m.fmt.kind == "int4"
+               and m in _NBITS and _NBITS[m][2] is None)
+
+
 def _gated_trio(mod: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module] | None:
     """(gate, up, down) of a gated MLP module (model.Expert, model.GatedMLP), else None."""
     names = (("w1", "w3", "w2"), ("gate_proj", "up_proj", "down_proj"))

@@ -46,6 +46,9 @@ def test_old_zero_points_stay_on_the_exact_pytorch_kernel(monkeypatch):
     q = QuantLinear.from_weight(torch.randn(64, 128), Format("int4", 128))
     q.scales[..., 1] += q.scales[..., 0] * 0.25  # a zero no integer zero point gives
     monkeypatch.setitem(quantize.CPU_KERNELS, "int4", "nbits")
+    fresh = QuantLinear.from_weight(torch.randn(64, 128), Format("int4", 128))
+    model = torch.nn.Sequential(q, fresh)
+    assert quantize.build_cpu_kernels(model) == 1 and quantize.exact_fallbacks(model) == 1
     assert quantize.nbits_kernel(q) is None
     x = torch.randn(3, 128)
     y = q(x)
