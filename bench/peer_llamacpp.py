@@ -209,6 +209,7 @@ def run_ours_mid(fmt: str, threads: int, tokens: int, prefill: int) -> tuple[flo
     """(decode tok/s, prefill tok/s, the full result) from `python -m app bench --synthetic`."""
     out = subprocess.run([sys.executable, "-m", "app", "bench", "--synthetic", "--quant", fmt,
                           "--threads", str(threads), "--gpu-mem", "0", "--json",
+                          "--no-real-expert",
                           "--prompt-lengths", f"32,{prefill}", "--decode-tokens", str(tokens)],
                          check=True, capture_output=True, text=True, cwd=ROOT).stdout
     r = json.loads(out.strip().splitlines()[-1])
@@ -336,9 +337,9 @@ def real(exe: Path, work: Path, formats: list[str], threads: list[int], repeats:
             for t in threads:
                 ours_d, ours_p, th_d, th_p = [], [], [], []
                 for _ in range(repeats):
-                    code = ("import sys, json; sys.path.insert(0, %r); "
+                    code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); "
                             "from bench.peer_llamacpp import run_ours_real_layer as f; "
-                            "print(json.dumps(f(%r, %d, 3, %d)))" % (str(ROOT), fmt, t, prefill))
+                            f"print(json.dumps(f({fmt!r}, {t}, 3, {prefill})))")
                     out = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
                                          capture_output=True, text=True).stdout
                     d, p = json.loads(out.strip().splitlines()[-1])

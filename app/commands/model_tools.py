@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument("--refresh", action="store_true", help="re-run the bandwidth probe")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--no-real-expert", action="store_true",
+                   help="skip --synthetic's real-size expert row")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_bench)
 
@@ -154,7 +156,8 @@ def run_bench(args: argparse.Namespace) -> int:
         model = load_engine_model(args.model, plan, _progress_bar("loading"))
     build_cpu_kernels(model)  # the loader does this too; the synthetic model needs it
     result = bench_model(model, plan, bw, lengths, args.decode_tokens)
-    if args.synthetic and quant in ("int4", "int8") and not gpu_budget:
+    if args.synthetic and quant in ("int4", "int8") and not gpu_budget \
+            and not args.no_real_expert:
         del model  # the real-size expert needs the memory more
         result["real_expert"] = bench_real_expert(quant, bw)
     print(json.dumps(result) if args.json else format_result(result))

@@ -110,3 +110,21 @@ def _fake_result() -> dict:
             "decode_fraction_of_bound": 0.5, "bytes_per_token": {"gpu": 0, "cpu": 1, "pcie": 0},
             "peak_cpu_bytes": 1, "peak_gpu_bytes": 0,
             "bandwidths": {"gpu": 0.0, "cpu": 10 * GB, "pcie": 0.0, "measured": ["cpu"]}}
+
+
+def test_synthetic_bench_command_adds_the_real_expert_row(monkeypatch, capsys):
+    """`bench --synthetic` (shrunk here) reports the real-size expert row; --no-real-expert
+    leaves it out."""
+    monkeypatch.setattr(bench, "probe_bandwidths", lambda refresh=False: Bandwidths(cpu=GB))
+    monkeypatch.setattr(bench, "select_cpu_kernels", lambda refresh=False: {})
+    monkeypatch.setattr(bench, "MID_CONFIG", dict(bench.MID_CONFIG, hidden_size=128,
+                                                  num_hidden_layers=1, intermediate_size=256,
+                                                  moe_intermediate_size=128, vocab_size=256))
+    monkeypatch.setattr(bench, "REAL_EXPERT", (128, 256))
+    args = ["bench", "--synthetic", "--quant", "int4", "--gpu-mem", "0", "--cpu-mem", "16",
+            "--context", "64", "--prompt-lengths", "4", "--decode-tokens", "2", "--json"]
+    assert main(args) == 0
+    row = json.loads(capsys.readouterr().out)["real_expert"]
+    assert row["seconds"] > 0 and row["fraction_of_read"] > 0
+    assert main([*args, "--no-real-expert"]) == 0
+    assert "real_expert" not in json.loads(capsys.readouterr().out)
