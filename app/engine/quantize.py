@@ -30,12 +30,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from app.engine import cpu_kernels
+from app.engine.cpu_kernels import (
+    NBitsGatedMLP,
+    NBitsMatMul,
+    int4_operands,
+    int8_operands,
+)
+from app.engine.cpu_kernels import available as nbits_available
 from app.engine.plan import Format, weight_format
 
 # "nbits": onnxruntime's MatMulNBits (cpu_kernels.py, int8 activations, 2-3x the PyTorch
 # kernels' rate), where installed; bench.select_cpu_kernels measures and may change these.
-CPU_KERNELS = ({"int8": "nbits", "int4": "nbits"} if cpu_kernels.available()
+CPU_KERNELS = ({"int8": "nbits", "int4": "nbits"} if nbits_available()
                else {"int8": "int8pack", "int4": "int4pack"})
 GPU_TINYGEMM_MAX_M = 4  # tinygemm is fastest at M <= 2-4, 5x slower than cuBLAS at M = 32
 
@@ -234,11 +240,11 @@ def _nbits_ready(m: nn.Module) -> bool:
 def _operands(m: QuantLinear) -> tuple | None:
     n, k = m.out_features, m.in_features
     if m.fmt.kind == "int4":
-        return cpu_kernels.int4_operands(unpack_int4_cpu(m.qweight, n, k), m.scales)
-    return cpu_kernels.int8_operands(m.qweight, m.scales)
+        return int4_operands(unpack_int4_cpu(m.qweight, n, k), m.scales)
+    return int8_operands(m.qweight, m.scales)
 
 
-def nbits_kernel(m: QuantLinear) -> cpu_kernels.NBitsMatMul | None:
+def nbits_kernel(m: QuantLinear) -> NBitsMatMul | None:
     """m's onnxruntime MatMulNBits, built (weights repacked) on first use and rebuilt when the
     weight tensors are replaced (the loader fills new tensors; nothing writes them in place);
     None if the weight has no exact MatMulNBits form (an int4 zero that is not an integer zero
@@ -248,13 +254,13 @@ def nbits_kernel(m: QuantLinear) -> cpu_kernels.NBitsMatMul | None:
     if cached is not None and cached[0] is q and cached[1] is s:
         return cached[2]
     ops = _operands(m)
-    kernel = None if ops is None else cpu_kernels.NBitsMatMul(m.in_features, m.out_features, ops)
+    kernel = None if ops is None else NBitsMatMul(m.in_features, m.out_features, ops)
     _NBITS[m] = (q, s, kernel)
     return kernel
 
 
 def gated_mlp_kernel(gate: nn.Module, up: nn.Module, down: nn.Module
-                     ) -> cpu_kernels.NBitsGatedMLP | None:
+                     ) -> NBitsGatedMLP | None:
     """down(gelu(gate(x)) * up(x)) as one onnxruntime graph when all three are CPU QuantLinears
     of one format on the "nbits" kernel with exact MatMulNBits forms (cached like
     nbits_kernel); else None (the caller runs the three modules)."""
@@ -272,7 +278,7 @@ def gated_mlp_kernel(gate: nn.Module, up: nn.Module, down: nn.Module
     if gate.fmt.kind == up.fmt.kind == down.fmt.kind:
         g, u, d = _operands(gate), _operands(up), _operands(down)
         if g is not None and u is not None and d is not None:
-            kernel = cpu_kernels.NBitsGatedMLP(gate.in_features, gate.out_features, g, u, d)
+            kernel = NBitsGatedMLP(gate.in_features, gate.out_features, g, u, d)
             kernel.kind = gate.fmt.kind
     _FUSED[down] = (parts, kernel)
     return kernel
