@@ -170,11 +170,11 @@ def random_quant_linear(n: int, k: int, fmt: Format, seed: int = 0) -> quantize.
         q = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
         s = torch.full((n,), 1e-3)
         return quantize.QuantLinear(k, n, fmt, q, s)
-    codes = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8)
-    scale = torch.full((k // fmt.group, n), 2.0**-10)
+    packed = torch.randint(0, 256, (n, k // 2), generator=gen, dtype=torch.uint8)  # any bytes
+    scale = torch.full((k // fmt.group, n), 2.0**-10)  # are codes in any nibble layout
     zero = (8 - torch.randint(0, 16, scale.shape, generator=gen)) * scale
     scales = torch.stack([scale, zero], -1).to(torch.bfloat16)
-    return quantize.QuantLinear(k, n, fmt, quantize.pack_int4_cpu(codes), scales)
+    return quantize.QuantLinear(k, n, fmt, packed, scales)
 
 
 def bench_real_expert(kind: str, bw: Bandwidths, repeat: int = 7) -> dict[str, Any]:
