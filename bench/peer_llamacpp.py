@@ -326,8 +326,8 @@ def real(exe: Path, work: Path, formats: list[str], threads: list[int], repeats:
     cfg = dict(REAL, num_local_experts=8, num_experts_per_tok=2)
     print(f"\n## real-size slice (per layer; llama.cpp: slope of 1 vs 2 layers); prefill "
           f"{prefill}; load {os.getloadavg()[0]:.1f}")
-    print("| format | threads | decode ms/layer ours / llama.cpp | ratio | prefill tok/s "
-          "ours / llama.cpp |")
+    print("| format | threads | decode ms/layer ours / llama.cpp | speed ours / llama.cpp | "
+          "prefill tok/s ours / llama.cpp |")
     print("|---|---|---|---|---|")
     for fmt in formats:
         paths = {n: work / f"real{n}-{fmt}.gguf" for n in (1, 2)}
