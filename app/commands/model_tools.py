@@ -42,6 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument("--refresh", action="store_true", help="re-run the bandwidth probe")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--no-real-expert", action="store_true",
+                   help="skip --synthetic's real-size expert row")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_bench)
 
@@ -127,6 +129,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from app.engine.bench import (
         MID_CONFIG,
         bench_model,
+        bench_real_expert,
         format_result,
         probe_bandwidths,
         select_cpu_kernels,
@@ -136,6 +139,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from app.engine.loader import load_engine_model
     from app.engine.offload import place_model
     from app.engine.plan import make_plan
+    from app.engine.quantize import build_cpu_kernels
 
     try:
         lengths = tuple(int(n) for n in args.prompt_lengths.split(","))
@@ -156,6 +160,11 @@ def run_bench(args: argparse.Namespace) -> int:
         cfg, quant = _config_and_quant(args)
         plan = make_plan(cfg, quant, gpu_budget, cpu_budget, args.context)
         model = load_engine_model(args.model, plan, _progress_bar("loading"))
+    build_cpu_kernels(model)  # the loader does this too; the synthetic model needs it
     result = bench_model(model, plan, bw, lengths, args.decode_tokens)
+    if args.synthetic and quant in ("int4", "int8") and not gpu_budget \
+            and not args.no_real_expert:
+        del model  # the real-size expert needs the memory more
+        result["real_expert"] = bench_real_expert(quant, bw)
     print(json.dumps(result) if args.json else format_result(result))
     return 0

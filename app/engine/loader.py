@@ -11,6 +11,7 @@ tensor is copied once. CUDA out of memory while loading retries with a smaller G
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +24,17 @@ from app.engine.model import Grok2
 from app.engine.offload import PREFILL_STREAM_THRESHOLD, install, weight_leaves
 from app.engine.plan import GB, Plan, make_plan
 from app.engine.prepare import convert_tensor, is_prepared, mmap_tensors, unit_of, verify
-from app.engine.quantize import QuantLinear, quantize_model, set_module
+from app.engine.quantize import (
+    QuantLinear,
+    build_cpu_kernels,
+    exact_fallbacks,
+    quantize_model,
+    set_module,
+)
 from app.engine.weights import _Reader, build_meta_model, check_index, index_folder, read_tensor
 from app.errors import UserError
+
+log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
 Budgets = tuple[int, int]  # (GPU bytes, CPU bytes)
@@ -110,6 +119,11 @@ def _load(folder: Path, cfg: Grok2Config, plan: Plan, prepared: bool,
         done += _meta_bytes(module)
         if progress:
             progress("loading weights", done, total)
+    build_cpu_kernels(model, progress)  # repack for onnxruntime now, not on the first tokens
+    if exact_fallbacks(model):
+        log.warning("%s: int4 weights prepared by an older version run on the slower PyTorch "
+                    "kernel (exact, not approximated); run prepare again for the faster one",
+                    folder)
     return install(model.eval(), plan, devices["gpu"], cpu, threshold)
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from app.engine.config import Grok2Config
+from app.engine.quantize import gated_mlp_kernel
 
 if TYPE_CHECKING:
     from app.engine.plan import Plan
@@ -41,9 +42,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        # F.rms_norm is this very formula (same ops, same bits: xf * rsqrt(mean(xf^2) + eps)
+        # * w), with less dispatch per call
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
 class KVCache(nn.Module):
@@ -166,6 +167,9 @@ class GatedMLP(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        fused = gated_mlp_kernel(self.gate_proj, self.up_proj, self.down_proj)
+        if fused is not None:  # quantized on the CPU: one onnxruntime call (quantize.py)
+            return fused(x.reshape(-1, x.shape[-1])).to(x.dtype).view(x.shape)
         return self.down_proj(F.gelu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -181,6 +185,9 @@ class Expert(nn.Module):
         self.w3 = nn.Linear(dim, hidden, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        fused = gated_mlp_kernel(self.w1, self.w3, self.w2)
+        if fused is not None:  # quantized on the CPU: one onnxruntime call (quantize.py)
+            return fused(x.reshape(-1, x.shape[-1])).to(x.dtype).view(x.shape)
         return self.w2(F.gelu(self.w1(x)) * self.w3(x))
 
 
@@ -206,12 +213,25 @@ class SparseMoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (N, D)
         weights, ids = self.route(x)  # (N, k), (N, k)
+        if x.shape[0] == 1 and x.device.type == "cpu":  # decode: index the k experts directly
+            return self._one_token(x, weights[0], ids[0].tolist()).to(x.dtype).view(shape)
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         for e in ids.unique().tolist():
             rows, slot = (ids == e).nonzero(as_tuple=True)
             y = self.experts[e](x[rows]).float()  # (n_e, D)
             out.index_add_(0, rows, y * weights[rows, slot, None])
         return out.to(x.dtype).view(shape)
+
+
+    def _one_token(self, x: Tensor, weights: Tensor, ids: list[int]) -> Tensor:
+        """The sum of forward()'s loop for one token (N = 1), in the same order (ascending
+        expert id, fp32, starting from zero: the same bits) without its index tensors."""
+        out = None
+        for slot, e in sorted(enumerate(ids), key=lambda item: item[1]):
+            y = self.experts[e](x).float() * weights[slot]
+            out = y if out is None else out + y
+        assert out is not None  # num_experts_per_tok >= 1
+        return out
 
 
 class ResidualMoE(nn.Module):

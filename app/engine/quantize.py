@@ -9,8 +9,13 @@ Stored format (what `prepare` writes, what a CPU-resident QuantLinear holds, mem
 On a GPU, int4 is held as plain nibbles (N, K/2), high nibble = even k, the input of
 `torch.ops.aten._convert_weight_to_int4pack` (tinygemm) and of a cheap dequantization.
 
-Kernels: CPU int4 `_weight_int4pack_mm_for_cpu`, CPU int8 `_weight_int8pack_mm` or
-dequantize+bf16 matmul (bench.py measures and picks, `CPU_KERNELS`), GPU int4 tinygemm for
+The int4 quantizer writes integer zero points (zero = (8 - zp) * scale, exact in bf16), so the
+same stored pair is also w = (q - zp) * scale, onnxruntime's MatMulNBits form.
+
+Kernels: CPU "nbits" (onnxruntime MatMulNBits, int8 activations, cpu_kernels.py; a weight
+without an exact MatMulNBits form, e.g. int4 from an older quantizer, uses the next ones), CPU
+int4 `_weight_int4pack_mm_for_cpu`, CPU int8 `_weight_int8pack_mm` or dequantize+bf16 matmul
+(bench.py measures and picks, `CPU_KERNELS`), GPU int4 tinygemm for
 M <= 4 tokens else dequantize + cuBLAS, GPU int8 dequantize + cuBLAS. Activations are bf16
 inside the quantized kernels (the float32 variants of the CPU ops are 10x slower).
 """
@@ -18,14 +23,26 @@ inside the quantized kernels (the float32 variants of the CPU ops are 10x slower
 from __future__ import annotations
 
 import functools
+import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from app.engine.cpu_kernels import (
+    NBitsGatedMLP,
+    NBitsMatMul,
+    int4_operands,
+    int8_operands,
+)
+from app.engine.cpu_kernels import available as nbits_available
 from app.engine.plan import Format, weight_format
 
-CPU_KERNELS = {"int8": "int8pack", "int4": "int4pack"}  # bench.select_cpu_kernels may change
+# "nbits": onnxruntime's MatMulNBits (cpu_kernels.py, int8 activations, 2-3x the PyTorch
+# kernels' rate), where installed; bench.select_cpu_kernels measures and may change these.
+CPU_KERNELS = ({"int8": "nbits", "int4": "nbits"} if nbits_available()
+               else {"int8": "int8pack", "int4": "int4pack"})
 GPU_TINYGEMM_MAX_M = 4  # tinygemm is fastest at M <= 2-4, 5x slower than cuBLAS at M = 32
 
 
@@ -49,16 +66,27 @@ def quantize_int4(w: Tensor, group: int) -> tuple[Tensor, Tensor]:
 
 
 def int4_codes(w: Tensor, group: int) -> tuple[Tensor, Tensor]:
-    """Codes uint8 (N, K) in 0..15 and (scale, zero) bf16 (K/g, N, 2). The grid is computed
-    from the bf16-rounded scale and zero, the ones the kernels will use."""
+    """Codes uint8 (N, K) in 0..15 and (scale, zero) bf16 (K/g, N, 2) with an integer zero
+    point: zero = (8 - zp) * scale, zp in 0..15, so w = (q - zp) * scale, the form onnxruntime's
+    MatMulNBits takes natively (cpu_kernels.py). The scale is rounded up to 5 significant bits
+    so that (8 - zp) * scale is exact in bf16: the stored pair means the same weight to every
+    kernel. The range is widened to include 0 (an integer zero point needs it)."""
     n, k = w.shape
     wg = w.float().reshape(n, k // group, group)
-    lo, hi = wg.amin(-1), wg.amax(-1)  # (N, K/g)
-    scale = ((hi - lo) / 15.0).clamp(min=1e-8).to(torch.bfloat16).float()
-    zero = (lo + 8.0 * scale).to(torch.bfloat16).float()
-    q = torch.round((wg - zero[..., None]) / scale[..., None] + 8.0).clamp(0, 15)
+    lo, hi = wg.amin(-1).clamp(max=0.0), wg.amax(-1).clamp(min=0.0)  # (N, K/g)
+    scale = _round_up_significand(((hi - lo) / 15.0).clamp(min=1e-8), bits=5)
+    zp = torch.round(-lo / scale).clamp(0, 15)
+    zero = (8.0 - zp) * scale  # exact in bf16: a 4-bit integer times a 5-bit significand
+    q = torch.round(wg / scale[..., None] + zp[..., None]).clamp(0, 15)
     scales = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()  # (K/g, N, 2)
     return q.to(torch.uint8).reshape(n, k), scales.to(torch.bfloat16)
+
+
+def _round_up_significand(x: Tensor, bits: int) -> Tensor:
+    """Positive fp32 x rounded up to `bits` significant bits (so also exact in bf16)."""
+    drop = 24 - bits  # fp32 has a 24-bit significand
+    i = x.float().contiguous().view(torch.int32)
+    return ((i + (1 << drop) - 1) & ~((1 << drop) - 1)).view(torch.float32)
 
 
 def pack_int4_cpu(codes: Tensor) -> Tensor:
@@ -179,6 +207,12 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
+        if CPU_KERNELS[self.fmt.kind] == "nbits" and self.layout == "cpu" \
+                and self.qweight.device.type == "cpu":
+            nbits = nbits_kernel(self)
+            if nbits is not None:  # few ops: this runs ~13 times per layer and token
+                y = nbits(x.reshape(-1, shape[-1]))
+                return y.to(x.dtype).view(*shape[:-1], self.out_features)
         x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
         if self.qweight.device.type == "cpu" and self.layout == "cpu":
             y = _cpu_matmul(self, x2)
@@ -191,8 +225,107 @@ class QuantLinear(nn.Module):
         return f"{self.in_features}, {self.out_features}, {self.fmt.kind}{g}, layout={self.layout}"
 
 
+# QuantLinear -> (its qweight, its scales, its MatMulNBits or None); a gated MLP's down
+# projection -> (the tensors and modules the fused kernel was built from, the kernel or None).
+# Decode looks these up ~100 times per token: identity checks only, no tensor ops.
+_NBITS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+_FUSED: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+
+
+def _nbits_ready(m: nn.Module) -> bool:
+    return (isinstance(m, QuantLinear) and m.layout == "cpu" and m.qweight.device.type == "cpu"
+            and not m.qweight.is_meta and CPU_KERNELS[m.fmt.kind] == "nbits")
+
+
+def _operands(m: QuantLinear) -> tuple | None:
+    n, k = m.out_features, m.in_features
+    if m.fmt.kind == "int4":
+        return int4_operands(unpack_int4_cpu(m.qweight, n, k), m.scales)
+    return int8_operands(m.qweight, m.scales)
+
+
+def nbits_kernel(m: QuantLinear) -> NBitsMatMul | None:
+    """m's onnxruntime MatMulNBits, built (weights repacked) on first use and rebuilt when the
+    weight tensors are replaced (the loader fills new tensors; nothing writes them in place);
+    None if the weight has no exact MatMulNBits form (an int4 zero that is not an integer zero
+    point, a K no block size divides)."""
+    q, s = m._buffers["qweight"], m._buffers["scales"]
+    cached = _NBITS.get(m)
+    if cached is not None and cached[0] is q and cached[1] is s:
+        return cached[2]
+    ops = _operands(m)
+    kernel = None if ops is None else NBitsMatMul(m.in_features, m.out_features, ops)
+    _NBITS[m] = (q, s, kernel)
+    return kernel
+
+
+def gated_mlp_kernel(gate: nn.Module, up: nn.Module, down: nn.Module
+                     ) -> NBitsGatedMLP | None:
+    """down(gelu(gate(x)) * up(x)) as one onnxruntime graph when all three are CPU QuantLinears
+    of one format on the "nbits" kernel with exact MatMulNBits forms (cached like
+    nbits_kernel); else None (the caller runs the three modules)."""
+    parts = (gate, up, *(m._buffers.get(n) for m in (gate, up, down)
+                         for n in ("qweight", "scales")))
+    cached = _FUSED.get(down)
+    if cached is not None and all(a is b for a, b in zip(cached[0], parts)):
+        kernel = cached[1]  # None: these weights have no exact MatMulNBits form
+        return kernel if kernel is not None and CPU_KERNELS[kernel.kind] == "nbits" else None
+    if not (_nbits_ready(gate) and _nbits_ready(up) and _nbits_ready(down)):
+        return None  # not cached: the kernel choice may change
+    assert isinstance(gate, QuantLinear) and isinstance(up, QuantLinear) \
+        and isinstance(down, QuantLinear)
+    kernel = None
+    if gate.fmt.kind == up.fmt.kind == down.fmt.kind:
+        g, u, d = _operands(gate), _operands(up), _operands(down)
+        if g is not None and u is not None and d is not None:
+            kernel = NBitsGatedMLP(gate.in_features, gate.out_features, g, u, d)
+            kernel.kind = gate.fmt.kind
+    _FUSED[down] = (parts, kernel)
+    return kernel
+
+
+def build_cpu_kernels(model: nn.Module,
+                      progress: Callable[[str, int, int], None] | None = None) -> int:
+    """Build (repack) the onnxruntime kernels of every CPU-resident quantized gated MLP (one
+    fused graph each) and of every other such QuantLinear now rather than on first use, so
+    the first tokens are not slowed by it; `progress(label, done, total)` counts modules.
+    Returns how many kernels were built."""
+    mods = list(model.modules())  # parents first: a gated MLP before its projections
+    built, fused = 0, set[int]()
+    for i, mod in enumerate(mods):
+        trio = _gated_trio(mod)
+        if trio is not None and gated_mlp_kernel(*trio) is not None:
+            built += 1
+            fused.update(id(m) for m in trio)
+        elif _nbits_ready(mod) and id(mod) not in fused:
+            assert isinstance(mod, QuantLinear)
+            built += nbits_kernel(mod) is not None
+        if progress and built:
+            progress("preparing CPU kernels", i + 1, len(mods))
+    return built
+
+
+def exact_fallbacks(model: nn.Module) -> int:
+    """How many CPU int4 weights have no exact MatMulNBits form (zeros off the integer grid:
+    quantized by an older version) and so run on PyTorch's slower int4 kernel, after
+    build_cpu_kernels."""
+    return sum(1 for m in model.modules() if isinstance(m, QuantLinear) and m.fmt.kind == "int4"
+               and m in _NBITS and _NBITS[m][2] is None)
+
+
+def _gated_trio(mod: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module] | None:
+    """(gate, up, down) of a gated MLP module (model.Expert, model.GatedMLP), else None."""
+    names = (("w1", "w3", "w2"), ("gate_proj", "up_proj", "down_proj"))
+    for gate, up, down in names:
+        if all(hasattr(mod, n) for n in (gate, up, down)):
+            return getattr(mod, gate), getattr(mod, up), getattr(mod, down)
+    return None
+
+
 def _cpu_matmul(m: QuantLinear, x: Tensor) -> Tensor:
     kind, kernel = m.fmt.kind, CPU_KERNELS[m.fmt.kind]
+    if kernel == "nbits":  # forward() found no MatMulNBits form: the exact PyTorch kernels
+        kernel = "int4pack" if kind == "int4" else "int8pack"
     if kind == "int4" and kernel == "int4pack":
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, m.qweight, m.fmt.group, m.scales)
     if kind == "int8" and kernel == "int8pack":

@@ -72,3 +72,28 @@ def test_router_is_not_renormalised(ckpt):
     weights, ids = moe.route(torch.randn(16, model.config.hidden_size))
     assert ids.shape == (16, 2)
     assert (weights.sum(-1) < 1 - 1e-6).all()
+
+
+def test_single_token_moe_equals_the_general_dispatch():
+    """Decode's direct indexing of the k chosen experts gives the same bits as the general
+    (unique / nonzero / index_add_) loop: same experts, same order, same fp32 sums."""
+    from app.engine.config import Grok2Config
+    from app.engine.model import SparseMoE
+
+    cfg = Grok2Config.from_dict({"hidden_size": 64, "num_hidden_layers": 1,
+                                 "num_attention_heads": 2, "num_key_value_heads": 1,
+                                 "head_dim": 32, "intermediate_size": 128,
+                                 "moe_intermediate_size": 96, "vocab_size": 64,
+                                 "num_local_experts": 8, "num_experts_per_tok": 2})
+    torch.manual_seed(0)
+    moe = SparseMoE(cfg).to(torch.bfloat16)
+    for _ in range(5):
+        x = torch.randn(1, 1, 64, dtype=torch.bfloat16)
+        fast = moe(x)
+        flat = x.reshape(1, 64)
+        weights, ids = moe.route(flat)
+        out = torch.zeros(flat.shape, dtype=torch.float32)
+        for e in ids.unique().tolist():
+            rows, slot = (ids == e).nonzero(as_tuple=True)
+            out.index_add_(0, rows, moe.experts[e](flat[rows]).float() * weights[rows, slot, None])
+        assert torch.equal(fast, out.to(x.dtype).view(x.shape))

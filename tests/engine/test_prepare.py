@@ -136,3 +136,37 @@ def test_refuses_foreign_or_mismatched_output(ckpt, tmp_path):
         prep.prepare(ckpt, tmp_path / "p", "int8")
     with pytest.raises(UserError, match="prepared as int4"):
         load_engine_model(tmp_path / "p", CPU_ONLY, quant="int8")
+
+
+def test_older_int4_zeros_load_exactly_with_one_log_line(ckpt, tmp_path, monkeypatch, caplog):
+    """A folder prepared by the older int4 quantizer (bf16 zeros off the integer-zero-point
+    grid) still loads and gives exactly what its stored weights mean, on PyTorch's kernel; the
+    log says once, naming the folder, that preparing again gives the faster kernel."""
+    from app.engine import quantize
+
+    def older_codes(w, group):  # the previous grid: zero = lo + 8 * scale, any bf16 value
+        n, k = w.shape
+        wg = w.float().reshape(n, k // group, group)
+        lo, hi = wg.amin(-1), wg.amax(-1)
+        scale = ((hi - lo) / 15.0).clamp(min=1e-8).to(torch.bfloat16).float()
+        zero = (lo + 8.0 * scale).to(torch.bfloat16).float()
+        q = torch.round((wg - zero[..., None]) / scale[..., None] + 8.0).clamp(0, 15)
+        scales = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()
+        return q.to(torch.uint8).reshape(n, k), scales.to(torch.bfloat16)
+
+    monkeypatch.setattr(quantize, "int4_codes", older_codes)
+    out = prep.prepare(ckpt, tmp_path / "old", "int4")
+    monkeypatch.undo()
+    monkeypatch.setitem(quantize.CPU_KERNELS, "int4", "nbits")
+    monkeypatch.setitem(quantize.CPU_KERNELS, "int8", "int8pack")  # the int8 head: PyTorch too
+    with caplog.at_level("WARNING", logger="app.engine.loader"):
+        model = load_engine_model(out, CPU_ONLY, dtype=torch.float32)
+    lines = [r.getMessage() for r in caplog.records if "prepare again" in r.getMessage()]
+    assert len(lines) == 1 and str(out) in lines[0]
+    assert quantize.exact_fallbacks(model) > 0
+    with torch.inference_mode():
+        got = model(IDS)
+    monkeypatch.setitem(quantize.CPU_KERNELS, "int4", "int4pack")
+    with torch.inference_mode():
+        want = load_engine_model(out, CPU_ONLY, dtype=torch.float32)(IDS)
+    assert torch.equal(got, want)

@@ -1,0 +1,171 @@
+"""CPU low-bit matmuls through onnxruntime's `MatMulNBits` (contrib op, domain com.microsoft).
+
+MLAS, onnxruntime's kernel library, computes y = x W^T with W in 4 or 8 bits per block of
+`block` input features: w = (q - zero_point) * scale, q and the zero point unsigned integers,
+the scale fp32. With `accuracy_level=4` the activations are quantized to int8 per block and the
+dot products use the AVX512-VNNI / AVX-VNNI / NEON-dot integer kernels (what llama.cpp's Q4_0 and
+Q8_0 kernels do). Weights are repacked once, when the session is built (MLAS "prepacking").
+
+Weight semantics are kept exactly (quantize.py's stored formats):
+  int4  w = (q - 8) * scale + zero, bf16 (scale, zero) per group. MatMulNBits takes this as
+        zero point zp = 8 - zero / scale when that is an integer in 0..15, which is what the
+        quantizer writes (quantize.int4_codes); a weight with any other zero stays on the
+        PyTorch kernel (`int4_operands` returns None), so output is never approximated.
+  int8  w = q * s per row: q + 128 with MatMulNBits' default 8-bit zero point 128, the row's
+        scale repeated over its blocks.
+
+Each QuantLinear gets one tiny ONNX graph (a single MatMulNBits node, weights as initializers),
+run with `InferenceSession.run` on a numpy view of the activation; each session has
+torch.get_num_threads() threads (at build time) that sleep when idle.
+`available()` is False when onnxruntime or onnx is not installed: callers fall back to
+PyTorch's kernels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+ACCURACY_LEVEL = 4  # int8 activations, integer dot products (MLAS "CompInt8")
+BLOCKS = (128, 64, 32, 16, 256)  # MatMulNBits block sizes, preferred first: 8-bit weights
+# with 128 run 2x faster than with 16, 32, 64 or 256 (MLAS's fast 8-bit path; measured)
+
+
+
+def available() -> bool:
+    """Whether onnxruntime (with its MatMulNBits op) and the onnx graph builder import."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def int8_block(k: int) -> int:
+    """A MatMulNBits block size dividing k for an int8 weight (per-row scale repeated); 0 if
+    none does."""
+    return next((b for b in BLOCKS if k % b == 0), 0)
+
+
+def int4_operands(codes: Tensor, scales: Tensor) -> tuple | None:
+    """MatMulNBits operands for int4 codes (N, K) in 0..15 and bf16 (scale, zero) (K/g, N, 2):
+    (4, g, packed nibbles (N, K/g, g/2) low nibble first, fp32 scales (N*K/g,), packed 4-bit
+    zero points (N * ceil(K/g / 2),)). None when some zero is not (8 - integer) * scale
+    exactly."""
+    n, k = codes.shape
+    groups = scales.shape[0]
+    g = k // groups
+    s = scales[..., 0].transpose(0, 1).double()  # (N, K/g): bf16 values are exact in fp64
+    z = scales[..., 1].transpose(0, 1).double()
+    zp = 8.0 - z / s
+    zr = zp.round()
+    if g not in BLOCKS or not bool(((zp == zr) & (zr >= 0) & (zr <= 15)).all()):
+        return None
+    c = codes.to(torch.uint8)
+    packed = (c[:, 0::2] | (c[:, 1::2] << 4)).reshape(n, groups, g // 2)
+    zq = zr.to(torch.uint8)
+    if groups % 2:
+        zq = torch.cat([zq, torch.zeros(n, 1, dtype=torch.uint8)], dim=1)
+    zpacked = zq[:, 0::2] | (zq[:, 1::2] << 4)
+    return (4, g, packed.contiguous().numpy(), s.float().reshape(-1).numpy(),
+            zpacked.reshape(-1).contiguous().numpy())
+
+
+def int8_operands(q: Tensor, row_scales: Tensor) -> tuple | None:
+    """MatMulNBits operands for int8 q (N, K) and fp32 per-row scales (N,): (8, b, q + 128 as
+    bytes (N, K/b, b), the scale repeated per block (N*K/b,)). None if no block size divides
+    K."""
+    n, k = q.shape
+    b = int8_block(k)
+    if not b:
+        return None
+    u = (q.to(torch.int16) + 128).to(torch.uint8).reshape(n, k // b, b)
+    s = row_scales.float()[:, None].expand(n, k // b)
+    return 8, b, u.contiguous().numpy(), s.reshape(-1).contiguous().numpy()
+
+
+Operands = tuple  # (bits, block, packed, scales[, zero_points]): one MatMulNBits weight
+
+
+def _nbits_node(ops: Operands, k: int, n: int, a: str, y: str, prefix: str,
+                inits: list) -> Any:
+    """A MatMulNBits node y = a W^T for one weight's operands; appends its initializers."""
+    from onnx import helper, numpy_helper
+
+    bits, block, *arrays = ops
+    names = [f"{prefix}_{tag}" for tag in ("B", "S", "Z")[:len(arrays)]]
+    inits += [numpy_helper.from_array(arr, name) for arr, name in zip(arrays, names)]
+    return helper.make_node("MatMulNBits", [a, *names], [y], domain="com.microsoft", K=k, N=n,
+                            bits=bits, block_size=block, accuracy_level=ACCURACY_LEVEL)
+
+
+def _session(nodes: list, inits: list, k: int, n: int) -> Any:
+    """An onnxruntime session for a graph A (M, k) fp32 -> Y (M, n) fp32."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, "grok_desktop", [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    options = ort.SessionOptions()
+    # A pool per session whose idle threads sleep: onnxruntime's threads otherwise spin after
+    # each call and, between two calls, take the cores from PyTorch's ops and from the other
+    # pool (measured, mid-size decode with 2 threads: 17 ms/token this way, 40-65 ms with the
+    # shared spinning pool). Python cannot turn spinning off for the global pool.
+    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+class NBitsMatMul:
+    """y = x W^T for one quantized weight through onnxruntime's MatMulNBits.
+
+    `ops` = (bits, block, packed (N, K/b, b*bits/8) uint8, scales fp32 (N*K/b,)[, packed
+    zero points uint8]; without them 2^(bits-1)). Call with x (M, K) (any float dtype) ->
+    (M, N) fp32."""
+
+    def __init__(self, k: int, n: int, ops: Operands) -> None:
+        self.k, self.n = k, n
+        inits: list = []
+        self.session = _session([_nbits_node(ops, k, n, "A", "Y", "w", inits)], inits, k, n)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return _run(self.session, x)
+
+
+class NBitsGatedMLP:
+    """down(gelu_erf(gate(x)) * up(x)) in one onnxruntime graph (three MatMulNBits, the
+    erf GELU of com.microsoft, a Mul), fp32 between them (the PyTorch path rounds the
+    intermediate to bf16). One call instead of three matmuls and the glue ops: decode runs
+    this for the shared MLP and both routed experts of every layer.
+    Call with x (M, D) -> (M, D) fp32."""
+
+    def __init__(self, d: int, hidden: int, gate: Operands, up: Operands,
+                 down: Operands) -> None:
+        from onnx import helper
+
+        inits: list = []
+        nodes = [_nbits_node(gate, d, hidden, "A", "g", "gate", inits),
+                 _nbits_node(up, d, hidden, "A", "u", "up", inits),
+                 helper.make_node("Gelu", ["g"], ["a"], domain="com.microsoft"),
+                 helper.make_node("Mul", ["a", "u"], ["h"]),
+                 _nbits_node(down, hidden, d, "h", "Y", "down", inits)]
+        self.session = _session(nodes, inits, d, d)
+        self.kind = ""  # the weights' format ("int4", "int8"), set by the builder
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return _run(self.session, x)
+
+
+def _run(session: Any, x: Tensor) -> Tensor:
+    a = (x.detach() if x.requires_grad else x).to(torch.float32).contiguous().numpy()
+    out: Any = session.run(None, {"A": a})[0]
+    return torch.from_numpy(out)
