@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Libraries that are opened with dlopen()/ctypes rather than linked: roots of the walk.
-# libpython: PyInstaller's bootloader; libtorch_global_deps: torch/__init__.py (ctypes.CDLL).
-DLOPENED = ["libpython3*.so*", "libtorch_global_deps.so*"]
+# libpython: PyInstaller's bootloader; libtorch_global_deps: torch/__init__.py (ctypes.CDLL);
+# libonnxruntime_providers_shared: onnxruntime dlopens it when it sets up execution providers.
+DLOPENED = ["libpython3*.so*", "libtorch_global_deps.so*", "libonnxruntime_providers_shared.so*"]
 
 
 @dataclass
