@@ -135,7 +135,9 @@ build_deb() {
     version="$("$PYTHON" "$META" version)"
     mkdir -p "$DIST_DIR"
     out="$DIST_DIR/grok-desktop_${version}_${arch}-${VARIANT}.deb"
-    dpkg-deb --root-owner-group -Zxz -z"$XZ_LEVEL" --build "$STAGE" "$out"
+    # (this runs inside $(...), where bash does not apply `set -e`: check each step by hand)
+    dpkg-deb --root-owner-group -Zxz -z"$XZ_LEVEL" --build "$STAGE" "$out" >&2 \
+        || { rm -f "$out"; echo "dpkg-deb failed" >&2; exit 1; }
     echo "$out"
 }
 
@@ -161,6 +163,7 @@ fi
 step "smoke test of the bundle"; smoke_bundle
 step "stage the package tree"; stage_tree
 step "dpkg-deb"; deb="$(build_deb | tail -n1)"
+[[ -s "$deb" ]] || { echo "no package was built" >&2; exit 1; }
 step "done"
 cat "$STAGE/DEBIAN/control"
 printf '\nbuilt %s: %s MB, installed %s MB, in %d s\n' "$deb" \
