@@ -21,3 +21,22 @@ def random_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tiny, "ensure_demo_checkpoint", lambda: folder)
         yield folder
+
+
+@pytest.fixture
+def start():
+    """start(engine, **ApiServer kwargs) -> a started ApiServer on a free loopback port; every
+    server started is stopped after the test (tests/test_server.py, tests/test_api_guard.py)."""
+    from app.api.server import ApiServer
+
+    servers: list[ApiServer] = []
+
+    def make(engine, **kw):
+        server = ApiServer(engine, **{"port": 0, **kw})
+        server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()

@@ -14,7 +14,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -99,21 +99,6 @@ class FakeEngine:
             yield Finished("stop", GenerationStats(len(ids), 2))
 
         return run()
-
-
-@pytest.fixture
-def start() -> Iterator[Callable[..., ApiServer]]:
-    servers: list[ApiServer] = []
-
-    def make(engine: Any, **kw: Any) -> ApiServer:
-        server = ApiServer(engine, **{"port": 0, **kw})
-        server.start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

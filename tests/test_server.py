@@ -65,21 +65,6 @@ def demo_engine(tmp_path_factory: pytest.TempPathFactory):
         yield Engine.demo()
 
 
-@pytest.fixture
-def start() -> Iterator[Callable[..., ApiServer]]:
-    servers: list[ApiServer] = []
-
-    def make(engine: Any, **kw: Any) -> ApiServer:
-        server = ApiServer(engine, **{"port": 0, **kw})
-        server.start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
-
-
 class FakeEngine:
     """Generates "a", then waits for `release` (or a cancel), then "b"; records everything."""
 

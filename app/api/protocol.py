@@ -48,8 +48,6 @@ from app.messages import (
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 REFUSED = ("tools", "functions", "logprobs", "top_logprobs", "echo", "suffix")
 MAX_STOPS = 16
-GREEDY_BELOW = 1e-5  # temperatures below this are greedy (vLLM): logits / 1e-40 overflow fp32
-TOP_P_FLOOR = 1e-6  # a smaller top_p keeps the top token all the same; in fp32 it would be 0
 
 
 class ServedEngine(Protocol):
@@ -335,9 +333,9 @@ def _params(body: dict, context_length: int) -> GenerationParams:
         _check("max_tokens", limit, lambda n: n >= 1, ">= 1")
     values: dict[str, Any] = {"max_tokens": context_length if limit is None else limit}
     if temperature is not None:
-        values["temperature"] = 0.0 if temperature < GREEDY_BELOW else float(temperature)
+        values["temperature"] = float(temperature)  # the sampler treats < 1e-5 as greedy
     if top_p is not None:
-        values["top_p"] = max(float(top_p), TOP_P_FLOOR)
+        values["top_p"] = float(top_p)  # the sampler always keeps the most likely token
     if top_k is not None:
         values["top_k"] = max(top_k, 0)  # -1 means off (SGLang, vLLM)
     if min_p is not None:
