@@ -90,6 +90,21 @@ def int8_operands(q: Tensor, row_scales: Tensor) -> tuple | None:
 Operands = tuple  # (bits, block, packed, scales[, zero_points]): one MatMulNBits weight
 
 
+def stack_operands(parts: list[Operands]) -> Operands | None:
+    """One weight (sum of N, K) from weights sharing K, stacked along the output rows N (for
+    q, k and v: one call instead of three). Every MatMulNBits operand is laid out row by row,
+    so this is a concatenation; each output column is computed from its own row exactly as
+    before (tests/engine/test_cpu_kernels.py checks the bits). None when the parts differ in
+    bits or block size."""
+    import numpy as np
+
+    if len({(p[0], p[1], len(p)) for p in parts}) != 1:
+        return None
+    bits, block = parts[0][0], parts[0][1]
+    arrays = [np.concatenate([p[i] for p in parts], axis=0) for i in range(2, len(parts[0]))]
+    return (bits, block, *arrays)
+
+
 def _nbits_node(ops: Operands, k: int, n: int, a: str, y: str, prefix: str,
                 inits: list) -> Any:
     """A MatMulNBits node y = a W^T for one weight's operands; appends its initializers."""
@@ -113,10 +128,13 @@ def _session(nodes: list, inits: list, k: int, n: int) -> Any:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("com.microsoft", 1)])
     options = ort.SessionOptions()
-    # A pool per session whose idle threads sleep: onnxruntime's threads otherwise spin after
-    # each call and, between two calls, take the cores from PyTorch's ops and from the other
-    # pool (measured, mid-size decode with 2 threads: 17 ms/token this way, 40-65 ms with the
-    # shared spinning pool). Python cannot turn spinning off for the global pool.
+    # A pool per session whose idle threads sleep. onnxruntime's one global pool (Python can
+    # make it: use_per_session_threads = False) spins between calls and so finds its threads
+    # awake: the best tokens were faster (mid-size int4 decode, 2 threads, 15.1 vs 16.1 ms)
+    # but on this 2-vCPU VM every other token waited a scheduler tick (median 24.0 vs 16.5
+    # ms, measured interleaved at a 512-token context), and with PyTorch's OpenMP threads
+    # spinning too it took 37 ms. So: sleeping pools, and the model keeps its own glue ops on
+    # one thread while onnxruntime runs the matmuls (model.Grok2.torch_threads).
     options.intra_op_num_threads = max(1, torch.get_num_threads())
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -136,6 +154,7 @@ class NBitsMatMul:
         self.k, self.n = k, n
         inits: list = []
         self.session = _session([_nbits_node(ops, k, n, "A", "Y", "w", inits)], inits, k, n)
+        self.kind = ""  # the weights' format ("int4", "int8"), set by the builder
 
     def __call__(self, x: Tensor) -> Tensor:
         return _run(self.session, x)

@@ -12,8 +12,11 @@ K kv heads, G query heads per kv head (H = K*G), Dh head dim, E experts, V vocab
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,12 +24,45 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from app.engine.config import Grok2Config
-from app.engine.quantize import gated_mlp_kernel
+from app.engine.quantize import gated_mlp_kernel, qkv_kernel
 
 if TYPE_CHECKING:
     from app.engine.plan import Plan
 
 QUERY_CHUNK = 128  # queries per attention block: bounds the fp32 score memory (plan.py counts it)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Inside, PyTorch's CPU ops use `n` threads (None: unchanged), restored after."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def cpu_gemv(single_row: bool) -> Iterator[None]:
+    """Inside, PyTorch's CPU bf16/fp16 matmuls skip oneDNN when `single_row` (decode of one
+    token): for x (1, K) @ W^T, ATen's own GEMV streams the weight twice as fast as oneDNN's
+    (bf16 4096x1024 weights read cold: 19.5 vs 9.8 GB/s on 1 thread, 28.0 vs 17.8 on 2), and
+    oneDNN is far faster from M = 8 up (512 rows: 20 vs 196 ms), so prefill keeps it. Both
+    accumulate in fp32 and round once to bf16 (sums in a different order: a last-bit
+    difference, as between any two BLAS). The setting is process-wide; the engine runs one
+    forward at a time. GPU matmuls are not affected."""
+    if not single_row or not torch.backends.mkldnn.is_available():
+        yield
+        return
+    before = torch.backends.mkldnn.set_flags(False, None, None, None)[0]
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.set_flags(before, None, None, None)
 
 
 def soft_cap(x: Tensor, cap: float) -> Tensor:
@@ -43,7 +79,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # F.rms_norm is this very formula (same ops, same bits: xf * rsqrt(mean(xf^2) + eps)
-        # * w), with less dispatch per call
+        # * w), with less dispatch per call. On the CPU its bf16 kernel computes in fp32 and
+        # rounds once, the same bits as the casts around it (tests/engine/test_model.py), in
+        # one op instead of four; elsewhere the casts stay (not checked on other kernels).
+        if x.device.type == "cpu" and x.dtype == self.weight.dtype:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
@@ -86,11 +126,14 @@ def rope_table(head_dim: int, theta: float, length: int,
 
 
 def rope_cos_sin(positions: Tensor, head_dim: int, theta: float,
-                 table_len: int = 0) -> tuple[Tensor, Tensor]:
+                 table_len: int = 0, needed: int | None = None) -> tuple[Tensor, Tensor]:
     """cos/sin (T, Dh/2) float32 at `positions`: rows of `rope_table`, so every position gets the
     values SGLang's table holds (a table covers max_position_embeddings, like SGLang's). Plain,
-    unscaled RoPE: rope_type "original" follows SGLang and vLLM (docs/grok2.md#rope)."""
-    needed = int(positions.max()) + 1 if positions.numel() else 0
+    unscaled RoPE: rope_type "original" follows SGLang and vLLM (docs/grok2.md#rope).
+    `needed`: the table length the positions need (max + 1), when the caller knows it; else it
+    is read from `positions` (one device sync)."""
+    if needed is None:
+        needed = int(positions.max()) + 1 if positions.numel() else 0
     length = table_len if needed <= table_len else 1 << (needed - 1).bit_length()
     cos, sin = rope_table(head_dim, float(theta), length, positions.device)
     return cos[positions], sin[positions]
@@ -113,6 +156,43 @@ def length_temperature(positions: Tensor, length: int) -> Tensor:
     return torch.where(p > length, scale, torch.ones_like(p))
 
 
+@dataclass
+class AttentionInputs:
+    """What every layer's attention needs at these query positions, made once per forward
+    (not once per layer): positions (T,) int64 first..first+T-1, their RoPE cos/sin (T, Dh/2)
+    fp32, their length temperature (T,) fp32."""
+
+    first: int
+    positions: Tensor
+    cos: Tensor
+    sin: Tensor
+    temperature: Tensor
+
+    @classmethod
+    def make(cls, cfg: Grok2Config, first: int, t: int,
+             device: torch.device) -> AttentionInputs:
+        positions = torch.arange(first, first + t, device=device)
+        cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta,
+                                cfg.max_position_embeddings, needed=first + t)
+        temperature = length_temperature(positions, cfg.attn_temperature_len)
+        return cls(first, positions, cos, sin, temperature)
+
+    def on(self, device: torch.device) -> AttentionInputs:
+        """These inputs on `device` (layers of an offloaded model may sit on different
+        devices); copies are made once per device and forward."""
+        if self.positions.device == device:
+            return self
+        moved = self._moved.get(device)
+        if moved is None:
+            moved = AttentionInputs(self.first, self.positions.to(device),
+                                    self.cos.to(device), self.sin.to(device),
+                                    self.temperature.to(device))
+            self._moved[device] = moved
+        return moved
+
+    _moved: dict = field(default_factory=dict, repr=False)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: Grok2Config, layer_idx: int) -> None:
         super().__init__()
@@ -123,38 +203,64 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, k * dh, bias=False)
         self.o_proj = nn.Linear(h * dh, d, bias=False)
 
-    def forward(self, x: Tensor, positions: Tensor, cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, positions: Tensor, cache: KVCache | None,
+                inputs: AttentionInputs | None = None) -> Tensor:
+        """x (B, T, D) at `positions` (T,) -> (B, T, D); with a cache, keys and values are
+        written at positions[0].. and all cached ones are attended to. `inputs`: the
+        per-forward values (made here when not given)."""
         cfg = self.cfg
         B, T, _ = x.shape
         K, G, Dh = cfg.num_key_value_heads, cfg.kv_groups, cfg.head_dim
-        q = self.q_proj(x).view(B, T, K * G, Dh).transpose(1, 2)  # (B, H, T, Dh)
-        k = self.k_proj(x).view(B, T, K, Dh).transpose(1, 2)  # (B, K, T, Dh)
-        v = self.v_proj(x).view(B, T, K, Dh).transpose(1, 2)  # (B, K, T, Dh)
-        cos, sin = rope_cos_sin(positions.to(x.device), Dh, cfg.rope_theta,
-                                cfg.max_position_embeddings)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        H = K * G
+        if inputs is None:
+            inputs = AttentionInputs.make(cfg, int(positions[0]), T, x.device)
+        inputs = inputs.on(x.device)
+        fused = qkv_kernel(self.q_proj, self.k_proj, self.v_proj)
+        if fused is not None:  # quantized on the CPU: one onnxruntime call (quantize.py)
+            qkv = fused(x.reshape(B * T, -1)).to(x.dtype).view(B, T, H + 2 * K, Dh)
+            qk, v = qkv[:, :, :H + K], qkv[:, :, H + K:]  # (B, T, H+K, Dh), (B, T, K, Dh)
+        else:
+            qk = torch.cat([self.q_proj(x).view(B, T, H, Dh),
+                            self.k_proj(x).view(B, T, K, Dh)], dim=2)  # (B, T, H+K, Dh)
+            v = self.v_proj(x).view(B, T, K, Dh)
+        # RoPE on q and k at once: the same per-element rotation and rounding, half the ops
+        qk = apply_rope(qk, inputs.cos[:, None], inputs.sin[:, None]).transpose(1, 2)
+        q, k, v = qk[:, :H], qk[:, H:], v.transpose(1, 2)  # (B, H|K|K, T, Dh)
         if cache is not None:
-            k, v = cache.update(self.layer_idx, int(positions[0]), k, v)  # (B, K, S, Dh)
-        q = q.view(B, K, G, T, Dh)
-        out = torch.empty(B, K, G, T, Dh, dtype=x.dtype, device=x.device)
-        for i in range(0, T, QUERY_CHUNK):
-            j = min(T, i + QUERY_CHUNK)
-            out[:, :, :, i:j] = self._attend(q[:, :, :, i:j], k, v, positions[i:j])
+            k, v = cache.update(self.layer_idx, inputs.first, k, v)  # (B, K, S, Dh)
+        q = q.reshape(B, K, G, T, Dh)
+        if T <= QUERY_CHUNK:
+            out = self._attend(q, k, v, inputs, 0, T)
+        else:
+            out = torch.empty(B, K, G, T, Dh, dtype=x.dtype, device=x.device)
+            for i in range(0, T, QUERY_CHUNK):
+                j = min(T, i + QUERY_CHUNK)
+                out[:, :, :, i:j] = self._attend(q[:, :, :, i:j], k, v, inputs, i, j)
         out = out.view(B, K * G, T, Dh).transpose(1, 2).reshape(B, T, K * G * Dh)
         return self.o_proj(out)  # (B, T, D)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor) -> Tensor:
-        """q (B, K, G, t, Dh), k/v (B, K, S, Dh) -> (B, K, G, t, Dh). Scores in fp32."""
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, inputs: AttentionInputs, i: int,
+                j: int) -> Tensor:
+        """Queries i..j-1 of this forward: q (B, K, G, t, Dh), k/v (B, K, S, Dh) ->
+        (B, K, G, t, Dh). Scores in fp32."""
         cfg = self.cfg
         s = torch.matmul(q.float(), k.float()[:, :, None].transpose(-1, -2))  # (B, K, G, t, S)
         s = soft_cap(s * cfg.head_dim**-0.5, cfg.attn_logit_softcapping)
         # The length temperature comes after the cap in SGLang's Triton kernels (the reference);
         # its unified kernel and sglang-jax apply it before.
-        s = s * length_temperature(q_pos, cfg.attn_temperature_len).to(s.device)[:, None]
-        key_pos = torch.arange(k.shape[2], device=s.device)
-        s = s.masked_fill(key_pos[None, :] > q_pos.to(s.device)[:, None], float("-inf"))
+        s = s * inputs.temperature[i:j, None]
+        if k.shape[2] - 1 > inputs.first + i:  # some key lies after the chunk's first query
+            key_pos = torch.arange(k.shape[2], device=s.device)
+            s = s.masked_fill(key_pos[None, :] > inputs.positions[i:j, None], float("-inf"))
         p = torch.softmax(s, dim=-1)
         return torch.matmul(p, v.float()[:, :, None]).to(q.dtype)
+
+
+def _device_of(linear: nn.Module) -> torch.device:
+    """Where a Linear's (or QuantLinear's) weight lives."""
+    w = linear.weight
+    assert isinstance(w, Tensor)
+    return w.device
 
 
 class GatedMLP(nn.Module):
@@ -270,8 +376,11 @@ class DecoderLayer(nn.Module):
         self.pre_moe_norm = RMSNorm(d, eps)
         self.post_moe_norm = RMSNorm(d, eps)
 
-    def forward(self, h: Tensor, positions: Tensor, cache: KVCache | None) -> Tensor:
-        h = h + self.post_attn_norm(self.self_attn(self.pre_attn_norm(h), positions, cache))
+    def forward(self, h: Tensor, positions: Tensor, cache: KVCache | None,
+                inputs: AttentionInputs | None = None) -> Tensor:
+        """h (B, T, D) at `positions` (T,) -> (B, T, D); `inputs` as Attention.forward."""
+        h = h + self.post_attn_norm(self.self_attn(self.pre_attn_norm(h), positions, cache,
+                                                   inputs))
         m = self.pre_moe_norm(h)
         return h + self.post_moe_norm(self.feed_forward(m, self.mlp, self.block_sparse_moe))
 
@@ -286,6 +395,12 @@ class Grok2Body(nn.Module):
 
 class Grok2(nn.Module):
     offload_plan: Plan  # set by app.engine.offload.install on an offloaded model
+    # Threads for PyTorch's own CPU ops inside forward (None: torch's setting). 1 when
+    # onnxruntime runs every CPU matmul on its own pools (quantize.build_cpu_kernels): the
+    # glue ops between them are too small to share, and OpenMP threads spinning after them
+    # took the cores onnxruntime's threads were woken for (mid-size int4, 2 threads, 512-token
+    # prefill 392-407 -> 436-459 tokens/s, decode 17.4-18.8 -> 16.5-17.6 ms).
+    torch_threads: int | None = None
 
     def __init__(self, cfg: Grok2Config) -> None:
         super().__init__()
@@ -313,16 +428,20 @@ class Grok2(nn.Module):
         if start_pos is not None and cache is None:
             raise RuntimeError("call setup_cache() before cached decoding")
         first = start_pos or 0
-        positions = torch.arange(first, first + input_ids.shape[1], device=input_ids.device)
         emb = self.model.embed_tokens
-        h = emb(input_ids.to(emb.weight.device)) * cfg.embedding_multiplier_scale  # (B, T, D)
-        for layer in self.model.layers:
-            h = layer(h, positions, cache)
-        if last_only:
-            h = h[:, -1:]
-        x = self.model.norm(h)
-        # SGLang folds 0.5 into the bf16 lm_head weight; scaling by a power of two is exact, so
-        # multiplying the fp32 logits is the same. Then the final soft cap, scale first
-        # (docs/grok2.md#output-head).
-        z = self.lm_head(x.to(self.lm_head.weight.device)).float() * cfg.output_multiplier_scale
-        return soft_cap(z, cfg.final_logit_softcapping)  # (B, T, V)
+        layer0 = self.model.layers[0]
+        assert isinstance(layer0, DecoderLayer)
+        inputs = AttentionInputs.make(cfg, first, input_ids.shape[1],
+                                      _device_of(layer0.self_attn.o_proj))
+        with torch_threads(self.torch_threads), cpu_gemv(input_ids.numel() == 1):
+            h = emb(input_ids.to(emb.weight.device)) * cfg.embedding_multiplier_scale  # (B, T, D)
+            for layer in self.model.layers:
+                h = layer(h, inputs.positions, cache, inputs)
+            if last_only:
+                h = h[:, -1:]
+            x = self.model.norm(h)
+            # SGLang folds 0.5 into the bf16 lm_head weight; scaling by a power of two is
+            # exact, so multiplying the fp32 logits is the same. Then the final soft cap,
+            # scale first (docs/grok2.md#output-head).
+            z = self.lm_head(x.to(self.lm_head.weight.device)).float()
+        return soft_cap(z * cfg.output_multiplier_scale, cfg.final_logit_softcapping)  # (B, T, V)

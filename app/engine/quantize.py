@@ -35,6 +35,7 @@ from app.engine.cpu_kernels import (
     NBitsMatMul,
     int4_operands,
     int8_operands,
+    stack_operands,
 )
 from app.engine.cpu_kernels import available as nbits_available
 from app.engine.plan import Format, weight_format
@@ -284,24 +285,62 @@ def gated_mlp_kernel(gate: nn.Module, up: nn.Module, down: nn.Module
     return kernel
 
 
+def qkv_kernel(q: nn.Module, k: nn.Module, v: nn.Module) -> NBitsMatMul | None:
+    """[q(x), k(x), v(x)] concatenated along the output features, (M, Nq+Nk+Nv) fp32, as one
+    onnxruntime MatMulNBits call when all three are CPU QuantLinears of one format on the
+    "nbits" kernel with exact MatMulNBits forms (cached like gated_mlp_kernel); else None (the
+    caller runs the three modules)."""
+    parts = (q, k, *(m._buffers.get(n) for m in (q, k, v) for n in ("qweight", "scales")))
+    cached = _FUSED.get(v)
+    if cached is not None and all(a is b for a, b in zip(cached[0], parts)):
+        kernel = cached[1]
+        return kernel if kernel is not None and CPU_KERNELS[kernel.kind] == "nbits" else None
+    if not (_nbits_ready(q) and _nbits_ready(k) and _nbits_ready(v)):
+        return None
+    assert isinstance(q, QuantLinear) and isinstance(k, QuantLinear) \
+        and isinstance(v, QuantLinear)
+    kernel = None
+    if q.fmt == k.fmt == v.fmt and q.in_features == k.in_features == v.in_features:
+        ops = [_operands(m) for m in (q, k, v)]
+        stacked = None if None in ops else stack_operands(ops)  # type: ignore[arg-type]
+        if stacked is not None:
+            n = q.out_features + k.out_features + v.out_features
+            kernel = NBitsMatMul(q.in_features, n, stacked)
+            kernel.kind = q.fmt.kind
+    _FUSED[v] = (parts, kernel)
+    return kernel
+
+
 def build_cpu_kernels(model: nn.Module,
                       progress: Callable[[str, int, int], None] | None = None) -> int:
     """Build (repack) the onnxruntime kernels of every CPU-resident quantized gated MLP (one
     fused graph each) and of every other such QuantLinear now rather than on first use, so
     the first tokens are not slowed by it; `progress(label, done, total)` counts modules.
-    Returns how many kernels were built."""
-    mods = list(model.modules())  # parents first: a gated MLP before its projections
-    built, fused = 0, set[int]()
-    for i, mod in enumerate(mods):
-        trio = _gated_trio(mod)
+    On a Grok2 it also sets `torch_threads`: 1 when onnxruntime now runs every CPU matmul
+    (PyTorch's remaining ops then stay on one thread), else None. Returns how many kernels
+    were built."""
+    mods = list(model.named_modules())  # parents first: a gated MLP before its projections
+    built, fused, torch_matmuls = 0, set[int](), 0
+    for i, (name, mod) in enumerate(mods):
+        trio, qkv = _gated_trio(mod), _qkv_trio(mod)
         if trio is not None and gated_mlp_kernel(*trio) is not None:
             built += 1
             fused.update(id(m) for m in trio)
+        elif qkv is not None and qkv_kernel(*qkv) is not None:
+            built += 1
+            fused.update(id(m) for m in qkv)
         elif _nbits_ready(mod) and id(mod) not in fused:
             assert isinstance(mod, QuantLinear)
-            built += nbits_kernel(mod) is not None
+            ok = nbits_kernel(mod) is not None
+            built += ok
+            torch_matmuls += not ok
+        elif isinstance(mod, QuantLinear | nn.Linear) and id(mod) not in fused \
+                and mod.weight.device.type == "cpu" and not name.endswith("block_sparse_moe.gate"):
+            torch_matmuls += 1  # a CPU matmul PyTorch runs (the router's is tiny)
         if progress and built:
             progress("preparing CPU kernels", i + 1, len(mods))
+    if hasattr(model, "torch_threads"):  # a Grok2: glue ops on one thread beside onnxruntime
+        model.torch_threads = 1 if built and not torch_matmuls else None  # type: ignore[assignment]
     return built
 
 
@@ -319,6 +358,14 @@ def _gated_trio(mod: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module] | None
     for gate, up, down in names:
         if all(hasattr(mod, n) for n in (gate, up, down)):
             return getattr(mod, gate), getattr(mod, up), getattr(mod, down)
+    return None
+
+
+def _qkv_trio(mod: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module] | None:
+    """(q_proj, k_proj, v_proj) of an attention module (model.Attention), else None."""
+    parts = [getattr(mod, n, None) for n in ("q_proj", "k_proj", "v_proj")]
+    if all(isinstance(p, nn.Module) for p in parts):
+        return parts[0], parts[1], parts[2]  # type: ignore[return-value]
     return None
 
 

@@ -109,11 +109,12 @@ def test_fused_expert_matches_the_three_matmuls(kind, group, monkeypatch):
 
 def test_build_fuses_gated_mlps_and_repacks_each_weight_once(monkeypatch):
     """On a quantized model every expert and shared MLP gets one fused kernel and its three
-    projections no kernel of their own (the repacked copy exists once); attention and the
-    head get one each; the progress callback counts up to the module total."""
+    projections no kernel of their own (the repacked copy exists once); attention's q, k and
+    v get one stacked kernel, o_proj and the head one each; the progress callback counts up
+    to the module total; PyTorch's own ops are then kept on one thread."""
     from app.engine.bench import MID_CONFIG, synthetic_model
     from app.engine.config import Grok2Config
-    from app.engine.model import Expert, GatedMLP
+    from app.engine.model import Attention, Expert, GatedMLP
 
     monkeypatch.setitem(quantize.CPU_KERNELS, "int4", "nbits")
     monkeypatch.setitem(quantize.CPU_KERNELS, "int8", "nbits")
@@ -126,9 +127,29 @@ def test_build_fuses_gated_mlps_and_repacks_each_weight_once(monkeypatch):
         (label, done, total)))
     mlps = [m for m in model.modules() if isinstance(m, (Expert, GatedMLP))]
     linears = [m for m in model.modules() if isinstance(m, QuantLinear)]
-    assert len(mlps) == 9 and built == len(linears) - 2 * len(mlps)
-    for m in mlps:
-        trio = quantize._gated_trio(m)
+    attns = [m for m in model.modules() if isinstance(m, Attention)]
+    assert len(mlps) == 9 and len(attns) == 1
+    assert built == len(linears) - 2 * len(mlps) - 2 * len(attns)
+    for m in mlps + attns:
+        trio = quantize._gated_trio(m) or quantize._qkv_trio(m)
         assert trio is not None and quantize._FUSED[trio[2]][1] is not None
         assert all(p not in quantize._NBITS for p in trio)
+    assert model.torch_threads == 1
     assert seen and seen[-1][1] == seen[-1][2] and seen[-1][0] == "preparing CPU kernels"
+
+
+@pytest.mark.parametrize("kind,group", [("int4", 128), ("int4", 32), ("int8", 0)])
+def test_stacked_qkv_kernel_gives_the_three_kernels_bits(kind, group, monkeypatch):
+    """q, k and v stacked along the output rows in one MatMulNBits give, column for column,
+    the very bits of the three separate kernels (odd group counts included)."""
+    monkeypatch.setitem(quantize.CPU_KERNELS, kind, "nbits")
+    torch.manual_seed(5)
+    k_in = 96 * 3 if group == 32 else 384  # 9 groups of 32: zero points padded per row
+    q, k, v = (QuantLinear.from_weight(torch.randn(n, k_in), Format(kind, group))
+               for n in (256, 64, 64))
+    fused = quantize.qkv_kernel(q, k, v)
+    assert fused is not None
+    for m in (1, 7):
+        x = torch.randn(m, k_in)
+        separate = torch.cat([quantize.nbits_kernel(p)(x) for p in (q, k, v)], dim=1)
+        assert torch.equal(fused(x), separate)

@@ -34,9 +34,10 @@ def test_temperature_changes_logits(ckpt):
     model = load_model(ckpt, device="cpu", dtype=torch.float32)
     ids = torch.tensor([list(range(10, 22))])
     base = model(ids)
+    model.config = type(model.config).from_dict(
+        {**model.config.to_dict(), "attn_temperature_len": 1000})
     for layer in model.model.layers:
-        layer.self_attn.cfg = type(layer.self_attn.cfg).from_dict(
-            {**layer.self_attn.cfg.to_dict(), "attn_temperature_len": 1000})
+        layer.self_attn.cfg = model.config
     off = model(ids)
     assert torch.allclose(base[0, :5], off[0, :5], atol=1e-6)  # positions <= 4 unaffected
     assert not torch.allclose(base[0, 5:], off[0, 5:], atol=1e-4)
@@ -97,3 +98,76 @@ def test_single_token_moe_equals_the_general_dispatch():
             rows, slot = (ids == e).nonzero(as_tuple=True)
             out.index_add_(0, rows, moe.experts[e](flat[rows]).float() * weights[rows, slot, None])
         assert torch.equal(fast, out.to(x.dtype).view(x.shape))
+
+
+def test_query_chunks_and_cache_offsets_give_the_same_logits(ckpt, monkeypatch):
+    """Prefill longer than QUERY_CHUNK (the scores are built 128 queries at a time, each chunk
+    masking only the keys after its queries), a prefill split in two cached pieces, and decode
+    all equal one unchunked forward."""
+    from app.engine import model as model_module
+
+    model = load_model(ckpt, device="cpu", dtype=torch.float32)
+    torch.manual_seed(3)
+    ids = torch.randint(0, model.config.vocab_size, (1, 300))
+    chunked = model(ids)
+    monkeypatch.setattr(model_module, "QUERY_CHUNK", 1000)
+    whole = model(ids)
+    assert torch.allclose(chunked, whole, atol=1e-5), (chunked - whole).abs().max()
+    monkeypatch.setattr(model_module, "QUERY_CHUNK", 64)
+    model.setup_cache(max_len=320)
+    parts = [model(ids[:, :150], start_pos=0), model(ids[:, 150:297], start_pos=150)]
+    parts += [model(ids[:, t:t + 1], start_pos=t) for t in range(297, 300)]
+    cached = torch.cat(parts, dim=1)
+    assert torch.allclose(cached, whole, atol=1e-5), (cached - whole).abs().max()
+
+
+def test_cpu_rms_norm_in_bf16_gives_the_fp32_path_bits():
+    """RMSNorm on the CPU calls the bf16 kernel directly; it must round exactly as fp32
+    arithmetic rounded once (the casts it replaces), for any scale of input."""
+    import torch.nn.functional as F
+
+    from app.engine.model import RMSNorm
+
+    torch.manual_seed(4)
+    for dim in (64, 1024, 8192):
+        norm = RMSNorm(dim, 1e-5)
+        norm.weight.data = (1 + 0.2 * torch.randn(dim)).to(torch.bfloat16)
+        for scale in (1e-3, 1.0, 30.0, 1e4):
+            x = (torch.randn(3, 5, dim) * scale).to(torch.bfloat16)
+            want = F.rms_norm(x.float(), (dim,), norm.weight.float(), 1e-5).to(torch.bfloat16)
+            assert torch.equal(norm(x), want)
+
+
+def test_cpu_gemv_switches_onednn_off_for_one_row_only():
+    """Decode of one token skips oneDNN for bf16 matmuls (ATen's GEMV streams faster); the
+    setting is restored after, also when the forward raises, and prefill keeps oneDNN."""
+    import pytest
+
+    from app.engine.model import cpu_gemv
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    before = torch.backends.mkldnn.enabled
+    with cpu_gemv(True):
+        assert not torch.backends.mkldnn.enabled
+    assert torch.backends.mkldnn.enabled == before
+    with cpu_gemv(False):
+        assert torch.backends.mkldnn.enabled == before
+    with pytest.raises(RuntimeError), cpu_gemv(True):
+        raise RuntimeError("a failing forward")
+    assert torch.backends.mkldnn.enabled == before
+
+
+def test_bf16_decode_agrees_with_the_bf16_forward(ckpt):
+    """A bf16 model's one-token decode (ATen GEMV) and its full forward (oneDNN) differ only
+    by summation order: logits agree to bf16 rounding, the greedy tokens are the same."""
+    model = load_model(ckpt, device="cpu", dtype=torch.bfloat16)
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26]])
+    full = model(ids)
+    model.setup_cache(max_len=32)
+    parts = [model(ids[:, :6], start_pos=0)]
+    parts += [model(ids[:, t:t + 1], start_pos=t) for t in range(6, ids.shape[1])]
+    cached = torch.cat(parts, dim=1)
+    scale = full.abs().max()
+    assert (cached - full).abs().max() < 0.03 * scale, (cached - full).abs().max() / scale
+    assert torch.equal(cached.argmax(-1), full.argmax(-1))
