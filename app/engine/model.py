@@ -244,7 +244,11 @@ class Attention(nn.Module):
         """Queries i..j-1 of this forward: q (B, K, G, t, Dh), k/v (B, K, S, Dh) ->
         (B, K, G, t, Dh). Scores in fp32."""
         cfg = self.cfg
-        s = torch.matmul(q.float(), k.float()[:, :, None].transpose(-1, -2))  # (B, K, G, t, S)
+        B, K, G, t, Dh = q.shape
+        S = k.shape[2]
+        # one batched matmul per kv head over its G query heads: (B*K, G*t, Dh) @ (B*K, Dh, S)
+        s = torch.bmm(q.reshape(B * K, G * t, Dh).float(),
+                      k.reshape(B * K, S, Dh).float().transpose(1, 2)).view(B, K, G, t, S)
         s = soft_cap(s * cfg.head_dim**-0.5, cfg.attn_logit_softcapping)
         # The length temperature comes after the cap in SGLang's Triton kernels (the reference);
         # its unified kernel and sglang-jax apply it before.
@@ -252,8 +256,8 @@ class Attention(nn.Module):
         if k.shape[2] - 1 > inputs.first + i:  # some key lies after the chunk's first query
             key_pos = torch.arange(k.shape[2], device=s.device)
             s = s.masked_fill(key_pos[None, :] > inputs.positions[i:j, None], float("-inf"))
-        p = torch.softmax(s, dim=-1)
-        return torch.matmul(p, v.float()[:, :, None]).to(q.dtype)
+        p = torch.softmax(s, dim=-1).view(B * K, G * t, S)
+        return torch.bmm(p, v.reshape(B * K, S, Dh).float()).view(B, K, G, t, Dh).to(q.dtype)
 
 
 def _device_of(linear: nn.Module) -> torch.device:
