@@ -334,6 +334,28 @@ def test_grok2_peak_is_the_largest_file_at_int4_and_bf16_and_w2_at_int8():
     assert abs(old / GB - 412.3) < 0.1 and hint
 
 
+@pytest.mark.parametrize(("quant", "need_gb", "old_gb"), [
+    ("int4", 182.5, 560.5), ("int8", 413.6, 688.4), ("bf16", 584.2, 962.1)])
+def test_grok2_disk_check_figures(tmp_path, quant, need_gb, old_gb):
+    """The disk check a user sees for the real download (nothing on disk yet): the prepared
+    model (model_bytes + 2 %) plus the source peak, next to the old scheme's figure (the
+    prepared model plus all 24 expert files)."""
+    from app.download.hub import RemoteFile, Snapshot
+
+    shapes, cfg = _grok2_shapes(), Grok2Config()
+    sizes = _sizes(shapes)
+    snapshot = Snapshot("xai-org/grok-2", "0" * 40, tuple(
+        RemoteFile(n, s, "0" * 64, None) for n, s in sizes.items()), "http://127.0.0.1:9")
+    check = budget.disk_check(snapshot, tmp_path, lambda n: 0, prepared_only=True, cfg=cfg,
+                              quant=quant, needs=plan_jobs(shapes, quant))
+    assert round(check.need / GB, 1) == need_gb
+    old = check.need - budget.source_peak(snapshot, tmp_path, lambda n: 0,
+                                          plan_jobs(shapes, quant), set(), cfg) \
+        + 24 * sizes["pytorch_model-00006-TP-000.safetensors"]
+    assert round(old / GB, 1) == old_gb
+    assert "source files at a time" in check.detail
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.dictionaries(st.sampled_from([f"u{i}" for i in range(6)]),
                        st.sets(st.sampled_from([f"f{i}" for i in range(8)]), min_size=1),
