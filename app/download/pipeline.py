@@ -84,7 +84,8 @@ class Look:
         return disk_check(self.snapshot, req.out if req.prepared_only else self.source,
                           self.present, prepared_only=req.prepared_only, cfg=self.cfg,
                           quant=req.quant, needs=self.needs,
-                          done_jobs=_journal_done(self.source, req.quant))
+                          done_jobs=_journal_done(self.source, req.quant,
+                                                  self.snapshot.commit))
 
     @property
     def source(self) -> Path:
@@ -93,20 +94,25 @@ class Look:
         return out.with_name(out.name + SOURCE_SUFFIX) if self.request.prepared_only else out
 
 
-def _journal_done(source: Path, quant: str) -> set[str]:
-    """Pieces an earlier run recorded as written (app.engine.pieces' journal), if at `quant`."""
+def _journal_done(source: Path, quant: str, commit: str) -> set[str]:
+    """Pieces an earlier run recorded as written (app.engine.pieces' journal), if at `quant`
+    from this commit's files (else the run discards them)."""
     try:
         data = json.loads((source / STATE_DIR / PIECES_DIR / "pieces.json").read_text("utf-8"))
-        return set(data["done"]) if data["quant"] == quant else set()
+        same = data["quant"] == quant and data["source"] == commit
+        return set(data["done"]) if same else set()
     except (OSError, ValueError, KeyError, TypeError):
         return set()
 
 
-def _read_shapes(path: Path) -> Shapes:
+def _read_shapes(path: Path, commit: str) -> Shapes:
+    """The tensor shapes an earlier run of this download recorded (at this commit)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return {f: {n: tuple(s) for n, s in ts.items()} for f, ts in data.items()}
-    except (OSError, ValueError, AttributeError, TypeError):
+        if data["commit"] != commit:
+            return {}
+        return {f: {n: tuple(s) for n, s in ts.items()} for f, ts in data["files"].items()}
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
         return {}
 
 
@@ -133,7 +139,7 @@ def look(request: Request) -> Look:
     source = out.with_name(out.name + SOURCE_SUFFIX) if request.prepared_only else out
     dl = Downloader(snapshot, source, token=request.token)
     work = dl.work if dl.work.is_dir() else None
-    known = _read_shapes(dl.work / SHAPES) if request.prepared_only else {}
+    known = _read_shapes(dl.work / SHAPES, snapshot.commit) if request.prepared_only else {}
     small = [f.name for f in snapshot.files if not f.name.endswith(".safetensors")]
     finished = request.prepared_only and _complete(out, request.quant)
     heads = [] if not request.prepared_only or finished else [
@@ -228,12 +234,13 @@ def _run_prepared(lk: Look, dl: Downloader) -> Path:
         return out
     jobs = lk.needs
     dl.work.mkdir(parents=True, exist_ok=True)
-    if not (dl.work / SHAPES).is_file():
-        atomic_write_text(dl.work / SHAPES, json.dumps(lk.shapes))
+    if _read_shapes(dl.work / SHAPES, lk.snapshot.commit) != lk.shapes:
+        atomic_write_text(dl.work / SHAPES, json.dumps({"commit": lk.snapshot.commit,
+                                                        "files": lk.shapes}))
     small = [f.name for f in lk.snapshot.files if not f.name.endswith(".safetensors")]
     dl.fetch_all(small)
     pieces = PieceWriter(UnitWriter(lk.source, out, lk.request.quant, GROUP),
-                         dl.work / PIECES_DIR)
+                         dl.work / PIECES_DIR, lk.snapshot.commit)
     units = pieces.writer.units
     rank = {u: i for i, u in enumerate(units)}
     of_unit: dict[str, set[str]] = {}

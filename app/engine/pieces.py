@@ -115,13 +115,15 @@ def check_int4_packing() -> None:
 class PieceWriter:
     """Pieces of the units of `writer` (its manifest, formats and config), staged in `work`."""
 
-    def __init__(self, writer: UnitWriter, work: Path) -> None:
+    def __init__(self, writer: UnitWriter, work: Path, source_id: str = "") -> None:
+        """`source_id` names the source files' version (the hub commit): a journal from
+        another version, quantization or config is discarded with its staged files."""
         self.writer, self.work = writer, Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.shapes = {n: tuple(p.shape) for n, p in
                        writer.meta.state_dict(keep_vars=True).items()}
         key = {"quant": writer.manifest["quant"], "group": writer.manifest["group"],
-               "config_hash": writer.manifest["config_hash"]}
+               "config_hash": writer.manifest["config_hash"], "source": source_id}
         self.journal = self._load(key)
         self.done: set[str] = set(self.journal["done"])
         if writer.manifest["quant"] == "int4":
