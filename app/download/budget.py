@@ -134,16 +134,6 @@ def prefetch(snapshot: Snapshot, names: list[str], work: Path | None = None,
     return out
 
 
-def tensor_names(header: bytes) -> list[str]:
-    """Tensor names from the first bytes of a safetensors file (length + JSON header)."""
-    (n,) = struct.unpack("<Q", header[:8])
-    try:
-        meta = json.loads(header[8:8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DownloadError(f"corrupt safetensors header from the hub ({exc})") from exc
-    return [k for k in meta if k != "__metadata__"]
-
-
 def schedule(needs: dict[str, set[str]], sizes: dict[str, int], done_units: set[str],
              present: Callable[[str], int], order_hint: list[str]) -> tuple[list[str], int]:
     """The order to fetch source files in, and the most bytes the not-yet-present parts of

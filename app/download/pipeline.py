@@ -241,6 +241,7 @@ def _run_prepared(lk: Look, dl: Downloader) -> Path:
     dl.fetch_all(small)
     pieces = PieceWriter(UnitWriter(lk.source, out, lk.request.quant, GROUP),
                          dl.work / PIECES_DIR, lk.snapshot.commit)
+    pieces.check_sources(lk.shapes)
     units = pieces.writer.units
     rank = {u: i for i, u in enumerate(units)}
     of_unit: dict[str, set[str]] = {}

@@ -30,7 +30,7 @@ import torch
 
 from app.atomic import atomic_file, atomic_write_text
 from app.checkpoint_files import unit_of
-from app.engine.piece_plan import PACK_ROWS, parse_job, shard_dim, splits
+from app.engine.piece_plan import PACK_ROWS, file_rank, parse_job, shard_dim, splits
 from app.engine.plan import Format
 from app.engine.prepare import (
     UnitWriter,
@@ -129,6 +129,46 @@ class PieceWriter:
         if writer.manifest["quant"] == "int4":
             check_int4_packing()
         self._recover()
+
+    def check_sources(self, shapes: dict[str, dict[str, tuple[int, ...]]]) -> None:
+        """Every tensor of the model is in the source files (`shapes`: file -> tensor ->
+        shape, from their headers), whole or as TP shards that merge to its shape, and no
+        file holds a tensor the model lacks: checked before any piece is written, since a
+        unit is complete once its pieces are (what check_index does for `prepare`). Raises
+        ModelFileError naming the file and tensor."""
+        full: dict[str, tuple[str, tuple[int, ...]]] = {}
+        parts: dict[str, dict[int, tuple[str, tuple[int, ...]]]] = {}
+        for file, tensors in shapes.items():
+            rank = file_rank(file)
+            for name, shape in tensors.items():
+                if name not in self.shapes:
+                    raise ModelFileError(f"{file}: holds tensor {name}, which a Grok-2 of this "
+                                         "config.json does not have; check that config.json "
+                                         "belongs to these weights")
+                if rank is None:
+                    full[name] = (file, tuple(shape))
+                else:
+                    parts.setdefault(name, {})[rank] = (file, tuple(shape))
+        for name, want in self.shapes.items():
+            if name in full:
+                file, got = full[name]
+            elif name in parts:
+                dim, ranks = shard_dim(name), parts[name]
+                file = ranks[min(ranks)][0]
+                got = tuple(ranks[min(ranks)][1])
+                if sorted(ranks) != list(range(len(ranks))) or any(
+                        len(s) != len(want) for _, s in ranks.values()):
+                    raise ModelFileError(f"{file}: the TP shards of {name} are incomplete; "
+                                         "the checkpoint does not match config.json")
+                merged = list(got)
+                merged[dim] = sum(s[dim] for _, s in ranks.values())
+                got = tuple(merged)
+            else:
+                raise ModelFileError(f"tensor {name} is in none of the repo's .safetensors "
+                                     "files; the repo does not match its config.json")
+            if got != want:
+                raise ModelFileError(f"{file}: {name} has shape {got}, expected {want}; the "
+                                     "checkpoint does not match config.json")
 
     # journal -----------------------------------------------------------------------------
     def _load(self, key: dict) -> dict:
