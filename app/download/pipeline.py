@@ -295,7 +295,7 @@ def _run_prepared(lk: Look, dl: Downloader) -> Path:
                 pieces.save()  # what was written and fsynced, even when paused mid-way
                 del index, reader  # close the memory maps before deleting the files
             finish_ready_units()
-            dl.stage = f"prepared {name}"
+            dl.stage = "prepared"  # the file is in the report: the moment before it goes
             dl.report(name, sizes[name], force=True)
         drop_unneeded()
     finish_ready_units()
