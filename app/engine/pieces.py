@@ -264,9 +264,9 @@ class PieceWriter:
                     dim = shard_dim(name)
                     put_shard(views, name, reader.get(info, name), fmt, dim,
                               rank * info.shape[dim])
-            del views
             mapped.flush()  # msync: the piece is on disk before it is recorded
         finally:
+            views.clear()  # no view of the map may outlive it
             mapped.close()
         self.done.add(job)
 
