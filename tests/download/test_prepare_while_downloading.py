@@ -300,6 +300,30 @@ def test_put_shard_writes_the_merged_tensors_bytes(kind, dim):
         assert torch.equal(views[name].view(torch.uint8), want[name].view(torch.uint8)), name
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["int4", "int8", "bf16"]), st.sampled_from([0, 1]),
+       st.sampled_from([64, 128, 192]), st.sampled_from([128, 256, 512]),
+       st.sampled_from([1, 2, 4, 8]), st.sampled_from([32, 64, 128]), st.integers(0, 99))
+def test_every_shard_that_splits_converts_exactly(kind, dim, n, k, ranks, group, seed):
+    """Whatever the shape, rank count and group: when piece_plan.splits says a shard converts
+    on its own, the shards written one by one are byte for byte the merged conversion."""
+    if (n, k)[dim] % ranks or k % group:
+        return
+    width = (n, k)[dim] // ranks
+    fmt = None if kind == "bf16" else Format(kind, group if kind == "int4" else 0)
+    if not splits(kind, group, dim, (n, k), width):
+        return
+    gen = torch.Generator().manual_seed(seed)
+    w = (torch.randn(n, k, generator=gen) * 3).bfloat16()
+    want = convert_tensor("x.weight", w, fmt)
+    views = {name: torch.full_like(t, 7) for name, t in want.items()}  # not zero: all written
+    for rank in range(ranks):
+        pieces_mod.put_shard(views, "x.weight", w.narrow(dim, rank * width, width).contiguous(),
+                             fmt, dim, rank * width)
+    for name in want:
+        assert torch.equal(views[name].view(torch.uint8), want[name].view(torch.uint8)), name
+
+
 def test_int4_packing_layout_holds_on_this_pytorch():
     pieces_mod.check_int4_packing()
 
