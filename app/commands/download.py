@@ -24,8 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repo", default=None, metavar="OWNER/NAME",
                    help="the repo (default: xai-org/grok-2)")
     p.add_argument("--keep-prepared-only", action="store_true",
-                   help="prepare (quantize) each part as soon as its files have arrived and "
-                        "delete the bf16 files as soon as no part needs them")
+                   help="prepare (quantize) each source file as soon as it has arrived, "
+                        "then delete it: the disk needs the prepared size plus about one file")
     p.add_argument("--quant", choices=("int4", "int8", "bf16"),
                    help="format to prepare with --keep-prepared-only (default: the plan's)")
     p.add_argument("--accept-license", action="store_true",

@@ -5,13 +5,15 @@ Torch-free and Qt-free (the GUI calls it). What it reads from the hub before the
 (config.json, and for "keep only the prepared model" each safetensors header) is kept in
 memory and handed to the download afterwards, so those bytes are not fetched twice either.
 
-Disk for "keep only the prepared model": a prepared unit (app.engine.prepare) can be written
-once every source file holding one of its tensors has arrived; a source file is deleted once
-every unit needing it is written. `schedule` orders the files greedily (the unit missing the
-fewest bytes first) and simulates that, so the peak is exact for the files' sizes. In the
-official Grok-2 layout each file holds one kind of tensor for all 64 layers, so the routed
-experts of every layer need all 24 expert shard files at once: the peak is the prepared size
-plus those 24 files (about 412 GB), not one layer's worth.
+Disk for "keep only the prepared model": the preparation is written in pieces
+(app.engine.piece_plan: what one source file adds to one prepared unit); a piece is written as
+soon as the files it reads have arrived, and a source file is deleted once every piece reading
+it is written. `schedule` orders the files greedily (the piece missing the fewest bytes first)
+and simulates that, so the peak is exact for the files' sizes. In the official Grok-2 layout
+(each file one kind of tensor for all 64 layers, expert files one TP rank each) every piece
+reads one file at int4 and bf16, so the source files on disk at any time are at most the
+largest one (34.4 GB, a dense MLP matrix for all layers); at int8 the routed experts' w2 needs
+all 8 of its rank files at once (one scale per row spans the ranks), 137 GB.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.checkpoint_files import MAX_HEADER, unit_names, unit_of
+from app.checkpoint_files import MAX_HEADER, unit_names
 from app.download.hub import DownloadError, Snapshot, hub_error, open_range
 from app.engine.config import Grok2Config
+from app.engine.piece_plan import parse_job
 from app.engine.plan import DISK_SLACK, GB, Bandwidths, PlanError, make_plan, model_bytes
 from app.errors import StorageError, UserError
 
@@ -131,25 +134,6 @@ def prefetch(snapshot: Snapshot, names: list[str], work: Path | None = None,
     return out
 
 
-def tensor_names(header: bytes) -> list[str]:
-    """Tensor names from the first bytes of a safetensors file (length + JSON header)."""
-    (n,) = struct.unpack("<Q", header[:8])
-    try:
-        meta = json.loads(header[8:8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DownloadError(f"corrupt safetensors header from the hub ({exc})") from exc
-    return [k for k in meta if k != "__metadata__"]
-
-
-def unit_needs(headers: dict[str, bytes]) -> dict[str, set[str]]:
-    """Prepared unit -> the source files holding its tensors."""
-    needs: dict[str, set[str]] = {}
-    for name, header in headers.items():
-        for tensor in tensor_names(header):
-            needs.setdefault(unit_of(tensor), set()).add(name)
-    return needs
-
-
 def schedule(needs: dict[str, set[str]], sizes: dict[str, int], done_units: set[str],
              present: Callable[[str], int], order_hint: list[str]) -> tuple[list[str], int]:
     """The order to fetch source files in, and the most bytes the not-yet-present parts of
@@ -216,22 +200,36 @@ def free_bytes(folder: Path) -> tuple[int, Path]:
 
 def disk_check(snapshot: Snapshot, out: Path, present: Callable[[str], int], *,
                prepared_only: bool = False, cfg: Grok2Config | None = None,
-               quant: str = "int4", needs: dict[str, set[str]] | None = None) -> DiskCheck:
+               quant: str = "int4", needs: dict[str, set[str]] | None = None,
+               done_jobs: set[str] | None = None) -> DiskCheck:
     """What the download (and, with `prepared_only`, the preparation alongside it) still
-    needs on disk, against what is free."""
+    needs on disk, against what is free. `needs`: piece -> the source files it reads
+    (piece_plan.plan_jobs); `done_jobs`: pieces an earlier run wrote."""
     free, where = free_bytes(out)
     if not prepared_only:
         need = sum(f.size - present(f.name) for f in snapshot.files)
         return DiskCheck(need, free, where, f"{size(snapshot.total_bytes)} in all, "
                                             f"{len(snapshot.files)} files")
     if cfg is None or needs is None:
-        raise UserError("disk_check: prepared_only needs the config and the unit map")
-    sizes = {f.name: f.size for f in snapshot.files}
-    done_bytes, done_units = prepared_done_bytes(out)
-    _, peak = schedule(needs, sizes, done_units, present, unit_names(cfg.num_hidden_layers))
+        raise UserError("disk_check: prepared_only needs the config and the piece map")
+    peak = source_peak(snapshot, out, present, needs, done_jobs or set(), cfg)
+    done_bytes, _ = prepared_done_bytes(out)
     small = sum(f.size - present(f.name) for f in snapshot.files
                 if not f.name.endswith(".safetensors"))
     prepared = max(int(model_bytes(cfg, quant) * DISK_SLACK) - done_bytes, 0)
     return DiskCheck(prepared + peak + small, free, where,
                      f"the {quant} model {size(prepared)} plus at most "
                      f"{size(peak)} of source files at a time")
+
+
+def source_peak(snapshot: Snapshot, out: Path, present: Callable[[str], int],
+                needs: dict[str, set[str]], done_jobs: set[str], cfg: Grok2Config) -> int:
+    """The most bytes of source files not yet on disk that the rest of the download holds at
+    once (schedule), given the pieces and units already written."""
+    sizes = {f.name: f.size for f in snapshot.files}
+    _, done_units = prepared_done_bytes(out)
+    pending = {j: fs for j, fs in needs.items()
+               if j not in done_jobs and parse_job(j)[0] not in done_units}
+    rank = {u: i for i, u in enumerate(unit_names(cfg.num_hidden_layers))}
+    hint = sorted(pending, key=lambda j: (rank.get(parse_job(j)[0], len(rank)), j))
+    return schedule(pending, sizes, set(), present, hint)[1]

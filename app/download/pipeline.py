@@ -1,15 +1,17 @@
 """One download, start to end: look (no writes), check, then fetch and, with "keep only the
-prepared model", prepare each unit as soon as its source files have arrived and been verified.
+prepared model", prepare each source file's part of the model as soon as it has arrived.
 
 `look` reads the hub's file list, config.json and (for prepare-while-downloading) every
 safetensors header into memory, and returns the plan and the disk check: nothing is written
 before the caller has shown them and the license is accepted. `run` then downloads. With
-`prepared_only`, the bf16 files go to `OUT.download/` beside the prepared folder OUT, each unit
-is written by app.engine.prepare's UnitWriter (the same code as `grok-desktop prepare`, so the
-result is byte-identical), source files are deleted as soon as no unit needs them, and the
-prepared folder's manifest (replaced atomically after each unit) makes an interrupted run
-resume where it stopped. The engine is imported inside `run` only: the GUI may import this
-module and call `run` on a worker thread.
+`prepared_only`, the bf16 files go to `OUT.download/` beside the prepared folder OUT, one at a
+time: each verified file is converted at once into its pieces of the prepared units
+(app.engine.pieces: the bytes `grok-desktop prepare` writes, so the result is byte-identical)
+and deleted as soon as those pieces are recorded, so the disk holds the prepared model plus
+about one source file (app.engine.piece_plan says where a format needs more). A journal of the
+pieces written and the prepared folder's manifest make an interrupted run resume where it
+stopped. The engine is imported inside `run` only: the GUI may import this module and call
+`run` on a worker thread.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.atomic import atomic_write_text
-from app.checkpoint_files import unit_names
 from app.download.budget import (
     DiskCheck,
     Prefetched,
@@ -29,15 +30,19 @@ from app.download.budget import (
     disk_check,
     prefetch,
     schedule,
-    unit_needs,
 )
 from app.download.fetch import STATE, STATE_DIR, Control, Downloader, ProgressFn
 from app.download.hub import REPO, DownloadError, Snapshot, hub_error, snapshot_info
 from app.engine.config import CONFIG_NAME, Grok2Config
+from app.engine.piece_plan import header_shapes, parse_job, plan_jobs
 from app.errors import UserError
 
 SOURCE_SUFFIX = ".download"
 RECENT = "download.json"  # in the config folder: the last download, to offer resuming it
+SHAPES = "shapes.json"  # in the download's state folder: every source file's tensor shapes
+PIECES_DIR = "prepare"  # in the download's state folder: app.engine.pieces' staging
+GROUP = 128  # the int4 group `prepare` writes (UnitWriter's default)
+Shapes = dict[str, dict[str, tuple[int, ...]]]
 
 
 @dataclass
@@ -60,21 +65,55 @@ class Look:
     cfg: Grok2Config
     prefetched: Prefetched
     present: Callable[[str], int]  # bytes of a file already on disk from an earlier run
-    needs: dict[str, set[str]] = field(default_factory=dict)
+    shapes: Shapes = field(default_factory=dict)  # source file -> tensor -> shape
     proposal: Proposal | None = None
+
+    @property
+    def needs(self) -> dict[str, set[str]]:
+        """Piece (piece_plan.job_id) -> the source files it reads, at `request.quant`."""
+        if not self.request.prepared_only or not self.shapes:
+            return {}
+        try:
+            return plan_jobs(self.shapes, self.request.quant, GROUP)
+        except ValueError as exc:
+            raise DownloadError(f"{self.snapshot.repo}: {exc}; not the official layout") from exc
 
     def disk(self) -> DiskCheck:
         """The disk check for the request as it is now (set `request.quant` first)."""
         req = self.request
         return disk_check(self.snapshot, req.out if req.prepared_only else self.source,
                           self.present, prepared_only=req.prepared_only, cfg=self.cfg,
-                          quant=req.quant, needs=self.needs)
+                          quant=req.quant, needs=self.needs,
+                          done_jobs=_journal_done(self.source, req.quant,
+                                                  self.snapshot.commit))
 
     @property
     def source(self) -> Path:
         """Where the official files go: OUT itself, or OUT.download beside the prepared OUT."""
         out = self.request.out
         return out.with_name(out.name + SOURCE_SUFFIX) if self.request.prepared_only else out
+
+
+def _journal_done(source: Path, quant: str, commit: str) -> set[str]:
+    """Pieces an earlier run recorded as written (app.engine.pieces' journal), if at `quant`
+    from this commit's files (else the run discards them)."""
+    try:
+        data = json.loads((source / STATE_DIR / PIECES_DIR / "pieces.json").read_text("utf-8"))
+        same = data["quant"] == quant and data["source"] == commit
+        return set(data["done"]) if same else set()
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _read_shapes(path: Path, commit: str) -> Shapes:
+    """The tensor shapes an earlier run of this download recorded (at this commit)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data["commit"] != commit:
+            return {}
+        return {f: {n: tuple(s) for n, s in ts.items()} for f, ts in data["files"].items()}
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return {}
 
 
 def _cfg(data: bytes) -> Grok2Config:
@@ -100,7 +139,7 @@ def look(request: Request) -> Look:
     source = out.with_name(out.name + SOURCE_SUFFIX) if request.prepared_only else out
     dl = Downloader(snapshot, source, token=request.token)
     work = dl.work if dl.work.is_dir() else None
-    known = dl.state.get("needs") or {}
+    known = _read_shapes(dl.work / SHAPES, snapshot.commit) if request.prepared_only else {}
     small = [f.name for f in snapshot.files if not f.name.endswith(".safetensors")]
     finished = request.prepared_only and _complete(out, request.quant)
     heads = [] if not request.prepared_only or finished else [
@@ -110,20 +149,17 @@ def look(request: Request) -> Look:
     config_bytes = pre.data.get(CONFIG_NAME) or (
         (out if finished else source) / CONFIG_NAME).read_bytes()
     cfg = _cfg(config_bytes)
-    needs: dict[str, set[str]] = {}
-    if request.prepared_only:
-        needs = {u: set(fs) for u, fs in _needs_by_unit(known).items()}
-        for unit, files in unit_needs({n: pre.data[n] for n in heads}).items():
-            needs.setdefault(unit, set()).update(files)
-    return Look(request, snapshot, cfg, pre, dl.on_disk, needs)
-
-
-def _needs_by_unit(file_units: dict[str, list[str]]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for f, units in file_units.items():
-        for u in units:
-            out.setdefault(u, []).append(f)
-    return out
+    shapes: Shapes = {}
+    if request.prepared_only and not finished:
+        shapes = dict(known)
+        try:
+            shapes.update({n: header_shapes(pre.data[n]) for n in heads})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DownloadError(f"{request.repo}: a safetensors header from the hub is "
+                                f"corrupt ({exc})") from exc
+    lk = Look(request, snapshot, cfg, pre, dl.on_disk, shapes)
+    _ = lk.needs  # a layout the pieces cannot cover raises DownloadError now
+    return lk
 
 
 def run(lk: Look, control: Control | None = None, on_progress: ProgressFn | None = None
@@ -189,51 +225,87 @@ def _done(dl: Downloader, name: str = "") -> None:
 
 
 def _run_prepared(lk: Look, dl: Downloader) -> Path:
+    from app.engine.pieces import PieceWriter
     from app.engine.prepare import UnitWriter
     from app.engine.weights import _Reader, index_folder
 
-    if _complete(lk.request.out, lk.request.quant):
-        return lk.request.out
-    by_file: dict[str, list[str]] = {}
-    for unit, files in lk.needs.items():
-        for f in files:
-            by_file.setdefault(f, []).append(unit)
-    dl.state["needs"] = {f: sorted(us) for f, us in by_file.items()}
-    dl.save_state()
+    out = lk.request.out
+    if _complete(out, lk.request.quant):
+        return out
+    jobs = lk.needs
+    dl.work.mkdir(parents=True, exist_ok=True)
+    if _read_shapes(dl.work / SHAPES, lk.snapshot.commit) != lk.shapes:
+        atomic_write_text(dl.work / SHAPES, json.dumps({"commit": lk.snapshot.commit,
+                                                        "files": lk.shapes}))
     small = [f.name for f in lk.snapshot.files if not f.name.endswith(".safetensors")]
     dl.fetch_all(small)
-    writer = UnitWriter(lk.source, lk.request.out, lk.request.quant)
-    done = {u for u in writer.units if writer.is_done(u)}
-    sizes = {f.name: f.size for f in lk.snapshot.files}
-    order, _ = schedule(lk.needs, sizes, done, dl.on_disk, unit_names(lk.cfg.num_hidden_layers))
-    missing = [u for u in writer.units if u not in lk.needs and u not in done]
+    pieces = PieceWriter(UnitWriter(lk.source, out, lk.request.quant, GROUP),
+                         dl.work / PIECES_DIR, lk.snapshot.commit)
+    pieces.check_sources(lk.shapes)
+    units = pieces.writer.units
+    rank = {u: i for i, u in enumerate(units)}
+    of_unit: dict[str, set[str]] = {}
+    for job in jobs:
+        of_unit.setdefault(parse_job(job)[0], set()).add(job)
+    missing = [u for u in units if u not in of_unit and not pieces.writer.is_done(u)]
     if missing:
         raise DownloadError(f"{lk.snapshot.repo}: no file holds the tensors of {missing[0]}; "
                             "the repo does not match its config.json")
+    pending = {j for j in jobs if j not in pieces.done
+               and not pieces.writer.is_done(parse_job(j)[0])}
+
+    def finish_ready_units() -> None:
+        for unit in units:
+            if not pieces.writer.is_done(unit) and not (of_unit.get(unit, set()) & pending):
+                dl.stage = f"preparing {unit}"
+                pieces.finish_unit(unit)
+
+    def drop_unneeded() -> None:
+        """Delete every source file no pending piece reads (after its pieces are recorded)."""
+        wanted = {f for j in pending for f in jobs[j]}
+        for f in sorted({f for fs in jobs.values() for f in fs} - wanted):
+            if dl.is_verified(f):
+                dl.consume(f)
+
+    finish_ready_units()
+    drop_unneeded()
+    wanted = {f for j in pending for f in jobs[j]}
+    consumed = dl.state.setdefault("consumed", [])
+    if wanted & set(consumed):  # pieces lost with their staged unit: fetch those files again
+        dl.state["consumed"] = [f for f in consumed if f not in wanted]
+        dl.save_state()
+    sizes = {f.name: f.size for f in lk.snapshot.files}
+    hint = sorted(pending, key=lambda j: (rank.get(parse_job(j)[0], len(rank)), j))
+    order, _ = schedule({j: jobs[j] for j in pending}, sizes, set(), dl.on_disk, hint)
     for name in order:
         dl.stage = "downloading"
         dl.fetch(name)
-        ready = [u for u in writer.units if u in lk.needs and u not in done
-                 and all(dl.is_verified(f) for f in lk.needs[u])]
+        ready = sorted((j for j in pending if all(dl.is_verified(f) for f in jobs[j])),
+                       key=lambda j: (rank.get(parse_job(j)[0], len(rank)), j))
         if ready:
             index, reader = index_folder(lk.source), _Reader()
-            for unit in ready:
-                dl.control.check()
-                dl.stage = f"preparing {unit}"
-                dl.report(name, sizes[name], force=True)
-                writer.write(unit, index, reader)
-                done.add(unit)
-            del index, reader  # close the memory maps before deleting the files
-        for f in [f for f in by_file if dl.is_verified(f)]:
-            if all(u in done for u in by_file[f]):
-                dl.consume(f)
-    out = writer.finish()
+            try:
+                for job in ready:
+                    dl.control.check()
+                    dl.stage = f"preparing {parse_job(job)[0]}"
+                    dl.report(name, sizes[name], force=True)
+                    pieces.write(job, index, reader)
+                    pending.discard(job)
+            finally:
+                pieces.save()  # what was written and fsynced, even when paused mid-way
+                del index, reader  # close the memory maps before deleting the files
+            finish_ready_units()
+            dl.stage = "prepared"  # the file is in the report: the moment before it goes
+            dl.report(name, sizes[name], force=True)
+        drop_unneeded()
+    finish_ready_units()
+    result = pieces.writer.finish()
     for f in small:  # LICENSE, README: config and tokenizer were copied by UnitWriter
-        if not (out / f).exists():
-            shutil.copyfile(lk.source / f, out / f)
+        if not (result / f).exists():
+            shutil.copyfile(lk.source / f, result / f)
     shutil.rmtree(lk.source)
     _done(dl)
-    return out
+    return result
 
 
 def _complete(out: Path, quant: str) -> bool:

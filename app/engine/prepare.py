@@ -188,37 +188,58 @@ def _write_unit(out: Path, unit: str, tensors: dict[str, torch.Tensor]) -> dict:
     return {"bytes": stat.st_size, "sha256": digest, "mtime_ns": stat.st_mtime_ns}
 
 
+def aligned_layout(specs: dict[str, tuple[torch.dtype, tuple[int, ...]]]
+                   ) -> tuple[bytes, dict[str, int], int]:
+    """The layout `write_aligned` gives tensors of these (dtype, shape): the file's first bytes
+    (length and JSON header, padded to a page), each tensor's byte offset in the file, and
+    the file's size. Tensors in name order, each on a page boundary (U8 `__pad` tensors fill
+    the gaps, zero bytes)."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset, pads = 0, 0
+    starts: dict[str, int] = {}
+    for name in sorted(specs):
+        gap = -offset % ALIGN
+        if gap:
+            header[f"__pad{pads}"] = {"dtype": "U8", "shape": [gap],
+                                      "data_offsets": [offset, offset + gap]}
+            offset, pads = offset + gap, pads + 1
+        dtype, shape = specs[name]
+        size = dtype.itemsize
+        for d in shape:
+            size *= d
+        header[name] = {"dtype": _NAMES[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + size]}
+        starts[name] = offset
+        offset += size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-(8 + len(raw)) % ALIGN)
+    head = struct.pack("<Q", len(raw)) + raw
+    return head, {k: len(head) + v for k, v in starts.items()}, len(head) + offset
+
+
 def write_aligned(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     """A standard safetensors file, tensors in name order, each starting on a page boundary
     (U8 `__pad` tensors fill the gaps): the CPU kernels need aligned data, and page-aligned
     tensors can be page-locked one by one. Written atomically (app.atomic). Returns the
     sha256 of the bytes written; raises OSError (disk full, ...) with `path` untouched."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset, pads = 0, 0
-    order: list[bytes | torch.Tensor] = []
-    for name in sorted(tensors):
-        gap = -offset % ALIGN
-        if gap:
-            header[f"__pad{pads}"] = {"dtype": "U8", "shape": [gap],
-                                      "data_offsets": [offset, offset + gap]}
-            order.append(bytes(gap))
-            offset, pads = offset + gap, pads + 1
-        t = tensors[name].contiguous()
-        size = t.numel() * t.element_size()
-        header[name] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + size]}
-        order.append(t)
-        offset += size
-    raw = json.dumps(header).encode()
-    raw += b" " * (-(8 + len(raw)) % ALIGN)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    head, starts, _ = aligned_layout({k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()})
     digest = hashlib.sha256()
     with atomic_file(path) as f:
-        for chunk in (struct.pack("<Q", len(raw)), raw, *order):
-            # numpy's stubs declare ndarray a buffer only for Python 3.12+
-            data = chunk if isinstance(chunk, bytes) else cast(
-                "Buffer", chunk.view(torch.uint8).numpy())
-            digest.update(data)
-            f.write(data)
+        digest.update(head)
+        f.write(head)
+        at = len(head)
+        for name in sorted(tensors):
+            gap = starts[name] - at
+            chunks: list[bytes | torch.Tensor] = [bytes(gap)] if gap else []
+            t = tensors[name]
+            for chunk in (*chunks, t):
+                # numpy's stubs declare ndarray a buffer only for Python 3.12+
+                data = chunk if isinstance(chunk, bytes) else cast(
+                    "Buffer", chunk.view(torch.uint8).numpy())
+                digest.update(data)
+                f.write(data)
+            at = starts[name] + t.numel() * t.element_size()
     return digest.hexdigest()
 
 

@@ -41,3 +41,26 @@ def app_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+
+
+WIDE_MOE = 1024  # 8 ranks of 128: each expert shard converts on its own at int4/bf16
+
+
+@pytest.fixture(scope="session")
+def wide_repo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stand-in repo with experts wide enough (moe_intermediate_size 1024) that each TP
+    shard is whole int4 groups and packing blocks, as in Grok-2 (2048 per rank)."""
+    from app.engine.tiny import write_tiny_checkpoint
+
+    folder = write_tiny_checkpoint(tmp_path_factory.mktemp("wide") / "grok-2", seed=11,
+                                   n_merges=120, moe_intermediate_size=WIDE_MOE)
+    (folder / "LICENSE").write_text("Grok 2 Community License Agreement (stand-in text)\n")
+    (folder / "README.md").write_text("# grok-2 (stand-in, wide experts)\n")
+    return folder
+
+
+@pytest.fixture
+def wide_hub(wide_repo_folder: Path) -> Iterator[StandInHub]:
+    server = StandInHub(wide_repo_folder).start()
+    yield server
+    server.stop()
