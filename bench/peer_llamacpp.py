@@ -222,7 +222,7 @@ def run_ours_real_layer(fmt: str, threads: int, repeats: int, prefill: int) -> t
 
     from app.engine import bench, quantize
     from app.engine.config import Grok2Config
-    from app.engine.model import DecoderLayer, KVCache
+    from app.engine.model import DecoderLayer, KVCache, cpu_gemv, torch_threads
     from app.engine.plan import weight_format
 
     torch.set_num_threads(threads)
@@ -249,7 +249,10 @@ def run_ours_real_layer(fmt: str, threads: int, repeats: int, prefill: int) -> t
     cache = KVCache(cfg, 1, prefill + 64, torch.bfloat16, "cpu")
     h = torch.randn(1, prefill, cfg.hidden_size, dtype=torch.bfloat16)
     decode, pre = [], []
-    with torch.inference_mode():
+    # as Grok2.forward runs its layers: PyTorch's own ops on one thread when onnxruntime does
+    # the matmuls, oneDNN off for one-token bf16 matmuls
+    threads = 1 if fmt in ("int4", "int8") else None
+    with torch.inference_mode(), torch_threads(threads):
         for _ in range(repeats):
             start = time.perf_counter()
             layer(h, torch.arange(prefill), cache)
@@ -257,7 +260,8 @@ def run_ours_real_layer(fmt: str, threads: int, repeats: int, prefill: int) -> t
         x = h[:, :1]
         for i in range(max(8, 3 * repeats)):
             start = time.perf_counter()
-            layer(x, torch.tensor([32 + i]), cache)
+            with cpu_gemv(True):
+                layer(x, torch.tensor([32 + i]), cache)
             decode.append(time.perf_counter() - start)
     return statistics.median(decode[1:]) * 1e3, min(pre) * 1e3
 
