@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 from app.engine.cpu_kernels import (
     NBitsGatedMLP,
     NBitsMatMul,
+    Operands,
     int4_operands,
     int8_operands,
     stack_operands,
@@ -265,49 +267,52 @@ def gated_mlp_kernel(gate: nn.Module, up: nn.Module, down: nn.Module
     """down(gelu(gate(x)) * up(x)) as one onnxruntime graph when all three are CPU QuantLinears
     of one format on the "nbits" kernel with exact MatMulNBits forms (cached like
     nbits_kernel); else None (the caller runs the three modules)."""
-    parts = (gate, up, *(m._buffers.get(n) for m in (gate, up, down)
-                         for n in ("qweight", "scales")))
-    cached = _FUSED.get(down)
-    if cached is not None and all(a is b for a, b in zip(cached[0], parts)):
-        kernel = cached[1]  # None: these weights have no exact MatMulNBits form
-        return kernel if kernel is not None and CPU_KERNELS[kernel.kind] == "nbits" else None
-    if not (_nbits_ready(gate) and _nbits_ready(up) and _nbits_ready(down)):
-        return None  # not cached: the kernel choice may change
-    assert isinstance(gate, QuantLinear) and isinstance(up, QuantLinear) \
-        and isinstance(down, QuantLinear)
-    kernel = None
-    if gate.fmt.kind == up.fmt.kind == down.fmt.kind:
-        g, u, d = _operands(gate), _operands(up), _operands(down)
-        if g is not None and u is not None and d is not None:
-            kernel = NBitsGatedMLP(gate.in_features, gate.out_features, g, u, d)
-            kernel.kind = gate.fmt.kind
-    _FUSED[down] = (parts, kernel)
-    return kernel
+    def build(g: Operands, u: Operands, d: Operands) -> NBitsGatedMLP:
+        assert isinstance(gate, QuantLinear)
+        return NBitsGatedMLP(gate.in_features, gate.out_features, g, u, d)
+
+    return _fused_kernel((gate, up, down), build)
 
 
 def qkv_kernel(q: nn.Module, k: nn.Module, v: nn.Module) -> NBitsMatMul | None:
     """[q(x), k(x), v(x)] concatenated along the output features, (M, Nq+Nk+Nv) fp32, as one
-    onnxruntime MatMulNBits call when all three are CPU QuantLinears of one format on the
-    "nbits" kernel with exact MatMulNBits forms (cached like gated_mlp_kernel); else None (the
-    caller runs the three modules)."""
-    parts = (q, k, *(m._buffers.get(n) for m in (q, k, v) for n in ("qweight", "scales")))
-    cached = _FUSED.get(v)
+    onnxruntime MatMulNBits call (rows stacked: cpu_kernels.stack_operands) when all three are
+    CPU QuantLinears of one format on the "nbits" kernel with exact MatMulNBits forms (cached
+    like nbits_kernel); else None (the caller runs the three modules)."""
+    def build(*ops: Operands) -> NBitsMatMul | None:
+        stacked = stack_operands(list(ops))
+        if stacked is None:
+            return None
+        n = sum(m.out_features for m in (q, k, v) if isinstance(m, QuantLinear))
+        assert isinstance(q, QuantLinear)
+        return NBitsMatMul(q.in_features, n, stacked)
+
+    return _fused_kernel((q, k, v), build)
+
+
+def _fused_kernel(mods: tuple[nn.Module, nn.Module, nn.Module],
+                  build: Callable[..., NBitsGatedMLP | NBitsMatMul | None]) -> Any:
+    """The one onnxruntime kernel `build(*operands)` makes from three QuantLinears, cached
+    under the last one and rebuilt when any of their weight tensors is replaced; None when
+    they are not all CPU "nbits" weights of one kind with exact MatMulNBits forms, or when
+    `build` says their operands do not combine."""
+    parts = (mods[0], mods[1], *(m._buffers.get(n) for m in mods
+                                 for n in ("qweight", "scales")))
+    cached = _FUSED.get(mods[2])
     if cached is not None and all(a is b for a, b in zip(cached[0], parts)):
-        kernel = cached[1]
+        kernel = cached[1]  # None: these weights have no exact MatMulNBits form
         return kernel if kernel is not None and CPU_KERNELS[kernel.kind] == "nbits" else None
-    if not (_nbits_ready(q) and _nbits_ready(k) and _nbits_ready(v)):
-        return None
-    assert isinstance(q, QuantLinear) and isinstance(k, QuantLinear) \
-        and isinstance(v, QuantLinear)
+    if not all(_nbits_ready(m) for m in mods):
+        return None  # not cached: the kernel choice may change
+    quants = [m for m in mods if isinstance(m, QuantLinear)]
     kernel = None
-    if q.fmt == k.fmt == v.fmt and q.in_features == k.in_features == v.in_features:
-        ops = [_operands(m) for m in (q, k, v)]
-        stacked = None if None in ops else stack_operands(ops)  # type: ignore[arg-type]
-        if stacked is not None:
-            n = q.out_features + k.out_features + v.out_features
-            kernel = NBitsMatMul(q.in_features, n, stacked)
-            kernel.kind = q.fmt.kind
-    _FUSED[v] = (parts, kernel)
+    if len({m.fmt.kind for m in quants}) == 1:
+        ops = [_operands(m) for m in quants]
+        if all(o is not None for o in ops):
+            kernel = build(*ops)
+            if kernel is not None:
+                kernel.kind = quants[0].fmt.kind
+    _FUSED[mods[2]] = (parts, kernel)
     return kernel
 
 
