@@ -13,6 +13,7 @@ rest with `Range`, so no byte is fetched twice.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -111,6 +112,15 @@ def open_range(snapshot: Snapshot, name: str, start: int, end: int | None = None
         yield response
 
 
+def _proxy_setting() -> tuple[str, str] | None:
+    """(variable, value) of the proxy variable the HTTP client uses, if one is set."""
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                 "all_proxy"):
+        if os.environ.get(name):
+            return name, os.environ[name]
+    return None
+
+
 def hub_error(exc: BaseException, where: str) -> UserError:
     """One line for a failed hub request: what happened and what to do."""
     if isinstance(exc, UserError):
@@ -138,6 +148,10 @@ def hub_error(exc: BaseException, where: str) -> UserError:
         return DownloadError(f"{where}: the hub answered {status}; {KEEP}")
     kinds = {k.__name__ for k in type(exc).__mro__}  # httpx (hub 1.x) or httpx2 (2.x) errors
     if "ConnectError" in kinds or "ProxyError" in kinds:
+        proxy = _proxy_setting()
+        if proxy:
+            return DownloadError(f"{where}: cannot connect through the proxy {proxy[1]} (set by "
+                                 f"{proxy[0]}); check that it is running, or unset it; {KEEP}")
         return DownloadError(f"{where}: cannot connect (no network, or a proxy is needed: set "
                              f"HTTPS_PROXY); {KEEP}")
     if "TimeoutException" in kinds:
