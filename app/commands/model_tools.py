@@ -39,13 +39,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="a random mid-size model with Grok-2's proportions (no files)")
     _add_budget_arguments(p)
     p.add_argument("--prompt-lengths", default="32,256", help="comma-separated token counts")
-    p.add_argument("--decode-tokens", type=int, default=16)
+    p.add_argument("--decode-tokens", type=_positive, default=16)
     p.add_argument("--refresh", action="store_true", help="re-run the bandwidth probe")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--threads", type=_positive,
+                   help="CPU threads for torch and onnxruntime (default: torch's)")
     p.add_argument("--no-real-expert", action="store_true",
                    help="skip --synthetic's real-size expert row")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_bench)
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse prints the message and exits 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
 
 
 def _add_budget_arguments(p: argparse.ArgumentParser) -> None:
@@ -145,6 +157,8 @@ def run_bench(args: argparse.Namespace) -> int:
         lengths = tuple(int(n) for n in args.prompt_lengths.split(","))
     except ValueError as exc:
         raise UserError("--prompt-lengths takes comma-separated integers, e.g. 32,256") from exc
+    if min(lengths) < 1:
+        raise UserError("--prompt-lengths takes token counts of 1 or more, e.g. 32,256")
     if args.threads:
         torch.set_num_threads(args.threads)
     bw = probe_bandwidths(refresh=args.refresh)

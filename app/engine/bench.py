@@ -272,6 +272,7 @@ def bench_model(model: Grok2, plan: Plan, bw: Bandwidths, prompt_lengths=(32, 25
         "bytes_per_token": plan.bytes_per_token(kv_tokens=n),
         "peak_cpu_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else 0,
+        "threads": torch.get_num_threads(),  # CPU threads of the matmuls (torch, onnxruntime)
         "bandwidths": {"gpu": bw.gpu, "cpu": bw.cpu, "pcie": bw.pcie,
                        "measured": list(bw.measured)},
     })
@@ -279,7 +280,8 @@ def bench_model(model: Grok2, plan: Plan, bw: Bandwidths, prompt_lengths=(32, 25
 
 
 def format_result(r: dict) -> str:
-    lines = [f"Quantization {r['plan']}"]
+    plural = "s" if r["threads"] != 1 else ""
+    lines = [f"Quantization {r['plan']}, {r['threads']} CPU thread{plural}"]
     for p in r["prefill"]:
         lines.append(f"  prefill {p['tokens']:>6} tokens: {p['tokens_per_s']:8.1f} tokens/s "
                      f"({p['seconds']:.2f} s)")

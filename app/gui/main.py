@@ -13,11 +13,12 @@ import asyncio
 import getpass
 import hashlib
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from typing import cast
 
-from PySide6.QtCore import QMessageLogContext, QtMsgType, qInstallMessageHandler
+from PySide6.QtCore import QMessageLogContext, QTimer, QtMsgType, qInstallMessageHandler
 from PySide6.QtNetwork import QLocalServer, QLocalSocket
 from PySide6.QtWidgets import QApplication, QWidget
 
@@ -124,6 +125,23 @@ def bring_forward(window: QWidget) -> None:
     window.activateWindow()
 
 
+def close_on_signals(window: QWidget) -> QTimer:
+    """Ctrl-C in the terminal (SIGINT) and SIGTERM close the window as its close button does
+    (the partial reply kept, the engine stopped, geometry saved) instead of raising
+    KeyboardInterrupt inside whatever Qt slot runs next. Python runs signal handlers only
+    between its own bytecodes, so a 200 ms timer gives it a turn while Qt idles; the timer
+    is returned (it must stay alive)."""
+    def close(_signum: int, _frame: object) -> None:
+        QTimer.singleShot(0, window.close)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, close)
+    tick = QTimer(window)
+    tick.timeout.connect(lambda: None)
+    tick.start(200)
+    return tick
+
+
 def run_gui(demo: bool = False, model: str | None = None) -> int:
     import qasync
 
@@ -146,6 +164,7 @@ def run_gui(demo: bool = False, model: str | None = None) -> int:
     asyncio.set_event_loop(loop)
     closed = asyncio.Event()
     app.lastWindowClosed.connect(closed.set)
+    close_on_signals(window)
     window.show()
     loop.call_soon(window.start, demo, model)
     with loop:

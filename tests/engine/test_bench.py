@@ -56,7 +56,9 @@ def test_bench_model_reports_speed_next_to_bound(ckpt):
     assert [p["tokens"] for p in r["prefill"]] == [8, 16]
     assert r["decode_tokens_per_s"] > 0 and r["decode_bound_tokens_per_s"] > 0
     assert r["bytes_per_token"]["cpu"] > 0 and r["peak_cpu_bytes"] > 0
-    assert "decode" in bench.format_result(r)
+    assert r["threads"] == torch.get_num_threads()
+    text = bench.format_result(r)
+    assert "decode" in text and f"{r['threads']} CPU thread" in text
 
 
 def test_synthetic_model_has_grok_proportions():
@@ -108,7 +110,7 @@ def _fake_result() -> dict:
     return {"plan": "int8", "prefill": [{"tokens": 8, "tokens_per_s": 1.0, "seconds": 8.0}],
             "ttft_s": 8.0, "decode_tokens_per_s": 1.0, "decode_bound_tokens_per_s": 2.0,
             "decode_fraction_of_bound": 0.5, "bytes_per_token": {"gpu": 0, "cpu": 1, "pcie": 0},
-            "peak_cpu_bytes": 1, "peak_gpu_bytes": 0,
+            "peak_cpu_bytes": 1, "peak_gpu_bytes": 0, "threads": 2,
             "bandwidths": {"gpu": 0.0, "cpu": 10 * GB, "pcie": 0.0, "measured": ["cpu"]}}
 
 
@@ -128,3 +130,23 @@ def test_synthetic_bench_command_adds_the_real_expert_row(monkeypatch, capsys):
     assert row["seconds"] > 0 and row["fraction_of_read"] > 0
     assert main([*args, "--no-real-expert"]) == 0
     assert "real_expert" not in json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--threads", "0"], "0 must be 1 or more"),
+    (["--threads", "-3"], "-3 must be 1 or more"),
+    (["--decode-tokens", "0"], "0 must be 1 or more"),
+    (["--threads", "two"], "'two' is not a whole number"),
+])
+def test_bench_rejects_counts_below_one(args, message, capsys):
+    """Thread and token counts below 1 are one usage error (exit 2), not a traceback or a
+    silent default."""
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--synthetic", *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_rejects_a_zero_prompt_length(capsys):
+    assert main(["bench", "--synthetic", "--gpu-mem", "0", "--prompt-lengths", "0"]) == 2
+    assert "1 or more" in capsys.readouterr().err
