@@ -71,5 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grok-desktop: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("grok-desktop: interrupted", file=sys.stderr)
+        resume = "; run the same command again to resume" if args.command in (
+            "download", "prepare") else ""
+        print(f"grok-desktop: interrupted{resume}", file=sys.stderr)
         return 130
