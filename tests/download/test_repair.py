@@ -183,6 +183,7 @@ def test_repair_interrupted_then_resumed_equals_prepare(wide_hub, wide_repo_fold
     out = tmp_path / "grok-2"
     run(look(Request(out, endpoint=wide_hub.endpoint, prepared_only=True, quant="int4")))
     _flip_byte(out / f"{EXPERTS}.safetensors")
+    wide_hub.served.clear()
     real = pieces_mod.PieceWriter.save
     calls = []
 
@@ -196,6 +197,9 @@ def test_repair_interrupted_then_resumed_equals_prepare(wide_hub, wide_repo_fold
     with pytest.raises(Stopped):
         run(look(Request(out, endpoint=wide_hub.endpoint, prepared_only=True, quant="int4")))
     monkeypatch.setattr(pieces_mod.PieceWriter, "save", real)
+    journal = json.loads((out.with_name("grok-2.download") / ".grok-download" / "prepare"
+                          / "pieces.json").read_text())
+    assert any(parse_job(j)[0] == EXPERTS for j in journal["done"])  # stopped mid-unit
     manifest = json.loads((out / MANIFEST).read_text())
     assert not manifest["complete"] and EXPERTS not in manifest["files"]
     with pytest.raises(ModelFileError, match="incomplete; run `grok-desktop download"):
@@ -207,8 +211,11 @@ def test_repair_interrupted_then_resumed_equals_prepare(wide_hub, wide_repo_fold
     assert _digests(out) == _digests(reference)
     assert (out / f"{EXPERTS}.safetensors").read_bytes() == \
         (reference / f"{EXPERTS}.safetensors").read_bytes()
-    pending = {parse_job(j)[0] for j in lk.needs if parse_job(j)[0] == EXPERTS}
-    assert pending == {EXPERTS}
+    # the pieces recorded before the crash are not fetched again: no byte twice in all
+    assert wide_hub.overlaps() == {}
+    expert_files = {f for j, fs in lk.needs.items() if parse_job(j)[0] == EXPERTS for f in fs}
+    for name in expert_files:
+        assert wide_hub.bytes_served(name) == len(wide_hub.files[name])
 
 
 def test_cli_rerun_on_a_damaged_folder_repairs_and_says_so(hub, tmp_path, monkeypatch, capsys):
