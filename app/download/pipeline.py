@@ -10,7 +10,10 @@ time: each verified file is converted at once into its pieces of the prepared un
 and deleted as soon as those pieces are recorded, so the disk holds the prepared model plus
 about one source file (app.engine.piece_plan says where a format needs more). A journal of the
 pieces written and the prepared folder's manifest make an interrupted run resume where it
-stopped. The engine is imported inside `run` only: the GUI may import this module and call
+stopped. A rerun on a finished folder checks it as loading does
+(app.engine.prepared_check) and rewrites a damaged or missing unit: dropped from the manifest
+(first, atomically) and the journal, it is written again from its source files, fetched again.
+The engine is imported inside `run` only: the GUI may import this module and call
 `run` on a worker thread.
 """
 
