@@ -103,3 +103,12 @@ def remedy(folder: Path, manifest: dict, what: str) -> str:
         return f"run `{cmd}` again (the same --out) to finish it"
     return (f"run `{cmd}` again (the same --out): it fetches again the source files this file "
             "is made from and rewrites it")
+
+
+def again_as(manifest: dict, quant: str) -> str:
+    """How to get the model as `quant` when this folder holds another quantization: prepare it
+    again, or for a download-made folder (no source folder left) download it again."""
+    if made_by_download(manifest) is None:
+        return f"prepare it again with --quant {quant} into another folder"
+    return (f"download it again as {quant} into another folder (`grok-desktop download "
+            f"--keep-prepared-only --quant {quant} --out NEW_DIR`)")

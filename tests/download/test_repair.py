@@ -254,3 +254,23 @@ def test_disk_line_parts_add_up(hub, tmp_path):
                             f"source files at a time + {size(small)} of small files "
                             f"({', '.join(f.name for f in small_files)})")
     assert check.line().startswith(f"Disk: needs {size(check.need)} at most ({check.detail})")
+
+
+def test_another_quant_of_a_download_folder_names_the_download(hub, repo_folder, tmp_path,
+                                                               capsys):
+    """Asking a download-made int4 folder for int8 (loading, `plan --quant`) says to download
+    it again as int8 into another folder: it has no source folder to prepare from."""
+    from app.engine.loader import load_engine_model
+    from app.errors import UserError
+
+    out = tmp_path / "grok-2"
+    run(look(Request(out, endpoint=hub.endpoint, prepared_only=True, quant="int4")))
+    want = ("prepared as int4, not int8; download it again as int8 into another folder "
+            "(`grok-desktop download --keep-prepared-only --quant int8 --out NEW_DIR`)")
+    with pytest.raises(UserError, match=re.escape(want)):
+        load_engine_model(out, quant="int8")
+    assert main(["plan", "--model", str(out), "--quant", "int8"]) == 2
+    assert "drop --quant, or download it again as int8" in capsys.readouterr().err
+    reference = prepare(repo_folder, tmp_path / "reference", "int4")
+    with pytest.raises(UserError, match="prepare it again with --quant int8 into another"):
+        load_engine_model(reference, quant="int8")
