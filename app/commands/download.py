@@ -72,6 +72,8 @@ def run_download(args: argparse.Namespace) -> int:
     print(proposal.text, file=sys.stderr)
     if args.keep_prepared_only and not args.quant:
         req.quant = proposal.quant if proposal.fits else "int4"
+    if lk.repair_note():
+        print(lk.repair_note(), file=sys.stderr)
     disk = lk.disk()
     print(disk.line(), file=sys.stderr)
     disk.require()

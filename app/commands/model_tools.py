@@ -86,6 +86,7 @@ def _budgets(args: argparse.Namespace) -> tuple[int, int]:
 def _config_and_quant(args: argparse.Namespace):
     from app.engine.config import Grok2Config, load_config
     from app.engine.prepare import is_prepared, read_manifest
+    from app.engine.prepared_check import again_as
 
     if args.model is None:
         return Grok2Config(), args.quant or "int4"
@@ -94,9 +95,11 @@ def _config_and_quant(args: argparse.Namespace):
         what = "is a file, not a folder" if folder.exists() else "no such folder"
         raise UserError(f"{args.model}: {what}; --model takes the Grok-2 folder that holds "
                         "config.json")
-    stored = read_manifest(args.model)["quant"] if is_prepared(args.model) else None
-    if stored and args.quant and args.quant != stored:
-        raise UserError(f"{args.model}: prepared as {stored}; drop --quant or prepare again")
+    manifest = read_manifest(args.model) if is_prepared(args.model) else None
+    stored = manifest["quant"] if manifest else None
+    if manifest and stored and args.quant and args.quant != stored:
+        raise UserError(f"{args.model}: prepared as {stored}; drop --quant, or "
+                        f"{again_as(manifest, args.quant)}")
     return load_config(args.model), stored or args.quant or "int4"
 
 

@@ -159,10 +159,12 @@ def schedule(needs: dict[str, set[str]], sizes: dict[str, int], done_units: set[
     return order, max(peak, 0)
 
 
-def prepared_done_bytes(out: Path) -> tuple[int, set[str]]:
-    """Bytes and units an earlier run already wrote to the prepared folder (its manifest)."""
+def prepared_done_bytes(out: Path, redo: set[str] | None = None) -> tuple[int, set[str]]:
+    """Bytes and units an earlier run already wrote to the prepared folder (its manifest),
+    less the units in `redo` (damaged: written again)."""
     try:
         files = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["files"]
+        files = {u: f for u, f in files.items() if u not in (redo or set())}
         return sum(int(f["bytes"]) for f in files.values()), set(files)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return 0, set()
@@ -201,10 +203,12 @@ def free_bytes(folder: Path) -> tuple[int, Path]:
 def disk_check(snapshot: Snapshot, out: Path, present: Callable[[str], int], *,
                prepared_only: bool = False, cfg: Grok2Config | None = None,
                quant: str = "int4", needs: dict[str, set[str]] | None = None,
-               done_jobs: set[str] | None = None) -> DiskCheck:
+               done_jobs: set[str] | None = None, redo: set[str] | None = None) -> DiskCheck:
     """What the download (and, with `prepared_only`, the preparation alongside it) still
     needs on disk, against what is free. `needs`: piece -> the source files it reads
-    (piece_plan.plan_jobs); `done_jobs`: pieces an earlier run wrote."""
+    (piece_plan.plan_jobs); `done_jobs`: pieces an earlier run wrote; `redo`: units of a
+    finished folder to write again (damaged), counted as not written. `detail` names every
+    part of `need`, so its figures add up to it."""
     free, where = free_bytes(out)
     if not prepared_only:
         need = sum(f.size - present(f.name) for f in snapshot.files)
@@ -212,24 +216,28 @@ def disk_check(snapshot: Snapshot, out: Path, present: Callable[[str], int], *,
                                             f"{len(snapshot.files)} files")
     if cfg is None or needs is None:
         raise UserError("disk_check: prepared_only needs the config and the piece map")
-    peak = source_peak(snapshot, out, present, needs, done_jobs or set(), cfg)
-    done_bytes, _ = prepared_done_bytes(out)
-    small = sum(f.size - present(f.name) for f in snapshot.files
-                if not f.name.endswith(".safetensors"))
-    prepared = max(int(model_bytes(cfg, quant) * DISK_SLACK) - done_bytes, 0)
+    peak = source_peak(snapshot, out, present, needs, done_jobs or set(), cfg, redo)
+    done_bytes, _ = prepared_done_bytes(out, redo)
+    small_files = [f for f in snapshot.files if not f.name.endswith(".safetensors")]
+    small = sum(f.size - present(f.name) for f in small_files)
+    redo_bytes = prepared_done_bytes(out)[0] - done_bytes  # the damaged units, as recorded
+    prepared = max(int(model_bytes(cfg, quant) * DISK_SLACK) - done_bytes, redo_bytes, 0)
+    names = ", ".join(f.name for f in small_files)
     return DiskCheck(prepared + peak + small, free, where,
-                     f"the {quant} model {size(prepared)} plus at most "
-                     f"{size(peak)} of source files at a time")
+                     f"the {quant} model {size(prepared)} + at most {size(peak)} of source "
+                     f"files at a time + {size(small)} of small files ({names})")
 
 
 def source_peak(snapshot: Snapshot, out: Path, present: Callable[[str], int],
-                needs: dict[str, set[str]], done_jobs: set[str], cfg: Grok2Config) -> int:
+                needs: dict[str, set[str]], done_jobs: set[str], cfg: Grok2Config,
+                redo: set[str] | None = None) -> int:
     """The most bytes of source files not yet on disk that the rest of the download holds at
-    once (schedule), given the pieces and units already written."""
+    once (schedule), given the pieces and units already written (less `redo`)."""
     sizes = {f.name: f.size for f in snapshot.files}
-    _, done_units = prepared_done_bytes(out)
+    _, done_units = prepared_done_bytes(out, redo)
     pending = {j: fs for j, fs in needs.items()
-               if j not in done_jobs and parse_job(j)[0] not in done_units}
+               if (j not in done_jobs or parse_job(j)[0] in (redo or set()))
+               and parse_job(j)[0] not in done_units}
     rank = {u: i for i, u in enumerate(unit_names(cfg.num_hidden_layers))}
     hint = sorted(pending, key=lambda j: (rank.get(parse_job(j)[0], len(rank)), j))
     return schedule(pending, sizes, set(), present, hint)[1]

@@ -10,7 +10,10 @@ time: each verified file is converted at once into its pieces of the prepared un
 and deleted as soon as those pieces are recorded, so the disk holds the prepared model plus
 about one source file (app.engine.piece_plan says where a format needs more). A journal of the
 pieces written and the prepared folder's manifest make an interrupted run resume where it
-stopped. The engine is imported inside `run` only: the GUI may import this module and call
+stopped. A rerun on a finished folder checks it as loading does
+(app.engine.prepared_check) and rewrites a damaged or missing unit: dropped from the manifest
+(first, atomically) and the journal, it is written again from its source files, fetched again.
+The engine is imported inside `run` only: the GUI may import this module and call
 `run` on a worker thread.
 """
 
@@ -23,19 +26,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.atomic import atomic_write_text
+from app.checkpoint_files import unit_names
 from app.download.budget import (
     DiskCheck,
     Prefetched,
     Proposal,
     disk_check,
+    free_bytes,
     prefetch,
     schedule,
+    size,
 )
 from app.download.fetch import STATE, STATE_DIR, Control, Downloader, ProgressFn
 from app.download.hub import REPO, DownloadError, Snapshot, hub_error, snapshot_info
-from app.engine.config import CONFIG_NAME, Grok2Config
+from app.engine.config import CONFIG_NAME, Grok2Config, load_config
 from app.engine.piece_plan import header_shapes, parse_job, plan_jobs
-from app.errors import UserError
+from app.engine.prepared_check import unit_problems
+from app.errors import ModelFileError, UserError
 
 SOURCE_SUFFIX = ".download"
 RECENT = "download.json"  # in the config folder: the last download, to offer resuming it
@@ -67,6 +74,25 @@ class Look:
     present: Callable[[str], int]  # bytes of a file already on disk from an earlier run
     shapes: Shapes = field(default_factory=dict)  # source file -> tensor -> shape
     proposal: Proposal | None = None
+    finished: bool = False  # the prepared folder is complete and intact: nothing to do
+    repair: list[tuple[str, str]] = field(default_factory=list)  # (unit, missing/damaged)
+
+    def repair_files(self) -> set[str]:
+        """The source files fetched again to rewrite the units in `repair`."""
+        units = {u for u, _ in self.repair}
+        return {f for j, fs in self.needs.items() if parse_job(j)[0] in units for f in fs}
+
+    def repair_note(self) -> str:
+        """One line on what the rerun repairs, or "" when nothing is damaged."""
+        if not self.repair:
+            return ""
+        unit, what = self.repair[0]
+        more = f" (and {len(self.repair) - 1} more)" if len(self.repair) > 1 else ""
+        files = self.repair_files()
+        sizes = {f.name: f.size for f in self.snapshot.files}
+        return (f"{self.request.out / unit}.safetensors{more}: {what}; the download fetches "
+                f"again the {len(files)} source files it is made from "
+                f"({size(sum(sizes[f] for f in files))}) and rewrites it.")
 
     @property
     def needs(self) -> dict[str, set[str]]:
@@ -81,11 +107,15 @@ class Look:
     def disk(self) -> DiskCheck:
         """The disk check for the request as it is now (set `request.quant` first)."""
         req = self.request
+        if self.finished:
+            free, where = free_bytes(req.out)
+            return DiskCheck(0, free, where, "already prepared and intact: nothing to fetch")
         return disk_check(self.snapshot, req.out if req.prepared_only else self.source,
                           self.present, prepared_only=req.prepared_only, cfg=self.cfg,
                           quant=req.quant, needs=self.needs,
                           done_jobs=_journal_done(self.source, req.quant,
-                                                  self.snapshot.commit))
+                                                  self.snapshot.commit),
+                          redo={u for u, _ in self.repair})
 
     @property
     def source(self) -> Path:
@@ -142,6 +172,8 @@ def look(request: Request) -> Look:
     known = _read_shapes(dl.work / SHAPES, snapshot.commit) if request.prepared_only else {}
     small = [f.name for f in snapshot.files if not f.name.endswith(".safetensors")]
     finished = request.prepared_only and _complete(out, request.quant)
+    repair = _problems(out) if finished else []
+    finished = finished and not repair
     heads = [] if not request.prepared_only or finished else [
         f.name for f in snapshot.files if f.name.endswith(".safetensors") and f.name not in known]
     wanted = [] if finished else [n for n in small if not dl.is_verified(n)] + heads
@@ -157,7 +189,8 @@ def look(request: Request) -> Look:
         except (ValueError, KeyError, TypeError) as exc:
             raise DownloadError(f"{request.repo}: a safetensors header from the hub is "
                                 f"corrupt ({exc})") from exc
-    lk = Look(request, snapshot, cfg, pre, dl.on_disk, shapes)
+    lk = Look(request, snapshot, cfg, pre, dl.on_disk, shapes, finished=finished,
+              repair=repair)
     _ = lk.needs  # a layout the pieces cannot cover raises DownloadError now
     return lk
 
@@ -226,12 +259,15 @@ def _done(dl: Downloader, name: str = "") -> None:
 
 def _run_prepared(lk: Look, dl: Downloader) -> Path:
     from app.engine.pieces import PieceWriter
-    from app.engine.prepare import UnitWriter
+    from app.engine.prepare import UnitWriter, _save_manifest
     from app.engine.weights import _Reader, index_folder
 
     out = lk.request.out
+    damaged: set[str] = set()
     if _complete(out, lk.request.quant):
-        return out
+        damaged = {u for u, _ in _problems(out)}
+        if not damaged:
+            return out
     jobs = lk.needs
     dl.work.mkdir(parents=True, exist_ok=True)
     if _read_shapes(dl.work / SHAPES, lk.snapshot.commit) != lk.shapes:
@@ -239,8 +275,13 @@ def _run_prepared(lk: Look, dl: Downloader) -> Path:
                                                         "files": lk.shapes}))
     small = [f.name for f in lk.snapshot.files if not f.name.endswith(".safetensors")]
     dl.fetch_all(small)
-    pieces = PieceWriter(UnitWriter(lk.source, out, lk.request.quant, GROUP),
-                         dl.work / PIECES_DIR, lk.snapshot.commit)
+    made_by = {"command": "download", "repo": lk.snapshot.repo, "revision": lk.request.revision}
+    writer = UnitWriter(lk.source, out, lk.request.quant, GROUP, made_by)  # saves complete=false
+    if damaged:  # a repair: those units are written again (the manifest first, atomically)
+        for unit in damaged:
+            writer.manifest["files"].pop(unit, None)
+        _save_manifest(out, writer.manifest)
+    pieces = PieceWriter(writer, dl.work / PIECES_DIR, lk.snapshot.commit, redo=damaged)
     pieces.check_sources(lk.shapes)
     units = pieces.writer.units
     rank = {u: i for i, u in enumerate(units)}
@@ -306,6 +347,18 @@ def _run_prepared(lk: Look, dl: Downloader) -> Path:
     shutil.rmtree(lk.source)
     _done(dl)
     return result
+
+
+def _problems(out: Path) -> list[tuple[str, str]]:
+    """(unit, "missing"/"damaged") for each unit of the finished prepared folder `out` that
+    loading would refuse (app.engine.prepared_check, what prepare.verify checks)."""
+    try:
+        manifest = json.loads((out / "prepared.json").read_text(encoding="utf-8"))
+        units = unit_names(load_config(out).num_hidden_layers)
+    except (OSError, ValueError, TypeError, ModelFileError) as exc:
+        raise DownloadError(f"{out}: the finished prepared folder cannot be checked ({exc}); "
+                            f"delete {out} and download again") from exc
+    return unit_problems(out, manifest, units)
 
 
 def _complete(out: Path, quant: str) -> bool:

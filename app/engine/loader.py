@@ -24,6 +24,7 @@ from app.engine.model import Grok2
 from app.engine.offload import PREFILL_STREAM_THRESHOLD, install, weight_leaves
 from app.engine.plan import GB, Plan, make_plan
 from app.engine.prepare import convert_tensor, is_prepared, mmap_tensors, unit_of, verify
+from app.engine.prepared_check import again_as
 from app.engine.quantize import (
     QuantLinear,
     build_cpu_kernels,
@@ -67,8 +68,8 @@ def load_engine_model(path: str | Path, plan_or_budgets: Plan | Budgets | None =
     cfg = load_config(folder)
     manifest = verify(folder) if is_prepared(folder) else None
     if manifest and quant not in (None, manifest["quant"]):
-        raise UserError(f"{folder}: prepared as {manifest['quant']}, not {quant}; prepare it "
-                        f"again with --quant {quant} into another folder")
+        raise UserError(f"{folder}: prepared as {manifest['quant']}, not {quant}; "
+                        f"{again_as(manifest, quant)}")
     quant = manifest["quant"] if manifest else (quant or "bf16")
     group = manifest["group"] if manifest else 128
     gpu = torch.device(gpu)

@@ -35,10 +35,10 @@ from app.engine.plan import Format
 from app.engine.prepare import (
     UnitWriter,
     _save_manifest,
-    _sha256,
     aligned_layout,
     convert_tensor,
 )
+from app.engine.prepared_check import sha256_file as _sha256
 from app.engine.quantize import quantize_int4, quantize_int8
 from app.engine.weights import CheckpointIndex, _Reader
 from app.errors import ModelFileError, StorageError, UserError
@@ -115,9 +115,12 @@ def check_int4_packing() -> None:
 class PieceWriter:
     """Pieces of the units of `writer` (its manifest, formats and config), staged in `work`."""
 
-    def __init__(self, writer: UnitWriter, work: Path, source_id: str = "") -> None:
+    def __init__(self, writer: UnitWriter, work: Path, source_id: str = "",
+                 redo: set[str] | frozenset[str] = frozenset()) -> None:
         """`source_id` names the source files' version (the hub commit): a journal from
-        another version, quantization or config is discarded with its staged files."""
+        another version, quantization or config is discarded with its staged files. `redo`:
+        units to write again from scratch (a repair; the caller dropped them from the
+        manifest): their pieces, finished entry and staged file are forgotten first."""
         self.writer, self.work = writer, Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.shapes = {n: tuple(p.shape) for n, p in
@@ -125,7 +128,12 @@ class PieceWriter:
         key = {"quant": writer.manifest["quant"], "group": writer.manifest["group"],
                "config_hash": writer.manifest["config_hash"], "source": source_id}
         self.journal = self._load(key)
-        self.done: set[str] = set(self.journal["done"])
+        self.done: set[str] = {j for j in self.journal["done"] if parse_job(j)[0] not in redo}
+        if redo:
+            for unit in redo:
+                self.journal["finished"].pop(unit, None)
+                (self.work / f"{unit}.safetensors").unlink(missing_ok=True)
+            self.save()
         if writer.manifest["quant"] == "int4":
             check_int4_packing()
         self._recover()

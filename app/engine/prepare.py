@@ -35,6 +35,8 @@ from app.atomic import atomic_file, atomic_write_text, remove_temps
 from app.checkpoint_files import TOKENIZER_NAME, read_header, unit_names, unit_of
 from app.engine.config import CONFIG_NAME, config_hash, load_config
 from app.engine.plan import DISK_SLACK, Format, model_bytes
+from app.engine.prepared_check import intact as _intact
+from app.engine.prepared_check import remedy, unit_problems
 from app.engine.quantize import quantizable, quantize_int4, quantize_int8
 from app.engine.weights import (
     CheckpointIndex,
@@ -77,7 +79,9 @@ class UnitWriter:
     verified (app.download.pipeline). Opening it starts or resumes the manifest in `out`."""
 
     def __init__(self, src: str | Path, out: str | Path, quant: str = "int4",
-                 group: int = 128) -> None:
+                 group: int = 128, made_by: dict | None = None) -> None:
+        """`made_by`: recorded in the manifest as "made_by" (the download records
+        {"command": "download", "repo", "revision"}, app.engine.prepared_check)."""
         if quant not in PREPARE_QUANTS:
             raise UserError(f"prepare: unknown quantization {quant!r}; use int4, int8 or bf16")
         self.src, self.out = Path(src), Path(out)
@@ -85,7 +89,7 @@ class UnitWriter:
         self.meta = build_meta_model(self.cfg)
         self.formats = quantizable(self.meta, quant, group)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.manifest = _start_manifest(self.src, self.out, quant, group)
+        self.manifest = _start_manifest(self.src, self.out, quant, group, made_by)
         remove_temps(self.out)  # what an interrupted run was writing (rewritten when needed)
         _save_manifest(self.out, self.manifest)
         for extra in (CONFIG_NAME, TOKENIZER_NAME):
@@ -121,7 +125,8 @@ class UnitWriter:
         missing = [u for u in self.units if not self.is_done(u)]
         if missing:
             raise ModelFileError(f"{self.out}: {len(missing)} prepared files are missing "
-                                 f"({missing[0]}, ...); run prepare again")
+                                 f"({missing[0]}, ...); "
+                                 f"{remedy(self.out, self.manifest, 'finish')}")
         self.manifest["complete"] = True
         _save_manifest(self.out, self.manifest)
         return self.out
@@ -150,10 +155,13 @@ def prepare(src: str | Path, out: str | Path, quant: str = "int4", group: int = 
     return writer.finish()
 
 
-def _start_manifest(src: Path, out: Path, quant: str, group: int) -> dict:
+def _start_manifest(src: Path, out: Path, quant: str, group: int,
+                    made_by: dict | None = None) -> dict:
     fresh = {"format": FORMAT, "version": VERSION, "quant": quant, "group": group,
              "config_hash": config_hash(src), "source": str(src.resolve()), "files": {},
              "complete": False}
+    if made_by is not None:
+        fresh["made_by"] = made_by
     path = out / MANIFEST
     if not path.is_file():
         if any(out.iterdir()):
@@ -167,6 +175,8 @@ def _start_manifest(src: Path, out: Path, quant: str, group: int) -> dict:
         raise UserError(f"{out}: holds a different preparation ({old.get('quant')}, config "
                         f"{old.get('config_hash')}); choose another --out or delete that folder")
     old["complete"] = False
+    if made_by is not None:
+        old["made_by"] = made_by
     return old
 
 
@@ -243,26 +253,6 @@ def write_aligned(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()  # hashlib.file_digest is Python 3.11+; we support 3.10
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _intact(out: Path, unit: str, entry: dict) -> bool:
-    """Size matches and either the mtime is the recorded one or the checksum still matches."""
-    path = out / f"{unit}.safetensors"
-    try:
-        stat = path.stat()
-    except OSError:
-        return False
-    if stat.st_size != entry["bytes"]:
-        return False
-    return stat.st_mtime_ns == entry["mtime_ns"] or _sha256(path) == entry["sha256"]
-
-
 def _save_manifest(out: Path, manifest: dict) -> None:
     try:
         atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
@@ -276,7 +266,9 @@ def read_manifest(folder: str | Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{path}: unreadable manifest ({exc}); run prepare again") from exc
+        raise ModelFileError(f"{path}: unreadable manifest ({exc}); run prepare again (for a "
+                             "folder made by `grok-desktop download --keep-prepared-only`: "
+                             "delete it and download again)") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a grok-desktop prepared folder manifest")
     return data
@@ -291,18 +283,17 @@ def verify(folder: str | Path, full: bool = False) -> dict:
     folder = Path(folder)
     manifest = read_manifest(folder)
     if not manifest.get("complete"):
-        raise ModelFileError(f"{folder}: preparation is incomplete; run `grok-desktop prepare` "
-                             "again with the same --out to finish it")
+        raise ModelFileError(f"{folder}: preparation is incomplete; "
+                             f"{remedy(folder, manifest, 'finish')}")
     cfg = load_config(folder)
-    for unit in unit_names(cfg.num_hidden_layers):
-        entry, path = manifest["files"].get(unit), folder / f"{unit}.safetensors"
-        if entry is None or not path.is_file():
-            raise ModelFileError(f"{path}: missing from the prepared folder; run prepare again")
-        ok = (_sha256(path) == entry["sha256"] and path.stat().st_size == entry["bytes"]) \
-            if full else _intact(folder, unit, entry)
-        if not ok:
-            raise ModelFileError(f"{path}: checksum or size does not match the manifest (the "
-                                 "file is damaged); run prepare again to rewrite it")
+    for unit, what in unit_problems(folder, manifest, unit_names(cfg.num_hidden_layers), full,
+                                    first_only=True):
+        path = folder / f"{unit}.safetensors"
+        fix = remedy(folder, manifest, "repair")
+        if what == "missing":
+            raise ModelFileError(f"{path}: missing from the prepared folder; {fix}")
+        raise ModelFileError(f"{path}: checksum or size does not match the manifest (the "
+                             f"file is damaged); {fix}")
     return manifest
 
 
