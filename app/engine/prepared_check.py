@@ -12,6 +12,9 @@ older download-made manifest is recognised by its "source", the `OUT.download` f
 from __future__ import annotations
 
 import hashlib
+import os
+import shlex
+import subprocess
 from pathlib import Path
 
 OFFICIAL_REPO = "xai-org/grok-2"  # app.download.hub.REPO: --repo is named only when another
@@ -76,6 +79,11 @@ def made_by_download(manifest: dict) -> dict | None:
     return None
 
 
+def _quote(arg: str) -> str:
+    """One argument as the user's shell reads it (POSIX quoting; cmd.exe's on Windows)."""
+    return subprocess.list2cmdline([arg]) if os.name == "nt" else shlex.quote(arg)
+
+
 def download_command(folder: Path, manifest: dict) -> str | None:
     """The command that resumes (and repairs) a download-made folder, or None when `prepare`
     made it: `grok-desktop download --keep-prepared-only --quant Q --out DIR` with the
@@ -84,11 +92,11 @@ def download_command(folder: Path, manifest: dict) -> str | None:
     if made is None:
         return None
     cmd = f"grok-desktop download --keep-prepared-only --quant {manifest.get('quant')} " \
-          f"--out {folder}"
+          f"--out {_quote(str(folder))}"  # pasteable: a folder may hold spaces
     if made["repo"] and made["repo"] != OFFICIAL_REPO:
-        cmd += f" --repo {made['repo']}"
+        cmd += f" --repo {_quote(made['repo'])}"
     if made["revision"]:
-        cmd += f" --revision {made['revision']}"
+        cmd += f" --revision {_quote(made['revision'])}"
     return cmd
 
 
