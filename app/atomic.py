@@ -62,7 +62,7 @@ def atomic_file(path: str | Path, mode: int = DEFAULT_MODE) -> Iterator[BinaryIO
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
 
 
 @contextlib.contextmanager
@@ -84,7 +84,7 @@ def atomic_path(path: str | Path, mode: int = DEFAULT_MODE) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
 
 
 def remove_temps(folder: str | Path, name: str = "*") -> list[Path]:
@@ -107,7 +107,7 @@ def _chmod(fd: int, tmp: str, mode: int) -> None:
             os.chmod(tmp, mode)
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     """Make a rename in `folder` durable. Not on Windows (a folder cannot be opened there);
     file systems that refuse it (some network mounts) are ignored: the data is already
     replaced, this only narrows the window in which a power cut could undo the rename."""

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from app.atomic import atomic_file, atomic_write_text
+from app.atomic import atomic_file, atomic_write_text, fsync_folder
 from app.checkpoint_files import unit_of
 from app.engine.piece_plan import PACK_ROWS, file_rank, parse_job, shard_dim, splits
 from app.engine.plan import Format
@@ -350,7 +350,7 @@ class PieceWriter:
                 except OSError:  # another file system: copy, then drop the staged file
                     shutil.copyfile(staged, final)
                     staged.unlink()
-                _fsync_dir(final.parent)
+                fsync_folder(final.parent)
             stat = final.stat()
         except OSError as exc:
             raise StorageError(f"{final}: cannot be written ({exc.strerror}); check free space "
@@ -371,15 +371,3 @@ def _whole(index: CheckpointIndex, reader: _Reader, name: str) -> torch.Tensor:
         return reader.get(index.full[name], name)
     parts = index.shards[name]
     return torch.cat([reader.get(parts[r], name) for r in sorted(parts)], dim=shard_dim(name))
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # Windows cannot open a folder; NTFS journals the rename
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
