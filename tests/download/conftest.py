@@ -15,13 +15,19 @@ from tests.download.hub import StandInHub
 def repo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The files of the stand-in repo: config.json, tokenizer.tok.json, 15 TP-common and
     24 TP-00R safetensors files (app.engine.tiny), LICENSE and README.md."""
+    folder = _stand_in_repo(tmp_path_factory.mktemp("repo"), "", seed=7)
+    (folder / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs\n")
+    return folder
+
+
+def _stand_in_repo(parent: Path, note: str, **tiny) -> Path:
+    """A tiny checkpoint (app.engine.tiny, `tiny` passed on) with the repo's LICENSE and a
+    README.md saying `note`."""
     from app.engine.tiny import write_tiny_checkpoint
 
-    folder = write_tiny_checkpoint(tmp_path_factory.mktemp("repo") / "grok-2", seed=7,
-                                   n_merges=120)
+    folder = write_tiny_checkpoint(parent / "grok-2", n_merges=120, **tiny)
     (folder / "LICENSE").write_text("Grok 2 Community License Agreement (stand-in text)\n")
-    (folder / "README.md").write_text("# grok-2 (stand-in)\n")
-    (folder / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs\n")
+    (folder / "README.md").write_text(f"# grok-2 (stand-in{note})\n")
     return folder
 
 
@@ -50,13 +56,8 @@ WIDE_MOE = 1024  # 8 ranks of 128: each expert shard converts on its own at int4
 def wide_repo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The stand-in repo with experts wide enough (moe_intermediate_size 1024) that each TP
     shard is whole int4 groups and packing blocks, as in Grok-2 (2048 per rank)."""
-    from app.engine.tiny import write_tiny_checkpoint
-
-    folder = write_tiny_checkpoint(tmp_path_factory.mktemp("wide") / "grok-2", seed=11,
-                                   n_merges=120, moe_intermediate_size=WIDE_MOE)
-    (folder / "LICENSE").write_text("Grok 2 Community License Agreement (stand-in text)\n")
-    (folder / "README.md").write_text("# grok-2 (stand-in, wide experts)\n")
-    return folder
+    return _stand_in_repo(tmp_path_factory.mktemp("wide"), ", wide experts", seed=11,
+                          moe_intermediate_size=WIDE_MOE)
 
 
 @pytest.fixture
