@@ -119,12 +119,22 @@ def _nbits_node(ops: Operands, k: int, n: int, a: str, y: str, prefix: str,
 
 def _session(nodes: list, inits: list, k: int, n: int) -> Any:
     """An onnxruntime session for a graph A (M, k) fp32 -> Y (M, n) fp32."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph(
-        nodes, "grok_desktop", [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])], initializer=inits)
+    return _session_for(nodes, inits,
+                        [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
+                        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])])
+
+
+def _session_for(nodes: list, inits: list, inputs: list, outputs: list,
+                 spinning: bool = False) -> Any:
+    """An onnxruntime CPU session for a graph of these nodes, initializers and value infos.
+    `spinning`: its pool threads spin between the graph's parallel ops instead of sleeping
+    (cpu_graph.py: one long run per token, where waking a thread for each op costs more)."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "grok_desktop", inputs, outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("com.microsoft", 1)])
     options = ort.SessionOptions()
@@ -137,7 +147,8 @@ def _session(nodes: list, inits: list, k: int, n: int) -> Any:
     # one thread while onnxruntime runs the matmuls (model.Grok2.torch_threads).
     options.intra_op_num_threads = max(1, torch.get_num_threads())
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning",
+                                     "1" if spinning else "0")
     options.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), options,
                                 providers=["CPUExecutionProvider"])

@@ -191,6 +191,7 @@ class AttentionInputs:
         return moved
 
     _moved: dict = field(default_factory=dict, repr=False)
+    graph: dict = field(default_factory=dict, repr=False)  # cpu_graph.graph_feeds, per chunk
 
 
 class Attention(nn.Module):
@@ -412,12 +413,17 @@ class Grok2(nn.Module):
         self.model = Grok2Body(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)  # untied
         self.cache: KVCache | None = None
+        # Set by quantize.build_cpu_kernels: onnxruntime graphs of whole decoder layers
+        # (cpu_graph.py, CPU-resident quantized layers); they show in print(model).
+        self.cpu_graphs: nn.ModuleList | None = None
 
     def setup_cache(self, max_len: int, batch: int = 1) -> KVCache:
         layer = self.model.layers[0]
         assert isinstance(layer, DecoderLayer)  # nn.ModuleList items are typed as Module
         w = layer.self_attn.k_proj.weight
         dtype = w.dtype if w.dtype.is_floating_point else torch.bfloat16
+        if self.cpu_graphs is not None:  # graphs read and write float32 keys and values
+            dtype = torch.float32
         self.cache = KVCache(self.config, batch, max_len, dtype, w.device)
         return self.cache
 
@@ -437,10 +443,26 @@ class Grok2(nn.Module):
         assert isinstance(layer0, DecoderLayer)
         inputs = AttentionInputs.make(cfg, first, input_ids.shape[1],
                                       _device_of(layer0.self_attn.o_proj))
+        graphs = self.cpu_graphs
+        if graphs is not None and (cache is None or input_ids.shape[0] != 1
+                                   or not all(g.current() for g in graphs)):
+            graphs = None  # batches, uncached forwards, replaced weights: the eager layers
         with torch_threads(self.torch_threads), cpu_gemv(input_ids.numel() == 1):
             h = emb(input_ids.to(emb.weight.device)) * cfg.embedding_multiplier_scale  # (B, T, D)
-            for layer in self.model.layers:
-                h = layer(h, inputs.positions, cache, inputs)
+            by_start = {g.start: g for g in graphs or ()}
+            i, layers = 0, self.model.layers
+            while i < len(layers):
+                g = by_start.get(i)
+                if g is None:  # an eager layer (after a graph's float32, in the weights' dtype)
+                    layer = layers[i]
+                    h = layer(h.to(layer.pre_attn_norm.weight.dtype), inputs.positions, cache,
+                              inputs)
+                    i += 1
+                    continue
+                h = g(h, inputs, cache, last_only, QUERY_CHUNK)  # layers g.start..g.end-1
+                if g.head:
+                    return h  # logits, soft-capped: (1, T, V) or (1, 1, V)
+                i = g.end
             if last_only:
                 h = h[:, -1:]
             x = self.model.norm(h)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from app.engine.cpu_graph import build_graphs
 from app.engine.cpu_kernels import (
     NBitsGatedMLP,
     NBitsMatMul,
@@ -247,6 +248,12 @@ def _operands(m: QuantLinear) -> tuple | None:
     return int8_operands(m.qweight, m.scales)
 
 
+def graph_operands(m: nn.Module) -> Operands | None:
+    """m's MatMulNBits operands when it is a CPU QuantLinear on the "nbits" kernel with an
+    exact MatMulNBits form (what a cpu_graph.CpuGraph may hold), else None."""
+    return _operands(m) if _nbits_ready(m) else None  # type: ignore[arg-type]
+
+
 def nbits_kernel(m: QuantLinear) -> NBitsMatMul | None:
     """m's onnxruntime MatMulNBits, built (weights repacked) on first use and rebuilt when the
     weight tensors are replaced (the loader fills new tensors; nothing writes them in place);
@@ -317,18 +324,35 @@ def _fused_kernel(mods: tuple[nn.Module, nn.Module, nn.Module],
 
 
 def build_cpu_kernels(model: nn.Module,
-                      progress: Callable[[str, int, int], None] | None = None) -> int:
-    """Build (repack) the onnxruntime kernels of every CPU-resident quantized gated MLP (one
-    fused graph each) and of every other such QuantLinear now rather than on first use, so
-    the first tokens are not slowed by it; `progress(label, done, total)` counts modules.
-    On a Grok2 it also sets `torch_threads`: 1 when onnxruntime now runs every CPU matmul
-    (PyTorch's remaining ops then stay on one thread), else None. Returns how many kernels
-    were built."""
+                      progress: Callable[[str, int, int], None] | None = None,
+                      layer_graphs: bool = True) -> int:
+    """Build (repack) the onnxruntime kernels now rather than on first use, so the first
+    tokens are not slowed by it: with `layer_graphs`, on a Grok2, onnxruntime graphs of whole
+    decoder layers (cpu_graph.build_graphs: CPU-resident quantized layers with exact
+    MatMulNBits forms; set as the model's `cpu_graphs`, removed without `layer_graphs`); then
+    one fused graph per other CPU-resident
+    quantized gated MLP and q/k/v trio and one per other such QuantLinear.
+    `progress(label, done, total)` counts modules. On a Grok2 it also sets `torch_threads`: 1
+    when onnxruntime now runs every CPU matmul (PyTorch's remaining ops then stay on one
+    thread), else None. Returns how many kernels (layer graphs included) were built."""
     mods = list(model.named_modules())  # parents first: a gated MLP before its projections
     built, fused, torch_matmuls = 0, set[int](), 0
+    if hasattr(model, "cpu_graphs"):  # a Grok2: whole-layer graphs first (cpu_graph.py)
+        graphs = (build_graphs(model, graph_operands) if layer_graphs and nbits_available()
+                  else [])
+        model.cpu_graphs = nn.ModuleList(graphs) if graphs else None
+        for g in graphs:
+            built += 1
+            covered = list(model.model.layers[g.start:g.end])
+            covered += [model.model.norm, model.lm_head] if g.head else []
+            fused.update(id(m) for top in covered for m in top.modules())
+            if progress:
+                progress("preparing CPU kernels", 0, len(mods))
     for i, (name, mod) in enumerate(mods):
         trio, qkv = _gated_trio(mod), _qkv_trio(mod)
-        if trio is not None and gated_mlp_kernel(*trio) is not None:
+        if id(mod) in fused:
+            pass  # inside a layer graph: its per-matmul kernels are built if ever needed
+        elif trio is not None and gated_mlp_kernel(*trio) is not None:
             built += 1
             fused.update(id(m) for m in trio)
         elif qkv is not None and qkv_kernel(*qkv) is not None:

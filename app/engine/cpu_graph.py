@@ -1,0 +1,400 @@
+"""A whole decoder layer as one onnxruntime graph, for CPU-resident quantized layers.
+
+Why: at mid sizes (hidden 1024) a decode token of the eager PyTorch layer spends ~40% of its
+time in ~900 small ATen ops and their Python dispatch between the matmuls (norms, RoPE,
+attention, routing). Here one `InferenceSession.run` per layer does all of it in C++: the
+norms, the q/k/v projection, RoPE, attention over the KV cache, the output projection, the
+shared MLP, the router and the routed experts (each expert's three MatMulNBits behind an `If`,
+so only the chosen ones run), for any number of tokens T (prefill and decode).
+
+Numerics. The same formula as model.py and SGLang, step by step, with the MatMulNBits weights
+of cpu_kernels.py (exact weight semantics, int8 activations in the dot products), but every
+value between the matmuls stays in float32: the eager path rounds the residual stream, the
+normed activations and q/k/v to bf16 at SGLang's points, this graph does not. So its logits
+differ from the eager quantized path's in low bits (closer to the float64 reference, not
+further: tests/engine/test_cpu_graph.py measures both); it is used for quantized weights only,
+where the weights' own error is orders of magnitude larger. bf16 and fp32 models never use it.
+
+Shapes: T new tokens, S = L + T key positions (L cached), D hidden, H query heads, K kv heads,
+G = H/K, Dh head dim, E experts, k experts per token.
+Graph inputs: h (T, D), cos/sin (T, 1, Dh/2), temp (G*T, 1) length temperature per score row,
+mask (G*T, S) additive (0 or -inf), past_k/past_v (K, L, Dh); outputs h_out (T, D) and the new
+keys/values k_new/v_new (K, T, Dh) (the caller writes them into its KV cache).
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from app.engine.cpu_kernels import Operands, _nbits_node, _session_for, stack_operands
+
+# The graph holds its weights as protobuf initializers: a serialized model must stay under
+# protobuf's 2 GiB. A real-size Grok-2 layer at int4 is ~2.3 GB, so such layers keep the
+# per-matmul kernels (where, at ~50 ms per layer, the glue is ~2% of a token anyway).
+MAX_GRAPH_BYTES = 1_500_000_000
+
+
+class _Builder:
+    """Collects nodes and initializers of one ONNX graph (names made unique by a counter)."""
+
+    def __init__(self, counter: Any = None) -> None:
+        self.nodes: list = []
+        self.inits: list = []
+        self._count = counter if counter is not None else itertools.count(1)
+
+    def child(self) -> _Builder:
+        """A builder for a subgraph (an If branch): its own nodes, names unique with ours."""
+        return _Builder(self._count)
+
+    def name(self, tag: str) -> str:
+        return f"{tag}_{next(self._count)}"
+
+    def op(self, op_type: str, inputs: list[str], tag: str = "", domain: str = "",
+           outputs: int = 1, **attrs: Any) -> Any:
+        from onnx import helper
+
+        outs = [self.name(tag or op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, domain=domain or None,
+                                           **attrs))
+        return outs[0] if outputs == 1 else outs
+
+    def const(self, arr: np.ndarray, tag: str = "c") -> str:
+        from onnx import numpy_helper
+
+        name = self.name(tag)
+        # (np.ascontiguousarray would turn a 0-d scalar into shape (1,))
+        self.inits.append(numpy_helper.from_array(np.require(arr, requirements="C"), name))
+        return name
+
+    def ints(self, values: list[int], tag: str = "shape") -> str:
+        return self.const(np.array(values, dtype=np.int64), tag)
+
+    def nbits(self, ops: Operands, k: int, n: int, a: str, tag: str) -> str:
+        out = self.name(tag)
+        self.nodes.append(_nbits_node(ops, k, n, a, out, self.name(tag + "_w"), self.inits))
+        return out
+
+    def norm(self, x: str, weight: Tensor, eps: float) -> str:
+        """RMSNorm in fp32: x / sqrt(mean(x^2) + eps) * w (model.RMSNorm)."""
+        w = self.const(weight.detach().float().numpy(), "norm_w")
+        return self.op("SimplifiedLayerNormalization", [x, w], "norm", axis=-1,
+                       epsilon=float(eps), stash_type=1)
+
+    def gated_mlp(self, x: str, d: int, hidden: int, gate: Operands, up: Operands,
+                  down: Operands, tag: str) -> str:
+        """down(gelu_erf(gate(x)) * up(x)), as cpu_kernels.NBitsGatedMLP."""
+        g = self.nbits(gate, d, hidden, x, tag + "_gate")
+        u = self.nbits(up, d, hidden, x, tag + "_up")
+        a = self.op("Gelu", [g], tag + "_gelu", domain="com.microsoft")
+        return self.nbits(down, hidden, d, self.op("Mul", [a, u], tag + "_h"), tag + "_down")
+
+
+Operand = Callable[[nn.Module], "Operands | None"]  # quantize.graph_operands
+
+
+def layer_operands(layer: nn.Module, operands: Operand) -> dict | None:
+    """The MatMulNBits operands of every quantized matmul of a model.DecoderLayer, or None when
+    some matmul has none (`operands(m)`: None unless m is a CPU QuantLinear on the "nbits"
+    kernel with an exact MatMulNBits form) or they differ in kind (the layer then runs
+    eagerly)."""
+    attn = layer.self_attn
+    moe = layer.block_sparse_moe
+    mods = {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj, "o": attn.o_proj,
+            "gate": layer.mlp.gate_proj, "up": layer.mlp.up_proj, "down": layer.mlp.down_proj}
+    for e, ex in enumerate(moe.experts):
+        mods |= {f"w1.{e}": ex.w1, f"w3.{e}": ex.w3, f"w2.{e}": ex.w2}
+    if moe.gate.weight.device.type != "cpu" or moe.gate.weight.is_meta:
+        return None
+    ops = {}
+    for name, m in mods.items():
+        o = operands(m)
+        if o is None:
+            return None
+        ops[name] = o
+    if len({m.fmt.kind for m in mods.values()}) != 1:
+        return None
+    return ops
+
+
+def _bytes(ops: dict) -> int:
+    return sum(a.nbytes for o in ops.values() for a in o[2:])
+
+
+class CpuGraph(nn.Module):
+    """Decoder layers start..end-1 of a Grok2 (and, with `head`, the final norm, the output
+    head and the logit soft cap) as one onnxruntime graph (module docstring). Holds no
+    PyTorch parameters: the model keeps its weights (state dict, offloading and reloading see
+    them); the graph holds MatMulNBits' repacked copies, as the per-matmul kernels would.
+    Extra inputs per layer i: past_k{i}/past_v{i} (K, L, Dh); outputs k_new{i}/v_new{i}
+    (K, T, Dh). Without the head the output is h_out (T, D); with it, an input `rows` (R,)
+    int64 picks the positions whose logits (R, V) fp32 are computed."""
+
+    def __init__(self, model: nn.Module, start: int, end: int, ops: list[dict],
+                 head_ops: Operands | None) -> None:
+        super().__init__()
+        from onnx import TensorProto, helper
+
+        cfg = model.config
+        layers = model.model.layers
+        self.start, self.end, self.head = start, end, head_ops is not None
+        self.kind = layers[start].self_attn.q_proj.fmt.kind
+        self.kv_groups = cfg.kv_groups
+        self.experts = cfg.num_local_experts
+        mods = [layers[i] for i in range(start, end)]
+        if self.head:
+            mods += [model.model.norm, model.lm_head]
+        self.parts = tuple(zip(*module_parts(mods), strict=True))  # (dicts, names, values)
+        b = _Builder()
+        h = "h"
+        d, kv, dh, f32 = cfg.hidden_size, cfg.num_key_value_heads, cfg.head_dim, TensorProto.FLOAT
+
+        def vi(name: str, shape: list | None, ty: int = f32) -> Any:
+            return helper.make_tensor_value_info(name, ty, shape)
+
+        inputs = [vi("h", ["T", d]), vi("cos", ["T", 1, dh // 2]), vi("sin", ["T", 1, dh // 2]),
+                  vi("temp", ["GT", 1]), vi("mask", ["GT", "S"])]
+        outputs = []
+        for i, layer_ops in zip(range(start, end), ops, strict=True):
+            h, k_new, v_new = _layer_nodes(b, layers[i], layer_ops, h, "cos", "sin", "temp",
+                                           "mask", f"past_k{i}", f"past_v{i}")
+            inputs += [vi(f"past_k{i}", [kv, "L", dh]), vi(f"past_v{i}", [kv, "L", dh])]
+            for src, dst in ((k_new, f"k_new{i}"), (v_new, f"v_new{i}")):
+                b.nodes.append(helper.make_node("Identity", [src], [dst]))
+                outputs.append(vi(dst, [kv, "T", dh]))
+        if head_ops is not None:
+            inputs.append(vi("rows", ["R"], TensorProto.INT64))
+            x = b.norm(b.op("Gather", [h, "rows"], axis=0), model.model.norm.weight,
+                       cfg.rms_norm_eps)  # (R, D)
+            z = b.nbits(head_ops, d, cfg.vocab_size, x, "lm_head")  # (R, V)
+            # model.Grok2.forward: z * output_multiplier_scale, then the final soft cap
+            z = b.op("Mul", [z, b.const(np.array(cfg.output_multiplier_scale, np.float32))])
+            cap = b.const(np.array(cfg.final_logit_softcapping, dtype=np.float32), "fcap")
+            z = b.op("Mul", [b.op("Tanh", [b.op("Div", [z, cap])]), cap])
+            b.nodes.append(helper.make_node("Identity", [z], ["logits"]))
+            outputs.insert(0, vi("logits", ["R", cfg.vocab_size]))
+        else:
+            b.nodes.append(helper.make_node("Identity", [h], ["h_out"]))
+            outputs.insert(0, vi("h_out", ["T", d]))
+        self.session = _session_for(b.nodes, b.inits, inputs, outputs, spinning=True)
+
+    def current(self) -> bool:
+        """Whether the model still holds the weight tensors and modules this graph was built
+        from (identity checks only: this runs every forward)."""
+        tables, names, values = self.parts
+        return all(map(operator.is_, map(dict.get, tables, names), values))
+
+    def forward(self, h: Tensor, inputs: Any, cache: Any, last_only: bool = False,
+                chunk: int = 128) -> Tensor:
+        """h (1, T, D) for the tokens at inputs.first.. -> (1, T, D) float32, or with the head
+        logits (1, T, V) fp32 ((1, 1, V) with last_only), reading and writing this graph's
+        layers of the KV cache (a model.KVCache, batch 1). Runs the queries in chunks of
+        `chunk` (model.QUERY_CHUNK; each attends to the cache so far: exact for causal
+        layers), which bounds the score memory as the eager path does."""
+        x = h[0].float().numpy()  # (T, D)
+        t_all = x.shape[0]
+        outs = []
+        for i in range(0, t_all, chunk):
+            j = min(t_all, i + chunk)
+            first = inputs.first + i
+            feeds = graph_feeds(inputs, i, j, self.kv_groups)
+            feeds["h"] = x[i:j]
+            for n in range(self.start, self.end):
+                feeds[f"past_k{n}"] = cache.k[n, 0, :, :first].float().numpy()  # (K, L, Dh)
+                feeds[f"past_v{n}"] = cache.v[n, 0, :, :first].float().numpy()
+            if self.head:
+                feeds["rows"] = np.arange(j - i - 1 if last_only else 0, j - i)
+            out, *kv = self.session.run(None, feeds)
+            for n in range(self.start, self.end):
+                k_new, v_new = kv[2 * (n - self.start)], kv[2 * (n - self.start) + 1]
+                cache.update(n, first, torch.from_numpy(k_new)[None],
+                             torch.from_numpy(v_new)[None])
+            outs.append(out)
+        if self.head and last_only:
+            outs = outs[-1:]
+        return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs))[None]
+
+    def extra_repr(self) -> str:
+        head = " + final norm, output head, soft cap" if self.head else ""
+        return (f"layers {self.start}..{self.end - 1}{head}: one onnxruntime graph (norms, "
+                f"q/k/v, RoPE, attention, o, shared MLP, router, {self.experts} experts per "
+                f"layer); {self.kind} MatMulNBits, fp32 between")
+
+
+def _layer_nodes(b: _Builder, layer: nn.Module, ops: dict, h: str, cos: str, sin: str,
+                 temp: str, mask: str, past_k: str, past_v: str) -> tuple[str, str, str]:
+    """Append one model.DecoderLayer's nodes to `b`, reading the named values (shapes in the
+    module docstring); returns the names of (h_out, k_new, v_new)."""
+    from onnx import TensorProto, helper
+
+    cfg = layer.self_attn.cfg
+    d, h_, kv, dh = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+                     cfg.head_dim)
+    g_ = cfg.kv_groups
+    inter, moe_inter, e_ = (cfg.intermediate_size, cfg.moe_intermediate_size,
+                            cfg.num_local_experts)
+    eps, half = cfg.rms_norm_eps, dh // 2
+    f32 = TensorProto.FLOAT
+
+    # ---- attention --------------------------------------------------------------------
+    x = b.norm(h, layer.pre_attn_norm.weight, eps)  # (T, D)
+    qkv_ops = stack_operands([ops["q"], ops["k"], ops["v"]])
+    assert qkv_ops is not None  # one kind, one block size (layer_operands checked)
+    qkv = b.nbits(qkv_ops, d, (h_ + 2 * kv) * dh, x, "qkv")  # (T, (H+2K)*Dh)
+    qkv = b.op("Reshape", [qkv, b.ints([0, h_ + 2 * kv, dh])])  # (T, H+2K, Dh)
+    ax1, ax2 = b.ints([1]), b.ints([2])
+    qk = b.op("Slice", [qkv, b.ints([0]), b.ints([h_ + kv]), ax1])  # (T, H+K, Dh)
+    v = b.op("Slice", [qkv, b.ints([h_ + kv]), b.ints([h_ + 2 * kv]), ax1])  # (T, K, Dh)
+    x1 = b.op("Slice", [qk, b.ints([0]), b.ints([half]), ax2])  # (T, H+K, Dh/2)
+    x2 = b.op("Slice", [qk, b.ints([half]), b.ints([dh]), ax2])
+    r1 = b.op("Sub", [b.op("Mul", [x1, cos]), b.op("Mul", [x2, sin])])
+    r2 = b.op("Add", [b.op("Mul", [x2, cos]), b.op("Mul", [x1, sin])])
+    qk = b.op("Concat", [r1, r2], axis=2)  # (T, H+K, Dh) rotated (NeoX half split)
+    q = b.op("Slice", [qk, b.ints([0]), b.ints([h_]), ax1])  # (T, H, Dh)
+    k = b.op("Slice", [qk, b.ints([h_]), b.ints([h_ + kv]), ax1])  # (T, K, Dh)
+    k_new = b.op("Transpose", [k], perm=[1, 0, 2])  # (K, T, Dh)
+    v_new = b.op("Transpose", [v], perm=[1, 0, 2])
+    keys = b.op("Concat", [past_k, k_new], axis=1)  # (K, S, Dh)
+    values = b.op("Concat", [past_v, v_new], axis=1)
+    # head h = kv*G + g (model.Attention): (T, H, Dh) -> (H, T, Dh) -> (K, G*T, Dh)
+    qh = b.op("Reshape", [b.op("Transpose", [q], perm=[1, 0, 2]), b.ints([kv, -1, dh])])
+    s = b.op("FusedMatMul", [qh, keys], domain="com.microsoft", transB=1,
+             alpha=float(dh ** -0.5))  # (K, G*T, S) fp32 scores
+    cap = b.const(np.array(cfg.attn_logit_softcapping, dtype=np.float32), "cap")
+    s = b.op("Mul", [b.op("Tanh", [b.op("Div", [s, cap])]), cap])  # soft cap
+    s = b.op("Add", [b.op("Mul", [s, temp]), mask])  # temperature after the cap
+    p = b.op("Softmax", [s], axis=-1)
+    o = b.op("MatMul", [p, values])  # (K, G*T, Dh)
+    o = b.op("Reshape", [o, b.ints([kv, g_, -1, dh])])  # (K, G, T, Dh)
+    o = b.op("Reshape", [b.op("Transpose", [o], perm=[2, 0, 1, 3]), b.ints([0, -1])])
+    a = b.nbits(ops["o"], h_ * dh, d, o, "o_proj")  # (T, D)
+    h1 = b.op("Add", [h, b.norm(a, layer.post_attn_norm.weight, eps)])
+
+    # ---- feed-forward: (shared MLP + routed experts) * combine_scale ---------------------
+    m = b.norm(h1, layer.pre_moe_norm.weight, eps)  # (T, D)
+    dense = b.gated_mlp(m, d, inter, ops["gate"], ops["up"], ops["down"], "mlp")
+    router = layer.block_sparse_moe.gate.weight.detach().float().t().contiguous().numpy()
+    logits = b.op("MatMul", [m, b.const(router, "router")])  # (T, E) fp32
+    rcap = b.const(np.array(cfg.router_logit_softcapping, dtype=np.float32), "rcap")
+    probs = b.op("Softmax", [b.op("Mul", [b.op("Tanh", [b.op("Div", [logits, rcap])]),
+                                          rcap])], axis=-1)
+    top_w, top_id = b.op("TopK", [probs, b.ints([cfg.num_experts_per_tok])], "top",
+                         outputs=2, axis=-1)  # (T, k) fp32 (not renormalised), int64
+    zero = b.const(np.array(0.0, dtype=np.float32), "zero")
+    # one-hot of the choices (T, k, E) -> per token and expert: weight (T, E), chosen (T, E)
+    onehot = b.op("Equal", [b.op("Unsqueeze", [top_id, b.ints([2])]),
+                            b.const(np.arange(e_, dtype=np.int64), "experts")])
+    w_te = b.op("ReduceSum", [b.op("Where", [onehot, b.op("Unsqueeze", [top_w, b.ints([2])]),
+                                             zero]), ax1], keepdims=0)  # (T, E)
+    chosen = b.op("ReduceMax", [b.op("Cast", [onehot], to=TensorProto.INT32)], axes=[1],
+                  keepdims=0)  # (T, E) 1 where the token chose the expert
+    any_e = b.op("Cast", [b.op("ReduceMax", [chosen], axes=[0], keepdims=0)],
+                 to=TensorProto.BOOL)  # (E,)
+    zeros = b.op("Mul", [m, zero])  # (T, D)
+    routed = zeros
+    for e in range(e_):
+        ei = b.const(np.array(e, dtype=np.int64), "e")
+        cond = b.op("Gather", [any_e, ei], axis=0)  # () bool
+        # then: rows choosing e -> expert -> weighted -> added back at their rows
+        sub = b.child()
+        rows = sub.op("NonZero", [sub.op("Gather", [chosen, ei], axis=1)])  # (1, n)
+        rows = sub.op("Transpose", [rows], perm=[1, 0])  # (n, 1)
+        xe = sub.op("GatherND", [m, rows])  # (n, D)
+        ye = sub.gated_mlp(xe, d, moe_inter, ops[f"w1.{e}"], ops[f"w3.{e}"],
+                           ops[f"w2.{e}"], f"expert{e}")
+        w_e = sub.op("Unsqueeze", [sub.op("Gather", [w_te, ei], axis=1), ax1])  # (T, 1)
+        ye = sub.op("Mul", [ye, sub.op("GatherND", [w_e, rows])])  # (n, D) * (n, 1)
+        out_then = sub.op("Add", [routed, sub.op("ScatterND", [zeros, rows, ye])])
+        then_g = helper.make_graph(sub.nodes, f"expert{e}", [],
+                                   [helper.make_tensor_value_info(out_then, f32, None)],
+                                   initializer=sub.inits)
+        keep = b.name("keep")
+        else_g = helper.make_graph(
+            [helper.make_node("Identity", [routed], [keep])], f"skip{e}", [],
+            [helper.make_tensor_value_info(keep, f32, None)])
+        routed = b.op("If", [cond], f"routed{e}", then_branch=then_g, else_branch=else_g)
+    scale = b.const(np.array(cfg.moe_combine_scale, dtype=np.float32), "combine")
+    ff = b.op("Mul", [b.op("Add", [dense, routed]), scale])
+    h_out = b.op("Add", [h1, b.norm(ff, layer.post_moe_norm.weight, eps)])
+    return h_out, k_new, v_new
+
+
+def head_operands(model: nn.Module, operands: Operand) -> Operands | None:
+    """The output head's MatMulNBits operands when it and the final norm can join a graph."""
+    norm = model.model.norm
+    if norm.weight.device.type != "cpu" or norm.weight.is_meta:
+        return None
+    return operands(model.lm_head)
+
+
+def build_graphs(model: nn.Module, operands: Operand) -> list[CpuGraph]:
+    """The CpuGraphs of a model.Grok2: consecutive decoder layers whose matmuls are all CPU
+    "nbits" QuantLinears of one kind with exact MatMulNBits forms, grouped greedily into
+    graphs of at most MAX_GRAPH_BYTES of weights (a layer over it gets none); the output
+    head joins the graph that ends at the last layer when it fits too. Empty when no layer
+    qualifies (float weights, GPU-resident layers, a real-size Grok-2 layer)."""
+    layers = model.model.layers
+    graphs: list[CpuGraph] = []
+    run: list[dict] = []
+    start, size = 0, 0
+
+    def close(end: int, head: Operands | None) -> None:
+        if run:
+            graphs.append(CpuGraph(model, start, end, list(run), head))
+
+    for i, layer in enumerate(layers):
+        ops = layer_operands(layer, operands)
+        n = _bytes(ops) if ops is not None else 0
+        if ops is None or n > MAX_GRAPH_BYTES or size + n > MAX_GRAPH_BYTES:
+            close(i, None)
+            run, start, size = [], i, 0
+            if ops is None or n > MAX_GRAPH_BYTES:
+                start = i + 1
+                continue
+        run.append(ops)
+        size += n
+    head = head_operands(model, operands) if run else None
+    if head is not None and size + _bytes({"head": head}) > MAX_GRAPH_BYTES:
+        head = None
+    close(len(layers), head)
+    return graphs
+
+
+def module_parts(mods: list[nn.Module]) -> tuple:
+    """(owner's dict, name, value) for every weight tensor and submodule of these modules: a
+    graph is built from these, and is current while each name still holds the same object
+    (the loader and the placement transforms replace tensors and modules, never write them in
+    place)."""
+    out = []
+    for top in mods:
+        for mod in top.modules():
+            for table in (mod._buffers, mod._parameters, mod._modules):
+                for name, t in table.items():
+                    if t is not None:
+                        out.append((table, name, t))
+    return tuple(out)
+
+
+def graph_feeds(inputs: Any, i: int, j: int, groups: int) -> dict[str, np.ndarray]:
+    """The per-forward graph inputs for queries i..j-1 of a model.AttentionInputs (made once
+    per forward and chunk, shared by all layers): cos/sin (t, 1, Dh/2), the length
+    temperature per score row (G*t, 1) and the causal mask (G*t, S) with S = first + j."""
+    key = (i, j, groups)
+    feeds = inputs.graph.get(key)
+    if feeds is None:
+        s = inputs.first + j
+        pos = np.arange(inputs.first + i, inputs.first + j)  # (t,)
+        mask = np.where(np.arange(s)[None, :] > pos[:, None], -np.inf, 0.0)  # (t, S)
+        temp = inputs.temperature[i:j].cpu().numpy()
+        feeds = {"cos": inputs.cos[i:j, None].cpu().numpy(),
+                 "sin": inputs.sin[i:j, None].cpu().numpy(),
+                 "temp": np.tile(temp, groups)[:, None].astype(np.float32),
+                 "mask": np.tile(mask, (groups, 1)).astype(np.float32)}
+        inputs.graph[key] = feeds
+    return dict(feeds)

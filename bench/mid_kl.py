@@ -1,0 +1,67 @@
+"""Next-token KL of the quantized mid-size model against its bf16 original, per CPU path.
+
+    python bench/mid_kl.py [--tokens 96] [--prefill 32] [--seed 0]
+
+The mid-size bench model (`bench --synthetic` shapes, random weights, the same seed for every
+format, so int4/int8 are quantized from the very bf16 weights they are compared with) reads a
+random prompt: `--prefill` tokens at once, then the rest one token at a time with the KV cache,
+as in a chat. At every position: KL(bf16 || quantized) in nats of the next-token
+distributions, and whether the greedy tokens agree. Quantized paths: "eager" (PyTorch between
+onnxruntime's matmuls, bf16 rounding between ops) and "graph" (whole layers as onnxruntime
+graphs, app/engine/cpu_graph.py, float32 between). Issue 16's budget: at most 10% above the
+eager figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from app.engine.bench import MID_CONFIG, synthetic_model
+from app.engine.config import Grok2Config
+from app.engine.quantize import build_cpu_kernels
+
+
+@torch.inference_mode()
+def logprobs(model, ids: torch.Tensor, prefill: int) -> torch.Tensor:
+    """(T, V) float64 log-probabilities: prefill, then cached decode one token at a time."""
+    model.setup_cache(ids.shape[1] + 1)
+    parts = [model(ids[:, :prefill], start_pos=0)]
+    parts += [model(ids[:, t:t + 1], start_pos=t) for t in range(prefill, ids.shape[1])]
+    return torch.log_softmax(torch.cat(parts, dim=1)[0].double(), dim=-1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tokens", type=int, default=96)
+    ap.add_argument("--prefill", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if not 1 <= args.prefill < args.tokens:
+        ap.error("need 1 <= --prefill < --tokens")
+    cfg = Grok2Config.from_dict(MID_CONFIG)
+    ids = torch.randint(0, cfg.vocab_size, (1, args.tokens),
+                        generator=torch.Generator().manual_seed(args.seed + 1))
+    base = synthetic_model(cfg, "bf16", seed=args.seed)
+    p = logprobs(base, ids, args.prefill)
+    print(f"mid-size model, {args.tokens} positions ({args.prefill} prefilled), "
+          f"against bf16:")
+    print("| format | path | mean KL (nats) | max KL | greedy token agrees |")
+    print("|---|---|---|---|---|")
+    for quant in ("int4", "int8"):
+        model = synthetic_model(cfg, quant, seed=args.seed)
+        for path in ("eager", "graph"):
+            build_cpu_kernels(model, layer_graphs=path == "graph")
+            if path == "graph" and model.cpu_graphs is None:
+                print(f"| {quant} | graph | (no graph: onnxruntime missing) | | |")
+                continue
+            q = logprobs(model, ids, args.prefill)
+            kl = (p.exp() * (p - q)).sum(-1)
+            agree = (p.argmax(-1) == q.argmax(-1)).double().mean().item()
+            print(f"| {quant} | {path} | {kl.mean().item():.5f} | {kl.max().item():.5f} | "
+                  f"{agree:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
