@@ -1,25 +1,34 @@
-"""A whole decoder layer as one onnxruntime graph, for CPU-resident quantized layers.
+"""Whole decoder layers (and the output head) as onnxruntime graphs, for CPU-resident
+quantized models.
 
-Why: at mid sizes (hidden 1024) a decode token of the eager PyTorch layer spends ~40% of its
+Why: at mid sizes (hidden 1024) a decode token of the eager PyTorch model spent ~40% of its
 time in ~900 small ATen ops and their Python dispatch between the matmuls (norms, RoPE,
-attention, routing). Here one `InferenceSession.run` per layer does all of it in C++: the
-norms, the q/k/v projection, RoPE, attention over the KV cache, the output projection, the
-shared MLP, the router and the routed experts (each expert's three MatMulNBits behind an `If`,
-so only the chosen ones run), for any number of tokens T (prefill and decode).
+attention, routing), and onnxruntime's thread pool had to be woken for every matmul. Here one
+`InferenceSession.run` per token does all of it in C++ for a group of layers (all of them, with
+the final norm, output head and soft cap, when they fit): the norms, the q/k/v projection,
+RoPE, attention over the KV cache, the output projection, the shared MLP, the router and the
+routed experts (each expert's three MatMulNBits behind an `If`, so only the chosen ones run),
+for any number of tokens T (prefill and decode). Its pool threads spin inside that one run.
 
 Numerics. The same formula as model.py and SGLang, step by step, with the MatMulNBits weights
 of cpu_kernels.py (exact weight semantics, int8 activations in the dot products), but every
 value between the matmuls stays in float32: the eager path rounds the residual stream, the
-normed activations and q/k/v to bf16 at SGLang's points, this graph does not. So its logits
-differ from the eager quantized path's in low bits (closer to the float64 reference, not
-further: tests/engine/test_cpu_graph.py measures both); it is used for quantized weights only,
-where the weights' own error is orders of magnitude larger. bf16 and fp32 models never use it.
+normed activations and q/k/v to bf16 at SGLang's points, this graph does not (and its KV cache
+is float32). So its logits differ from the eager quantized path's in low bits, closer to the
+float64 reference rather than further (tests/engine/test_cpu_graph.py measures both; next-token
+KL against bf16: bench/mid_kl.py). bf16 and float32 models never use it: they keep the exact
+eager path.
+
+Limits: a graph's weights are protobuf initializers, under 2 GiB per graph (MAX_GRAPH_BYTES),
+so a real-size Grok-2 layer (2.3 GB at int4) keeps the per-matmul kernels, where the glue is
+~2% of a ~50 ms layer anyway. Batches above 1 and forwards without a KV cache run eagerly.
 
 Shapes: T new tokens, S = L + T key positions (L cached), D hidden, H query heads, K kv heads,
-G = H/K, Dh head dim, E experts, k experts per token.
-Graph inputs: h (T, D), cos/sin (T, 1, Dh/2), temp (G*T, 1) length temperature per score row,
-mask (G*T, S) additive (0 or -inf), past_k/past_v (K, L, Dh); outputs h_out (T, D) and the new
-keys/values k_new/v_new (K, T, Dh) (the caller writes them into its KV cache).
+G = H/K, Dh head dim, E experts, V vocab.
+Graph inputs: h (T, D) fp32, pos_rows (1, T) int64 0..T-1, cos/sin (T, Dh/2) fp32 RoPE rows,
+temp (G*T, 1) length temperature per score row, mask (G*T, S) additive (0 or -inf), per layer
+i past_k{i}/past_v{i} (K, L, Dh); with the head also rows (R,) int64. Outputs h_out (T, D) or
+logits (R, V), and k_new/v_new (layers, K, T, Dh) (the caller writes them into its KV cache).
 """
 
 from __future__ import annotations
@@ -34,6 +43,19 @@ import torch
 from torch import Tensor, nn
 
 from app.engine.cpu_kernels import Operands, _nbits_node, _session_for, stack_operands
+
+# Bumped whenever any nn.Module registers (assigns) a parameter, buffer or submodule: the
+# loader and the placement transforms replace weights that way (CpuGraph.current).
+_GENERATION = [0]
+
+
+def _bump(*_: Any) -> None:
+    _GENERATION[0] += 1
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_bump)
+torch.nn.modules.module.register_module_buffer_registration_hook(_bump)
+torch.nn.modules.module.register_module_module_registration_hook(_bump)
 
 # The graph holds its weights as protobuf initializers: a serialized model must stay under
 # protobuf's 2 GiB. A real-size Grok-2 layer at int4 is ~2.3 GB, so such layers keep the
@@ -132,8 +154,8 @@ class CpuGraph(nn.Module):
     head and the logit soft cap) as one onnxruntime graph (module docstring). Holds no
     PyTorch parameters: the model keeps its weights (state dict, offloading and reloading see
     them); the graph holds MatMulNBits' repacked copies, as the per-matmul kernels would.
-    Extra inputs per layer i: past_k{i}/past_v{i} (K, L, Dh); outputs k_new{i}/v_new{i}
-    (K, T, Dh). Without the head the output is h_out (T, D); with it, an input `rows` (R,)
+    Extra inputs per layer i: past_k{i}/past_v{i} (K, L, Dh); outputs k_new/v_new
+    (end - start, K, T, Dh), the new keys/values of every layer. Without the head the output is h_out (T, D); with it, an input `rows` (R,)
     int64 picks the positions whose logits (R, V) fp32 are computed."""
 
     def __init__(self, model: nn.Module, start: int, end: int, ops: list[dict],
@@ -151,6 +173,7 @@ class CpuGraph(nn.Module):
         if self.head:
             mods += [model.model.norm, model.lm_head]
         self.parts = tuple(zip(*module_parts(mods), strict=True))  # (dicts, names, values)
+        self._checked = -1  # the _GENERATION at the last passed check
         b = _Builder()
         h = "h"
         d, kv, dh, f32 = cfg.hidden_size, cfg.num_key_value_heads, cfg.head_dim, TensorProto.FLOAT
@@ -158,16 +181,20 @@ class CpuGraph(nn.Module):
         def vi(name: str, shape: list | None, ty: int = f32) -> Any:
             return helper.make_tensor_value_info(name, ty, shape)
 
-        inputs = [vi("h", ["T", d]), vi("cos", ["T", 1, dh // 2]), vi("sin", ["T", 1, dh // 2]),
+        inputs = [vi("h", ["T", d]), vi("pos_rows", [1, "T"], TensorProto.INT64),
+                  vi("cos", ["T", dh // 2]), vi("sin", ["T", dh // 2]),
                   vi("temp", ["GT", 1]), vi("mask", ["GT", "S"])]
-        outputs = []
+        new_k, new_v = [], []
         for i, layer_ops in zip(range(start, end), ops, strict=True):
-            h, k_new, v_new = _layer_nodes(b, layers[i], layer_ops, h, "cos", "sin", "temp",
-                                           "mask", f"past_k{i}", f"past_v{i}")
+            h, k_new, v_new = _layer_nodes(b, layers[i], layer_ops, h, "pos_rows", "cos",
+                                           "sin", "temp", "mask", f"past_k{i}", f"past_v{i}")
             inputs += [vi(f"past_k{i}", [kv, "L", dh]), vi(f"past_v{i}", [kv, "L", dh])]
-            for src, dst in ((k_new, f"k_new{i}"), (v_new, f"v_new{i}")):
-                b.nodes.append(helper.make_node("Identity", [src], [dst]))
-                outputs.append(vi(dst, [kv, "T", dh]))
+            new_k.append(b.op("Unsqueeze", [k_new, b.ints([0])]))  # (1, K, T, Dh)
+            new_v.append(b.op("Unsqueeze", [v_new, b.ints([0])]))
+        # every layer's new keys/values in one output each: one cache write per forward
+        b.nodes.append(helper.make_node("Concat", new_k, ["k_new"], axis=0))
+        b.nodes.append(helper.make_node("Concat", new_v, ["v_new"], axis=0))
+        outputs = [vi("k_new", [end - start, kv, "T", dh]), vi("v_new", [end - start, kv, "T", dh])]
         if head_ops is not None:
             inputs.append(vi("rows", ["R"], TensorProto.INT64))
             x = b.norm(b.op("Gather", [h, "rows"], axis=0), model.model.norm.weight,
@@ -186,9 +213,17 @@ class CpuGraph(nn.Module):
 
     def current(self) -> bool:
         """Whether the model still holds the weight tensors and modules this graph was built
-        from (identity checks only: this runs every forward)."""
+        from. This runs every forward: while no module anywhere has registered a parameter,
+        buffer or submodule since the last check (a counter bumped by PyTorch's global
+        registration hooks), nothing was replaced and the answer stands; else identity
+        checks of every part."""
+        if _GENERATION[0] == self._checked:
+            return True
         tables, names, values = self.parts
-        return all(map(operator.is_, map(dict.get, tables, names), values))
+        ok = all(map(operator.is_, map(dict.get, tables, names), values))
+        if ok:
+            self._checked = _GENERATION[0]
+        return ok
 
     def forward(self, h: Tensor, inputs: Any, cache: Any, last_only: bool = False,
                 chunk: int = 128) -> Tensor:
@@ -210,11 +245,9 @@ class CpuGraph(nn.Module):
                 feeds[f"past_v{n}"] = cache.v[n, 0, :, :first].float().numpy()
             if self.head:
                 feeds["rows"] = np.arange(j - i - 1 if last_only else 0, j - i)
-            out, *kv = self.session.run(None, feeds)
-            for n in range(self.start, self.end):
-                k_new, v_new = kv[2 * (n - self.start)], kv[2 * (n - self.start) + 1]
-                cache.update(n, first, torch.from_numpy(k_new)[None],
-                             torch.from_numpy(v_new)[None])
+            out, k_new, v_new = self.session.run(None, feeds)
+            cache.update_layers(self.start, first, torch.from_numpy(k_new),
+                                torch.from_numpy(v_new))
             outs.append(out)
         if self.head and last_only:
             outs = outs[-1:]
@@ -227,10 +260,12 @@ class CpuGraph(nn.Module):
                 f"layer); {self.kind} MatMulNBits, fp32 between")
 
 
-def _layer_nodes(b: _Builder, layer: nn.Module, ops: dict, h: str, cos: str, sin: str,
-                 temp: str, mask: str, past_k: str, past_v: str) -> tuple[str, str, str]:
+def _layer_nodes(b: _Builder, layer: nn.Module, ops: dict, h: str, rows: str, cos: str,
+                 sin: str, temp: str, mask: str, past_k: str, past_v: str
+                 ) -> tuple[str, str, str]:
     """Append one model.DecoderLayer's nodes to `b`, reading the named values (shapes in the
-    module docstring); returns the names of (h_out, k_new, v_new)."""
+    module docstring; `rows` (1, T) int64 0..T-1 index cos/sin); returns the names of
+    (h_out, k_new, v_new)."""
     from onnx import TensorProto, helper
 
     cfg = layer.self_attn.cfg
@@ -239,7 +274,7 @@ def _layer_nodes(b: _Builder, layer: nn.Module, ops: dict, h: str, cos: str, sin
     g_ = cfg.kv_groups
     inter, moe_inter, e_ = (cfg.intermediate_size, cfg.moe_intermediate_size,
                             cfg.num_local_experts)
-    eps, half = cfg.rms_norm_eps, dh // 2
+    eps = cfg.rms_norm_eps
     f32 = TensorProto.FLOAT
 
     # ---- attention --------------------------------------------------------------------
@@ -248,16 +283,14 @@ def _layer_nodes(b: _Builder, layer: nn.Module, ops: dict, h: str, cos: str, sin
     assert qkv_ops is not None  # one kind, one block size (layer_operands checked)
     qkv = b.nbits(qkv_ops, d, (h_ + 2 * kv) * dh, x, "qkv")  # (T, (H+2K)*Dh)
     qkv = b.op("Reshape", [qkv, b.ints([0, h_ + 2 * kv, dh])])  # (T, H+2K, Dh)
-    ax1, ax2 = b.ints([1]), b.ints([2])
-    qk = b.op("Slice", [qkv, b.ints([0]), b.ints([h_ + kv]), ax1])  # (T, H+K, Dh)
-    v = b.op("Slice", [qkv, b.ints([h_ + kv]), b.ints([h_ + 2 * kv]), ax1])  # (T, K, Dh)
-    x1 = b.op("Slice", [qk, b.ints([0]), b.ints([half]), ax2])  # (T, H+K, Dh/2)
-    x2 = b.op("Slice", [qk, b.ints([half]), b.ints([dh]), ax2])
-    r1 = b.op("Sub", [b.op("Mul", [x1, cos]), b.op("Mul", [x2, sin])])
-    r2 = b.op("Add", [b.op("Mul", [x2, cos]), b.op("Mul", [x1, sin])])
-    qk = b.op("Concat", [r1, r2], axis=2)  # (T, H+K, Dh) rotated (NeoX half split)
-    q = b.op("Slice", [qk, b.ints([0]), b.ints([h_]), ax1])  # (T, H, Dh)
-    k = b.op("Slice", [qk, b.ints([h_]), b.ints([h_ + kv]), ax1])  # (T, K, Dh)
+    ax1 = b.ints([1])
+    qk, v = b.op("Split", [qkv, b.ints([h_ + kv, kv])], outputs=2, axis=1)  # (T, H+K|K, Dh)
+    # RoPE on q and k at once, NeoX half split over the full head_dim, fp32 table rows
+    qk = b.op("RotaryEmbedding", [b.op("Reshape", [qk, b.ints([1, -1, (h_ + kv) * dh])]),
+                                  rows, cos, sin],
+              domain="com.microsoft", interleaved=0, num_heads=h_ + kv)  # (1, T, (H+K)*Dh)
+    qk = b.op("Reshape", [qk, b.ints([-1, h_ + kv, dh])])  # (T, H+K, Dh)
+    q, k = b.op("Split", [qk, b.ints([h_, kv])], outputs=2, axis=1)  # (T, H|K, Dh)
     k_new = b.op("Transpose", [k], perm=[1, 0, 2])  # (K, T, Dh)
     v_new = b.op("Transpose", [v], perm=[1, 0, 2])
     keys = b.op("Concat", [past_k, k_new], axis=1)  # (K, S, Dh)
@@ -298,9 +331,10 @@ def _layer_nodes(b: _Builder, layer: nn.Module, ops: dict, h: str, cos: str, sin
                  to=TensorProto.BOOL)  # (E,)
     zeros = b.op("Mul", [m, zero])  # (T, D)
     routed = zeros
+    conds = b.op("Split", [any_e], outputs=e_, axis=0)  # E x (1,) bool
     for e in range(e_):
         ei = b.const(np.array(e, dtype=np.int64), "e")
-        cond = b.op("Gather", [any_e, ei], axis=0)  # () bool
+        cond = conds[e] if e_ > 1 else conds
         # then: rows choosing e -> expert -> weighted -> added back at their rows
         sub = b.child()
         rows = sub.op("NonZero", [sub.op("Gather", [chosen, ei], axis=1)])  # (1, n)
@@ -383,7 +417,8 @@ def module_parts(mods: list[nn.Module]) -> tuple:
 
 def graph_feeds(inputs: Any, i: int, j: int, groups: int) -> dict[str, np.ndarray]:
     """The per-forward graph inputs for queries i..j-1 of a model.AttentionInputs (made once
-    per forward and chunk, shared by all layers): cos/sin (t, 1, Dh/2), the length
+    per forward and chunk, shared by all layers): cos/sin (t, Dh/2) with their row numbers
+    pos_rows (1, t), the length
     temperature per score row (G*t, 1) and the causal mask (G*t, S) with S = first + j."""
     key = (i, j, groups)
     feeds = inputs.graph.get(key)
@@ -392,8 +427,9 @@ def graph_feeds(inputs: Any, i: int, j: int, groups: int) -> dict[str, np.ndarra
         pos = np.arange(inputs.first + i, inputs.first + j)  # (t,)
         mask = np.where(np.arange(s)[None, :] > pos[:, None], -np.inf, 0.0)  # (t, S)
         temp = inputs.temperature[i:j].cpu().numpy()
-        feeds = {"cos": inputs.cos[i:j, None].cpu().numpy(),
-                 "sin": inputs.sin[i:j, None].cpu().numpy(),
+        feeds = {"pos_rows": np.arange(j - i)[None],
+                 "cos": inputs.cos[i:j].cpu().numpy(),
+                 "sin": inputs.sin[i:j].cpu().numpy(),
                  "temp": np.tile(temp, groups)[:, None].astype(np.float32),
                  "mask": np.tile(mask, (groups, 1)).astype(np.float32)}
         inputs.graph[key] = feeds

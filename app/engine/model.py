@@ -110,6 +110,16 @@ class KVCache(nn.Module):
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def update_layers(self, first_layer: int, start: int, k: Tensor, v: Tensor) -> None:
+        """Write k/v (n_layers, K, T, Dh) for layers first_layer.. (batch 1) at positions
+        start..start+T."""
+        end = start + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"context of {end} tokens exceeds the cache's {self.max_len}")
+        layers = slice(first_layer, first_layer + k.shape[0])
+        self.k[layers, 0, :, start:end] = k
+        self.v[layers, 0, :, start:end] = v
+
 
 @functools.lru_cache(maxsize=4)
 def rope_table(head_dim: int, theta: float, length: int,
