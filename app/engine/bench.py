@@ -273,6 +273,8 @@ def bench_model(model: Grok2, plan: Plan, bw: Bandwidths, prompt_lengths=(32, 25
         "peak_cpu_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else 0,
         "threads": torch.get_num_threads(),  # CPU threads of the matmuls (torch, onnxruntime)
+        # onnxruntime graphs of whole layers (cpu_graph.py): [first, last] layer, head or not
+        "cpu_graphs": [[g.start, g.end - 1, g.head] for g in model.graphs()],
         "bandwidths": {"gpu": bw.gpu, "cpu": bw.cpu, "pcie": bw.pcie,
                        "measured": list(bw.measured)},
     })
@@ -282,6 +284,10 @@ def bench_model(model: Grok2, plan: Plan, bw: Bandwidths, prompt_lengths=(32, 25
 def format_result(r: dict) -> str:
     plural = "s" if r["threads"] != 1 else ""
     lines = [f"Quantization {r['plan']}, {r['threads']} CPU thread{plural}"]
+    graphs = r.get("cpu_graphs")
+    if graphs:
+        parts = [f"layers {a}-{b}" + (" + output head" if head else "") for a, b, head in graphs]
+        lines.append(f"  CPU layers as onnxruntime graphs: {', '.join(parts)}")
     for p in r["prefill"]:
         lines.append(f"  prefill {p['tokens']:>6} tokens: {p['tokens_per_s']:8.1f} tokens/s "
                      f"({p['seconds']:.2f} s)")

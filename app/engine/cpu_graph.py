@@ -121,7 +121,7 @@ class _Builder:
 Operand = Callable[[nn.Module], "Operands | None"]  # quantize.graph_operands
 
 
-def layer_operands(layer: nn.Module, operands: Operand) -> dict | None:
+def layer_operands(layer: Any, operands: Operand) -> dict | None:
     """The MatMulNBits operands of every quantized matmul of a model.DecoderLayer, or None when
     some matmul has none (`operands(m)`: None unless m is a CPU QuantLinear on the "nbits"
     kernel with an exact MatMulNBits form) or they differ in kind (the layer then runs
@@ -158,7 +158,7 @@ class CpuGraph(nn.Module):
     (end - start, K, T, Dh), the new keys/values of every layer. Without the head the output is h_out (T, D); with it, an input `rows` (R,)
     int64 picks the positions whose logits (R, V) fp32 are computed."""
 
-    def __init__(self, model: nn.Module, start: int, end: int, ops: list[dict],
+    def __init__(self, model: Any, start: int, end: int, ops: list[dict],
                  head_ops: Operands | None) -> None:
         super().__init__()
         from onnx import TensorProto, helper
@@ -232,7 +232,7 @@ class CpuGraph(nn.Module):
         layers of the KV cache (a model.KVCache, batch 1). Runs the queries in chunks of
         `chunk` (model.QUERY_CHUNK; each attends to the cache so far: exact for causal
         layers), which bounds the score memory as the eager path does."""
-        x = h[0].float().numpy()  # (T, D)
+        x = h[0].float().cpu().numpy()  # (T, D); on the CPU already unless offloaded
         t_all = x.shape[0]
         outs = []
         for i in range(0, t_all, chunk):
@@ -260,7 +260,7 @@ class CpuGraph(nn.Module):
                 f"layer); {self.kind} MatMulNBits, fp32 between")
 
 
-def _layer_nodes(b: _Builder, layer: nn.Module, ops: dict, h: str, rows: str, cos: str,
+def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str, rows: str, cos: str,
                  sin: str, temp: str, mask: str, past_k: str, past_v: str
                  ) -> tuple[str, str, str]:
     """Append one model.DecoderLayer's nodes to `b`, reading the named values (shapes in the
@@ -359,7 +359,7 @@ def _layer_nodes(b: _Builder, layer: nn.Module, ops: dict, h: str, rows: str, co
     return h_out, k_new, v_new
 
 
-def head_operands(model: nn.Module, operands: Operand) -> Operands | None:
+def head_operands(model: Any, operands: Operand) -> Operands | None:
     """The output head's MatMulNBits operands when it and the final norm can join a graph."""
     norm = model.model.norm
     if norm.weight.device.type != "cpu" or norm.weight.is_meta:
@@ -367,7 +367,7 @@ def head_operands(model: nn.Module, operands: Operand) -> Operands | None:
     return operands(model.lm_head)
 
 
-def build_graphs(model: nn.Module, operands: Operand) -> list[CpuGraph]:
+def build_graphs(model: Any, operands: Operand) -> list[CpuGraph]:
     """The CpuGraphs of a model.Grok2: consecutive decoder layers whose matmuls are all CPU
     "nbits" QuantLinears of one kind with exact MatMulNBits forms, grouped greedily into
     graphs of at most MAX_GRAPH_BYTES of weights (a layer over it gets none); the output

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from app.engine.config import Grok2Config
+from app.engine.cpu_graph import CpuGraph
 from app.engine.quantize import gated_mlp_kernel, qkv_kernel
 
 if TYPE_CHECKING:
@@ -427,6 +428,10 @@ class Grok2(nn.Module):
         # (cpu_graph.py, CPU-resident quantized layers); they show in print(model).
         self.cpu_graphs: nn.ModuleList | None = None
 
+    def graphs(self) -> list[CpuGraph]:
+        """The onnxruntime graphs of whole layers (cpu_graph.py), first layer first."""
+        return [g for g in self.cpu_graphs or () if isinstance(g, CpuGraph)]
+
     def setup_cache(self, max_len: int, batch: int = 1) -> KVCache:
         layer = self.model.layers[0]
         assert isinstance(layer, DecoderLayer)  # nn.ModuleList items are typed as Module
@@ -453,18 +458,19 @@ class Grok2(nn.Module):
         assert isinstance(layer0, DecoderLayer)
         inputs = AttentionInputs.make(cfg, first, input_ids.shape[1],
                                       _device_of(layer0.self_attn.o_proj))
-        graphs = self.cpu_graphs
-        if graphs is not None and (cache is None or input_ids.shape[0] != 1
-                                   or not all(g.current() for g in graphs)):
-            graphs = None  # batches, uncached forwards, replaced weights: the eager layers
+        graphs = self.graphs()
+        if graphs and (cache is None or input_ids.shape[0] != 1
+                       or not all(g.current() for g in graphs)):
+            graphs = []  # batches, uncached forwards, replaced weights: the eager layers
         with torch_threads(self.torch_threads), cpu_gemv(input_ids.numel() == 1):
             h = emb(input_ids.to(emb.weight.device)) * cfg.embedding_multiplier_scale  # (B, T, D)
-            by_start = {g.start: g for g in graphs or ()}
+            by_start = {g.start: g for g in graphs}
             i, layers = 0, self.model.layers
             while i < len(layers):
                 g = by_start.get(i)
                 if g is None:  # an eager layer (after a graph's float32, in the weights' dtype)
                     layer = layers[i]
+                    assert isinstance(layer, DecoderLayer)  # nn.ModuleList items are Modules
                     h = layer(h.to(layer.pre_attn_norm.weight.dtype), inputs.positions, cache,
                               inputs)
                     i += 1

@@ -338,13 +338,14 @@ def build_cpu_kernels(model: nn.Module,
     mods = list(model.named_modules())  # parents first: a gated MLP before its projections
     built, fused, torch_matmuls = 0, set[int](), 0
     if hasattr(model, "cpu_graphs"):  # a Grok2: whole-layer graphs first (cpu_graph.py)
-        graphs = (build_graphs(model, graph_operands) if layer_graphs and nbits_available()
+        grok: Any = model
+        graphs = (build_graphs(grok, graph_operands) if layer_graphs and nbits_available()
                   else [])
-        model.cpu_graphs = nn.ModuleList(graphs) if graphs else None
+        grok.cpu_graphs = nn.ModuleList(graphs) if graphs else None
         for g in graphs:
             built += 1
-            covered = list(model.model.layers[g.start:g.end])
-            covered += [model.model.norm, model.lm_head] if g.head else []
+            covered = list(grok.model.layers[g.start:g.end])
+            covered += [grok.model.norm, grok.lm_head] if g.head else []
             fused.update(id(m) for top in covered for m in top.modules())
             if progress:
                 progress("preparing CPU kernels", 0, len(mods))

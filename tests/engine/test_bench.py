@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from app.cli import main
-from app.engine import bench, quantize
+from app.engine import bench, cpu_kernels, quantize
 from app.engine.plan import GB, Bandwidths, make_plan
 from app.engine.weights import load_model
 
@@ -59,6 +59,19 @@ def test_bench_model_reports_speed_next_to_bound(ckpt):
     assert r["threads"] == torch.get_num_threads()
     text = bench.format_result(r)
     assert "decode" in text and f"{r['threads']} CPU thread" in text
+    assert r["cpu_graphs"] == [] and "onnxruntime graphs" not in text  # float32: eager
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="onnxruntime not installed")
+def test_bench_names_the_layers_run_as_onnxruntime_graphs(ckpt, monkeypatch):
+    """A CPU int8 model runs its layers and head as one onnxruntime graph; bench says so."""
+    monkeypatch.setitem(quantize.CPU_KERNELS, "int8", "nbits")
+    model = quantize.quantize_model(load_model(ckpt, dtype=torch.bfloat16), "int8")
+    quantize.build_cpu_kernels(model)
+    plan = make_plan(model.config, "int8", 0, 64 * GB, context=64)
+    r = bench.bench_model(model, plan, Bandwidths(cpu=10 * GB), (8,), decode_tokens=2)
+    assert r["cpu_graphs"] == [[0, 1, True]]
+    assert "CPU layers as onnxruntime graphs: layers 0-1 + output head" in bench.format_result(r)
 
 
 def test_synthetic_model_has_grok_proportions():
