@@ -25,10 +25,12 @@ so a real-size Grok-2 layer (2.3 GB at int4) keeps the per-matmul kernels, where
 
 Shapes: T new tokens, S = L + T key positions (L cached), D hidden, H query heads, K kv heads,
 G = H/K, Dh head dim, E experts, V vocab.
-Graph inputs: h (T, D) fp32, pos_rows (1, T) int64 0..T-1, cos/sin (T, Dh/2) fp32 RoPE rows,
-temp (G*T, 1) length temperature per score row, mask (G*T, S) additive (0 or -inf), per layer
-i past_k{i}/past_v{i} (K, L, Dh); with the head also rows (R,) int64. Outputs h_out (T, D) or
-logits (R, V), and k_new/v_new (layers, K, T, Dh) (the caller writes them into its KV cache).
+Graph inputs: h (T, D) fp32, pos (T,) int64 the absolute positions (the cached length L is
+pos[0]), cos_table/sin_table (P, Dh/2) fp32 (model.rope_table, as SGLang builds it), the whole
+float32 KV cache cache_k/cache_v (layers, K, max_len, Dh) (read, never copied), with the head
+also rows (R,) int64. Outputs h_out (T, D) or logits (R, V), and k_new/v_new (graph layers, K,
+T, Dh) that the caller writes into its cache. RoPE rows, length temperature and causal mask
+are computed in the graph once per run.
 """
 
 from __future__ import annotations
@@ -167,7 +169,6 @@ class CpuGraph(nn.Module):
         layers = model.model.layers
         self.start, self.end, self.head = start, end, head_ops is not None
         self.kind = layers[start].self_attn.q_proj.fmt.kind
-        self.kv_groups = cfg.kv_groups
         self.experts = cfg.num_local_experts
         mods = [layers[i] for i in range(start, end)]
         if self.head:
@@ -181,14 +182,19 @@ class CpuGraph(nn.Module):
         def vi(name: str, shape: list | None, ty: int = f32) -> Any:
             return helper.make_tensor_value_info(name, ty, shape)
 
-        inputs = [vi("h", ["T", d]), vi("pos_rows", [1, "T"], TensorProto.INT64),
-                  vi("cos", ["T", dh // 2]), vi("sin", ["T", dh // 2]),
-                  vi("temp", ["GT", 1]), vi("mask", ["GT", "S"])]
+        n_layers = cfg.num_hidden_layers
+        inputs = [vi("h", ["T", d]), vi("pos", ["T"], TensorProto.INT64),
+                  vi("cos_table", ["P", dh // 2]), vi("sin_table", ["P", dh // 2]),
+                  vi("cache_k", [n_layers, kv, "M", dh]), vi("cache_v", [n_layers, kv, "M", dh])]
+        pos_rows, temp, mask, cache_len = _position_nodes(b, cfg)
         new_k, new_v = [], []
         for i, layer_ops in zip(range(start, end), ops, strict=True):
-            h, k_new, v_new = _layer_nodes(b, layers[i], layer_ops, h, "pos_rows", "cos",
-                                           "sin", "temp", "mask", f"past_k{i}", f"past_v{i}")
-            inputs += [vi(f"past_k{i}", [kv, "L", dh]), vi(f"past_v{i}", [kv, "L", dh])]
+            # this layer's cached keys/values, positions 0..L-1 (L = pos[0])
+            past = [b.op("Squeeze", [b.op("Slice", [c, b.ints([i, 0]), b.op(
+                "Concat", [b.ints([i + 1]), cache_len], axis=0), b.ints([0, 2])]), b.ints([0])])
+                for c in ("cache_k", "cache_v")]  # (K, L, Dh)
+            h, k_new, v_new = _layer_nodes(b, layers[i], layer_ops, h, pos_rows, "cos_table",
+                                           "sin_table", temp, mask, past[0], past[1])
             new_k.append(b.op("Unsqueeze", [k_new, b.ints([0])]))  # (1, K, T, Dh)
             new_v.append(b.op("Unsqueeze", [v_new, b.ints([0])]))
         # every layer's new keys/values in one output each: one cache write per forward
@@ -225,28 +231,32 @@ class CpuGraph(nn.Module):
             self._checked = _GENERATION[0]
         return ok
 
-    def forward(self, h: Tensor, inputs: Any, cache: Any, last_only: bool = False,
-                chunk: int = 128) -> Tensor:
-        """h (1, T, D) for the tokens at inputs.first.. -> (1, T, D) float32, or with the head
-        logits (1, T, V) fp32 ((1, 1, V) with last_only), reading and writing this graph's
-        layers of the KV cache (a model.KVCache, batch 1). Runs the queries in chunks of
-        `chunk` (model.QUERY_CHUNK; each attends to the cache so far: exact for causal
-        layers), which bounds the score memory as the eager path does."""
+    def forward(self, h: Tensor, first: int, cache: Any, rope: tuple[Tensor, Tensor],
+                last_only: bool = False, chunk: int = 128) -> Tensor:
+        """h (1, T, D) for the tokens at positions first.. -> (1, T, D) float32, or with the
+        head logits (1, T, V) fp32 ((1, 1, V) with last_only), reading and writing this
+        graph's layers of the KV cache (a float32 model.KVCache, batch 1, passed whole and
+        not copied). Runs the queries in chunks of `chunk` (model.QUERY_CHUNK; each attends
+        to the cache so far: exact for causal layers), which bounds the score memory as the
+        eager path does. `rope`: model.rope_table's float32 cos/sin (P, Dh/2) on the CPU,
+        P > every position. Little host work on purpose: after a run has streamed the weights
+        through the CPU caches, every host op is several times slower than usual."""
         x = h[0].float().cpu().numpy()  # (T, D); on the CPU already unless offloaded
         t_all = x.shape[0]
+        cos, sin = rope
+        if cache.k.dtype != torch.float32:
+            raise ValueError("a CpuGraph needs a float32 KV cache (Grok2.setup_cache makes one)")
+        feeds = {"cos_table": cos.numpy(), "sin_table": sin.numpy(),
+                 "cache_k": cache.k[:, 0].numpy(), "cache_v": cache.v[:, 0].numpy()}
         outs = []
         for i in range(0, t_all, chunk):
             j = min(t_all, i + chunk)
-            first = inputs.first + i
-            feeds = graph_feeds(inputs, i, j, self.kv_groups)
             feeds["h"] = x[i:j]
-            for n in range(self.start, self.end):
-                feeds[f"past_k{n}"] = cache.k[n, 0, :, :first].float().numpy()  # (K, L, Dh)
-                feeds[f"past_v{n}"] = cache.v[n, 0, :, :first].float().numpy()
+            feeds["pos"] = np.arange(first + i, first + j)
             if self.head:
                 feeds["rows"] = np.arange(j - i - 1 if last_only else 0, j - i)
             out, k_new, v_new = self.session.run(None, feeds)
-            cache.update_layers(self.start, first, torch.from_numpy(k_new),
+            cache.update_layers(self.start, first + i, torch.from_numpy(k_new),
                                 torch.from_numpy(v_new))
             outs.append(out)
         if self.head and last_only:
@@ -260,12 +270,46 @@ class CpuGraph(nn.Module):
                 f"layer); {self.kind} MatMulNBits, fp32 between")
 
 
+def _position_nodes(b: _Builder, cfg: Any) -> tuple[str, str, str, str]:
+    """The per-forward values every layer shares, from the input `pos` (T,) int64 (the
+    absolute positions first..first+T-1) and the KV cache length L = first: pos_rows (1, T)
+    for RotaryEmbedding, the length temperature per score row temp (G*T, 1), the causal mask
+    (G*T, S) additive 0/-inf with S = L + T, and L as a (1,) int64. As model.py:
+    temperature log2(p)/log2(len) for p > len else 1 (here ln/ln, float32), key s visible to
+    query p when s <= p; rows ordered g-major (row g*T + t), as the attention's scores."""
+    from onnx import TensorProto
+
+    g = cfg.kv_groups
+    zero_i = b.ints([0])
+    cache_len = b.op("Gather", ["pos", zero_i], axis=0)  # (1,) = first
+    pos_rows = b.op("Unsqueeze", ["pos", zero_i])  # (1, T)
+    p = b.op("Cast", ["pos"], to=TensorProto.FLOAT)  # (T,)
+    t_len = b.const(np.array(cfg.attn_temperature_len, dtype=np.float32), "temp_len")
+    ratio = b.op("Div", [b.op("Log", [b.op("Max", [p, b.const(np.array(1.0, np.float32))])]),
+                         b.const(np.array(np.log(np.float32(cfg.attn_temperature_len)),
+                                          dtype=np.float32), "log_len")])
+    temp = b.op("Where", [b.op("Greater", [p, t_len]), ratio,
+                          b.const(np.array(1.0, np.float32), "one")])  # (T,)
+    temp = b.op("Tile", [b.op("Unsqueeze", [temp, b.ints([1])]), b.ints([g, 1])])  # (G*T, 1)
+    t = b.op("Shape", ["pos"])  # (1,) = T
+    s = b.op("Add", [cache_len, t])  # (1,) = S
+    keys = b.op("Range", [b.const(np.array(0, np.int64), "r0"),
+                          b.op("Squeeze", [s, zero_i]),
+                          b.const(np.array(1, np.int64), "r1")])  # (S,)
+    later = b.op("Greater", [b.op("Unsqueeze", [keys, zero_i]),
+                             b.op("Unsqueeze", ["pos", b.ints([1])])])  # (T, S)
+    mask = b.op("Where", [later, b.const(np.array(-np.inf, np.float32), "ninf"),
+                          b.const(np.array(0.0, np.float32), "zero_f")])
+    mask = b.op("Tile", [mask, b.ints([g, 1])])  # (G*T, S)
+    return pos_rows, temp, mask, cache_len
+
+
 def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str, rows: str, cos: str,
                  sin: str, temp: str, mask: str, past_k: str, past_v: str
                  ) -> tuple[str, str, str]:
     """Append one model.DecoderLayer's nodes to `b`, reading the named values (shapes in the
-    module docstring; `rows` (1, T) int64 0..T-1 index cos/sin); returns the names of
-    (h_out, k_new, v_new)."""
+    module docstring; `rows` (1, T) int64 positions index the cos/sin tables); returns the
+    names of (h_out, k_new, v_new)."""
     from onnx import TensorProto, helper
 
     cfg = layer.self_attn.cfg
@@ -414,23 +458,3 @@ def module_parts(mods: list[nn.Module]) -> tuple:
                         out.append((table, name, t))
     return tuple(out)
 
-
-def graph_feeds(inputs: Any, i: int, j: int, groups: int) -> dict[str, np.ndarray]:
-    """The per-forward graph inputs for queries i..j-1 of a model.AttentionInputs (made once
-    per forward and chunk, shared by all layers): cos/sin (t, Dh/2) with their row numbers
-    pos_rows (1, t), the length
-    temperature per score row (G*t, 1) and the causal mask (G*t, S) with S = first + j."""
-    key = (i, j, groups)
-    feeds = inputs.graph.get(key)
-    if feeds is None:
-        s = inputs.first + j
-        pos = np.arange(inputs.first + i, inputs.first + j)  # (t,)
-        mask = np.where(np.arange(s)[None, :] > pos[:, None], -np.inf, 0.0)  # (t, S)
-        temp = inputs.temperature[i:j].cpu().numpy()
-        feeds = {"pos_rows": np.arange(j - i)[None],
-                 "cos": inputs.cos[i:j].cpu().numpy(),
-                 "sin": inputs.sin[i:j].cpu().numpy(),
-                 "temp": np.tile(temp, groups)[:, None].astype(np.float32),
-                 "mask": np.tile(mask, (groups, 1)).astype(np.float32)}
-        inputs.graph[key] = feeds
-    return dict(feeds)

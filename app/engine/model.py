@@ -145,9 +145,15 @@ def rope_cos_sin(positions: Tensor, head_dim: int, theta: float,
     is read from `positions` (one device sync)."""
     if needed is None:
         needed = int(positions.max()) + 1 if positions.numel() else 0
-    length = table_len if needed <= table_len else 1 << (needed - 1).bit_length()
-    cos, sin = rope_table(head_dim, float(theta), length, positions.device)
+    cos, sin = rope_table(head_dim, float(theta), table_length(needed, table_len),
+                          positions.device)
     return cos[positions], sin[positions]
+
+
+def table_length(needed: int, table_len: int) -> int:
+    """The RoPE table length for positions below `needed`: SGLang's max_position_embeddings
+    (`table_len`) while that covers them, else the next power of two."""
+    return table_len if needed <= table_len else 1 << (needed - 1).bit_length()
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -202,7 +208,6 @@ class AttentionInputs:
         return moved
 
     _moved: dict = field(default_factory=dict, repr=False)
-    graph: dict = field(default_factory=dict, repr=False)  # cpu_graph.graph_feeds, per chunk
 
 
 class Attention(nn.Module):
@@ -454,14 +459,22 @@ class Grok2(nn.Module):
             raise RuntimeError("call setup_cache() before cached decoding")
         first = start_pos or 0
         emb = self.model.embed_tokens
-        layer0 = self.model.layers[0]
-        assert isinstance(layer0, DecoderLayer)
-        inputs = AttentionInputs.make(cfg, first, input_ids.shape[1],
-                                      _device_of(layer0.self_attn.o_proj))
         graphs = self.graphs()
         if graphs and (cache is None or input_ids.shape[0] != 1
                        or not all(g.current() for g in graphs)):
             graphs = []  # batches, uncached forwards, replaced weights: the eager layers
+        rope: tuple[Tensor, Tensor] | None = None
+        if graphs:
+            rope = rope_table(cfg.head_dim, float(cfg.rope_theta), table_length(
+                first + input_ids.shape[1], cfg.max_position_embeddings), torch.device("cpu"))
+        if len(graphs) == 1 and graphs[0].start == 0 and graphs[0].head:  # one graph: all
+            assert rope is not None and cache is not None
+            h = emb(input_ids) * cfg.embedding_multiplier_scale  # (1, T, D)
+            return graphs[0](h, first, cache, rope, last_only, QUERY_CHUNK)  # (1, T|1, V)
+        layer0 = self.model.layers[0]
+        assert isinstance(layer0, DecoderLayer)
+        inputs = AttentionInputs.make(cfg, first, input_ids.shape[1],
+                                      _device_of(layer0.self_attn.o_proj))
         with torch_threads(self.torch_threads), cpu_gemv(input_ids.numel() == 1):
             h = emb(input_ids.to(emb.weight.device)) * cfg.embedding_multiplier_scale  # (B, T, D)
             by_start = {g.start: g for g in graphs}
@@ -475,7 +488,7 @@ class Grok2(nn.Module):
                               inputs)
                     i += 1
                     continue
-                h = g(h, inputs, cache, last_only, QUERY_CHUNK)  # layers g.start..g.end-1
+                h = g(h, first, cache, rope, last_only, QUERY_CHUNK)  # layers g.start..end-1
                 if g.head:
                     return h  # logits, soft-capped: (1, T, V) or (1, 1, V)
                 i = g.end
