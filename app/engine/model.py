@@ -461,8 +461,10 @@ class Grok2(nn.Module):
         emb = self.model.embed_tokens
         graphs = self.graphs()
         if graphs and (cache is None or input_ids.shape[0] != 1
+                       or cache.k.dtype != torch.float32
                        or not all(g.current() for g in graphs)):
-            graphs = []  # batches, uncached forwards, replaced weights: the eager layers
+            graphs = []  # batches, uncached forwards, replaced weights, a cache set up before
+            # the graphs were built (bf16): the eager layers
         rope: tuple[Tensor, Tensor] | None = None
         if graphs:
             rope = rope_table(cfg.head_dim, float(cfg.rope_theta), table_length(

@@ -99,6 +99,19 @@ def test_replaced_weights_fall_back_to_the_eager_layer(ckpt):
     assert torch.equal(got, want)
 
 
+def test_a_cache_made_before_the_graphs_takes_the_eager_path(ckpt):
+    """A bf16 cache set up before build_cpu_kernels made the graphs (the graphs read and write
+    float32) is not an error: that forward runs eagerly, the eager model's exact logits."""
+    graph_m, eager_m = _model(ckpt, "int4", False), _model(ckpt, "int4", False)
+    graph_m.setup_cache(max_len=64)
+    build_cpu_kernels(graph_m, layer_graphs=True)
+    assert graph_m.cpu_graphs is not None and graph_m.cache.k.dtype == torch.bfloat16
+    eager_m.setup_cache(max_len=64)
+    x = torch.tensor([IDS[:6]])
+    with torch.inference_mode():
+        assert torch.equal(graph_m(x, start_pos=0), eager_m(x, start_pos=0))
+
+
 def test_batches_and_uncached_forwards_use_the_eager_layer(ckpt):
     """Batch > 1 and a forward without a cache take the eager path: the eager model's bits."""
     graph_m, eager_m = _model(ckpt, "int4", True), _model(ckpt, "int4", False)
