@@ -8,8 +8,10 @@ random prompt: `--prefill` tokens at once, then the rest one token at a time wit
 as in a chat. At every position: KL(bf16 || quantized) in nats of the next-token
 distributions, and whether the greedy tokens agree. Quantized paths: "eager" (PyTorch between
 onnxruntime's matmuls, bf16 rounding between ops) and "graph" (whole layers as onnxruntime
-graphs, app/engine/cpu_graph.py, float32 between). Issue 16's budget: at most 10% above the
-eager figure.
+graphs, app/engine/cpu_graph.py, float32 between). The budget a faster quantized path must
+keep: its mean KL at most 10% above the eager path's (the last column says whether it does).
+Random weights give nearly flat distributions, so at int4 the greedy tokens agree at only about
+a third of the positions for either path; the KL is the figure to compare.
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ def main() -> None:
     p = logprobs(base, ids, args.prefill)
     print(f"mid-size model, {args.tokens} positions ({args.prefill} prefilled), "
           f"against bf16:")
-    print("| format | path | mean KL (nats) | max KL | greedy token agrees |")
-    print("|---|---|---|---|---|")
+    print("| format | path | mean KL (nats) | max KL | greedy token agrees | within budget |")
+    print("|---|---|---|---|---|---|")
     for quant in ("int4", "int8"):
         model = synthetic_model(cfg, quant, seed=args.seed)
+        eager_kl = None
         for path in ("eager", "graph"):
             build_cpu_kernels(model, layer_graphs=path == "graph")
             if path == "graph" and model.cpu_graphs is None:
@@ -59,8 +62,13 @@ def main() -> None:
             q = logprobs(model, ids, args.prefill)
             kl = (p.exp() * (p - q)).sum(-1)
             agree = (p.argmax(-1) == q.argmax(-1)).double().mean().item()
-            print(f"| {quant} | {path} | {kl.mean().item():.5f} | {kl.max().item():.5f} | "
-                  f"{agree:.1%} |")
+            mean = kl.mean().item()
+            if eager_kl is None:
+                eager_kl, verdict = mean, "(the reference)"
+            else:
+                verdict = "yes" if mean <= 1.10 * eager_kl else "NO"
+            print(f"| {quant} | {path} | {mean:.5f} | {kl.max().item():.5f} | {agree:.1%} | "
+                  f"{verdict} |")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ def _add_budget_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-mem", type=float, metavar="GB", help="RAM (default: this machine's)")
     p.add_argument("--quant", choices=QUANT_CHOICES,
                    help="weights format (default: the prepared folder's, else int4)")
-    p.add_argument("--context", type=int, default=8192, metavar="N", help="context in tokens")
+    p.add_argument("--context", type=int, default=8192, metavar="N",
+                   help="context in tokens the placement plan reserves a KV cache for "
+                        "(bench's prompts set their own)")
 
 
 def _budgets(args: argparse.Namespace) -> tuple[int, int]:

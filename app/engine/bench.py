@@ -271,6 +271,7 @@ def bench_model(model: Grok2, plan: Plan, bw: Bandwidths, prompt_lengths=(32, 25
         "decode_fraction_of_bound": decode / bound,
         "bytes_per_token": plan.bytes_per_token(kv_tokens=n),
         "peak_cpu_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "resident_cpu_bytes": resident_bytes(),  # now, after the run (None: not Linux)
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else 0,
         "threads": torch.get_num_threads(),  # CPU threads of the matmuls (torch, onnxruntime)
         # onnxruntime graphs of whole layers (cpu_graph.py): [first, last] layer, head or not
@@ -281,12 +282,29 @@ def bench_model(model: Grok2, plan: Plan, bw: Bandwidths, prompt_lengths=(32, 25
     return result
 
 
+KERNEL_NAMES = {"nbits": "onnxruntime MatMulNBits", "int4pack": "PyTorch int4pack",
+                "int8pack": "PyTorch int8pack", "dequant": "dequantize + bf16 matmul"}
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory now (Linux: VmRSS), or None where it cannot be read."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def format_result(r: dict) -> str:
     plural = "s" if r["threads"] != 1 else ""
     lines = [f"Quantization {r['plan']}, {r['threads']} CPU thread{plural}"]
     graphs = r.get("cpu_graphs")
     if graphs:
-        parts = [f"layers {a}-{b}" + (" + output head" if head else "") for a, b, head in graphs]
+        parts = [f"layers {a}..{b}" + (" + final norm, output head" if head else "")
+                 for a, b, head in graphs]
         lines.append(f"  CPU layers as onnxruntime graphs: {', '.join(parts)}")
     for p in r["prefill"]:
         lines.append(f"  prefill {p['tokens']:>6} tokens: {p['tokens_per_s']:8.1f} tokens/s "
@@ -297,11 +315,19 @@ def format_result(r: dict) -> str:
                  f"{r['decode_bound_tokens_per_s']:.2f} ({100 * r['decode_fraction_of_bound']:.0f}%)")
     lines.append(f"  bytes per token: GPU {b['gpu'] / 1e9:.3f} GB, CPU {b['cpu'] / 1e9:.3f} GB, "
                  f"PCIe {b['pcie'] / 1e6:.2f} MB")
-    lines.append(f"  peak memory: CPU {r['peak_cpu_bytes'] / 1e9:.2f} GB, "
-                 f"GPU {r['peak_gpu_bytes'] / 1e9:.2f} GB")
+    resident = r.get("resident_cpu_bytes")
+    if resident:
+        lines.append(f"  CPU memory: {resident / 1e9:.2f} GB resident after the run, peak "
+                     f"{r['peak_cpu_bytes'] / 1e9:.2f} GB (the peak includes loading and "
+                     f"building the CPU kernels)")
+        lines.append(f"  peak GPU memory: {r['peak_gpu_bytes'] / 1e9:.2f} GB")
+    else:
+        lines.append(f"  peak memory: CPU {r['peak_cpu_bytes'] / 1e9:.2f} GB, "
+                     f"GPU {r['peak_gpu_bytes'] / 1e9:.2f} GB")
     e = r.get("real_expert")
     if e:
-        lines.append(f"  real-size expert (M=1, {e['kernel']}): {e['seconds'] * 1e3:.2f} ms, "
+        kernel = KERNEL_NAMES.get(e["kernel"], e["kernel"])
+        lines.append(f"  real-size expert (M=1, {kernel}): {e['seconds'] * 1e3:.2f} ms, "
                      f"{e['gb_per_s']:.1f} GB/s = {100 * e['fraction_of_read']:.0f}% of the "
                      f"{r['bandwidths']['cpu'] / GB:.1f} GB/s read bound")
     return "\n".join(lines)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from app.engine.cpu_graph import build_graphs
+from app.engine.cpu_graph import build_graphs, release_freed_memory
 from app.engine.cpu_kernels import (
     NBitsGatedMLP,
     NBitsMatMul,
@@ -369,6 +369,8 @@ def build_cpu_kernels(model: nn.Module,
             torch_matmuls += 1  # a CPU matmul PyTorch runs (the router's is tiny)
         if progress and built:
             progress("preparing CPU kernels", i + 1, len(mods))
+    if built:
+        release_freed_memory()  # the build's temporary copies (cpu_graph.release_freed_memory)
     if hasattr(model, "torch_threads"):  # a Grok2: glue ops on one thread beside onnxruntime
         model.torch_threads = 1 if built and not torch_matmuls else None  # type: ignore[assignment]
     return built

@@ -59,6 +59,9 @@ def test_bench_model_reports_speed_next_to_bound(ckpt):
     assert r["threads"] == torch.get_num_threads()
     text = bench.format_result(r)
     assert "decode" in text and f"{r['threads']} CPU thread" in text
+    if r["resident_cpu_bytes"] is not None:  # Linux: resident now and the peak, both
+        assert 0 < r["resident_cpu_bytes"] <= r["peak_cpu_bytes"] + 64 * 2**20
+        assert "GB resident after the run, peak" in text
     assert r["cpu_graphs"] == [] and "onnxruntime graphs" not in text  # float32: eager
 
 
@@ -71,7 +74,8 @@ def test_bench_names_the_layers_run_as_onnxruntime_graphs(ckpt, monkeypatch):
     plan = make_plan(model.config, "int8", 0, 64 * GB, context=64)
     r = bench.bench_model(model, plan, Bandwidths(cpu=10 * GB), (8,), decode_tokens=2)
     assert r["cpu_graphs"] == [[0, 1, True]]
-    assert "CPU layers as onnxruntime graphs: layers 0-1 + output head" in bench.format_result(r)
+    text = bench.format_result(r)
+    assert "CPU layers as onnxruntime graphs: layers 0..1 + final norm, output head" in text
 
 
 def test_synthetic_model_has_grok_proportions():
@@ -117,6 +121,8 @@ def test_real_expert_row_reports_fraction_of_read_bound(monkeypatch):
         assert row["kernel"] == quantize.CPU_KERNELS[kind]
     text = bench.format_result({**_fake_result(), "real_expert": row})
     assert "real-size expert" in text and "% of the 10.0 GB/s read bound" in text
+    if row["kernel"] == "nbits":  # the kernel by its name, not the setting's
+        assert "onnxruntime MatMulNBits" in text
 
 
 def _fake_result() -> dict:
