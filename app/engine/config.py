@@ -145,7 +145,8 @@ def load_config(folder: str | Path) -> Grok2Config:
     (REQUIRED), a wrong type, a non-finite or impossible value, or a variant we cannot run."""
     path = check_folder(folder) / CONFIG_NAME
     if not path.is_file():
-        raise ModelFileError(f"{path}: config.json is missing; point to the complete Grok-2 folder")
+        raise ModelFileError(f"{path.parent}: has no config.json; point to the complete "
+                             "Grok-2 folder (config.json and the *.safetensors files)")
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except PermissionError as exc:

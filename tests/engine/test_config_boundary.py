@@ -95,6 +95,17 @@ def test_no_such_folder_and_a_file_instead_of_a_folder(tmp_path):
         load_config(tmp_path / "file")
 
 
+def test_a_folder_without_config_json_names_the_folder_once(tmp_path):
+    """A folder with no config.json: one line naming the folder (not "config.json:
+    config.json is missing") and what a model folder holds."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFileError) as err:
+        load_config(tmp_path / "empty")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'empty'}: has no config.json;")
+    assert "*.safetensors" in message and "\n" not in message
+
+
 def test_unreadable_folder_is_one_line(tmp_path, monkeypatch):
     """A folder the user may not read gives the permission fix, not a PermissionError
     traceback. (Tests run as root here, so the denial is simulated.)"""
