@@ -345,6 +345,28 @@ def test_plan_names_a_missing_folder(capsys):
     assert err.count("\n") == 0 and "/no/such/grok: no such folder" in err
 
 
+@pytest.mark.parametrize("target", ["/no/such/grok", "FILE"])
+def test_every_command_words_a_bad_model_folder_alike(target, tmp_path, capsys):
+    """generate, plan, bench and prepare give the same one line for a missing folder and for
+    a file given as the folder."""
+    if target == "FILE":
+        target = str(tmp_path / "config.json")
+        (tmp_path / "config.json").write_text("{}")
+    commands = [["generate", "--model", target, "--prompt", "hi"],
+                ["plan", "--model", target, "--gpu-mem", "0", "--cpu-mem", "64"],
+                ["bench", "--model", target, "--gpu-mem", "0"],
+                ["prepare", "--model", target, "--quant", "int4"]]
+    errors = set()
+    for argv in commands:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0, err
+        errors.add(err)
+    assert len(errors) == 1, errors
+    what = "no such folder" if target == "/no/such/grok" else "not a folder"
+    assert f"{target}: {what}; choose the folder that holds config.json" in errors.pop()
+
+
 def test_plan_rows_line_up():
     """Every part row of the plan puts its size in the same column."""
     from app.engine.config import Grok2Config

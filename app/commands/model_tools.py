@@ -86,17 +86,13 @@ def _budgets(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def _config_and_quant(args: argparse.Namespace):
-    from app.engine.config import Grok2Config, load_config
+    from app.engine.config import Grok2Config, check_folder, load_config
     from app.engine.prepare import is_prepared, read_manifest
     from app.engine.prepared_check import again_as
 
     if args.model is None:
         return Grok2Config(), args.quant or "int4"
-    folder = Path(args.model).expanduser()
-    if not folder.is_dir():
-        what = "is a file, not a folder" if folder.exists() else "no such folder"
-        raise UserError(f"{args.model}: {what}; --model takes the Grok-2 folder that holds "
-                        "config.json")
+    check_folder(args.model)  # one wording for a missing folder everywhere (config.py)
     manifest = read_manifest(args.model) if is_prepared(args.model) else None
     stored = manifest["quant"] if manifest else None
     if manifest and stored and args.quant and args.quant != stored:

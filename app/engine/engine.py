@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from app.engine.chat_format import STOP_STRINGS, encode_chat, stop_token_ids
-from app.engine.config import config_hash, load_config
+from app.engine.config import check_folder, config_hash, load_config
 from app.engine.generate import new_generator, step_tokens, stream_events
 from app.engine.model import Grok2
 from app.engine.tokenizer import Tokenizer, load_tokenizer
 from app.engine.weights import default_device, load_model
-from app.errors import ModelFileError, UserError
+from app.errors import UserError
 from app.messages import Finished, GenerationParams, ModelInfo, Progress, ReplyStream
 
 ProgressCallback = Callable[[Progress], None]
@@ -54,9 +54,7 @@ class Engine:
         if dtype is None and quant:
             dtype = {"bf16": torch.bfloat16, "float32": torch.float32,
                      "float16": torch.float16}.get(quant)
-        if not folder.is_dir():
-            raise ModelFileError(f"{folder}: model folder not found; choose the folder that "
-                                 "holds config.json, tokenizer.tok.json and the weights")
+        check_folder(folder)  # one wording for a missing folder everywhere (config.py)
         cfg = load_config(folder)  # a missing or bad config.json is the first thing to report
         tokenizer = load_tokenizer(folder)
         ctx = min(context_length or DEFAULT_CONTEXT, cfg.max_position_embeddings)
