@@ -17,7 +17,7 @@ QT = ("PySide6", "shiboken6", "qasync")
 CORE = ("atomic", "settings", "store/conversation", "store/store", "store/rows", "store/schema",
         "store/reply", "exchange/export", "exchange/render", "exchange/html_export",
         "exchange/markup", "exchange/importers", "exchange/chatgpt", "messages", "paths", "errors",
-        "checkpoint_files", "context", "attachments", "logs")
+        "checkpoint_files", "context", "attachments", "logs", "process_memory")
 
 
 def loaded_after_import(modules: list[str]) -> set[str]:

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ from app.engine import cpu_kernels, quantize
 from app.engine.config import Grok2Config
 from app.engine.model import Grok2
 from app.engine.plan import GB, Bandwidths, Format, Plan
+from app.process_memory import peak_bytes, resident_bytes
 
 CACHE_NAME = "bench-cache.json"
 # A mid-size model with Grok-2's ratios (hidden/8, layers/8, vocab/8; 8 experts, top-2, shared
@@ -270,7 +270,7 @@ def bench_model(model: Grok2, plan: Plan, bw: Bandwidths, prompt_lengths=(32, 25
         "decode_tokens_per_s": decode, "decode_bound_tokens_per_s": bound,
         "decode_fraction_of_bound": decode / bound,
         "bytes_per_token": plan.bytes_per_token(kv_tokens=n),
-        "peak_cpu_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_cpu_bytes": peak_bytes() or 0,
         "resident_cpu_bytes": resident_bytes(),  # now, after the run (None: not Linux)
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else 0,
         "threads": torch.get_num_threads(),  # CPU threads of the matmuls (torch, onnxruntime)
@@ -284,18 +284,6 @@ def bench_model(model: Grok2, plan: Plan, bw: Bandwidths, prompt_lengths=(32, 25
 
 KERNEL_NAMES = {"nbits": "onnxruntime MatMulNBits", "int4pack": "PyTorch int4pack",
                 "int8pack": "PyTorch int8pack", "dequant": "dequantize + bf16 matmul"}
-
-
-def resident_bytes() -> int | None:
-    """This process's resident memory now (Linux: VmRSS), or None where it cannot be read."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def format_result(r: dict) -> str:

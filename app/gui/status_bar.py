@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QLabel, QStatusBar, QWidget
 
 from app.messages import GenerationStats, ModelInfo
+from app.process_memory import peak_bytes, resident_bytes
 
 MEMORY_REFRESH_MS = 2000
 _DEVICES = {"cuda": "GPU", "cpu": "CPU", "cuda+cpu": "GPU + CPU", "mps": "Apple GPU"}
@@ -16,20 +16,11 @@ _DEVICES = {"cuda": "GPU", "cpu": "CPU", "cuda+cpu": "GPU + CPU", "mps": "Apple 
 
 def memory_in_use() -> tuple[int, str] | None:
     """(bytes, label): resident memory from /proc, else the peak from getrusage, else None."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024, "memory"
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # ru_maxrss is kilobytes on Linux, bytes on macOS
-    return (peak if sys.platform == "darwin" else peak * 1024), "peak memory"
+    resident = resident_bytes()
+    if resident is not None:
+        return resident, "memory"
+    peak = peak_bytes()
+    return None if peak is None else (peak, "peak memory")
 
 
 def format_bytes(n: int) -> str:
