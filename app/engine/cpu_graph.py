@@ -45,7 +45,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from app.engine.cpu_kernels import Operands, _nbits_node, _session_for, stack_operands
+from app.engine.cpu_kernels import (
+    Operands,
+    _nbits_node,
+    _session_for,
+    gated_mlp_nodes,
+    stack_operands,
+)
 
 # Bumped whenever any nn.Module registers (assigns) a parameter, buffer or submodule: the
 # loader and the placement transforms replace weights that way (CpuGraph.current).
@@ -135,11 +141,11 @@ class _Builder:
 
     def gated_mlp(self, x: str, d: int, hidden: int, gate: Operands, up: Operands,
                   down: Operands, tag: str) -> str:
-        """down(gelu_erf(gate(x)) * up(x)), as cpu_kernels.NBitsGatedMLP."""
-        g = self.nbits(gate, d, hidden, x, tag + "_gate")
-        u = self.nbits(up, d, hidden, x, tag + "_up")
-        a = self.op("Gelu", [g], tag + "_gelu", domain="com.microsoft")
-        return self.nbits(down, hidden, d, self.op("Mul", [a, u], tag + "_h"), tag + "_down")
+        """down(gelu_erf(gate(x)) * up(x)), the nodes cpu_kernels.NBitsGatedMLP runs."""
+        y = self.name(tag)
+        self.nodes += gated_mlp_nodes(d, hidden, gate, up, down, x, y, self.name(tag),
+                                      self.inits)
+        return y
 
 
 Operand = Callable[[nn.Module], "Operands | None"]  # quantize.graph_operands

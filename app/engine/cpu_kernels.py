@@ -117,6 +117,21 @@ def _nbits_node(ops: Operands, k: int, n: int, a: str, y: str, prefix: str,
                             bits=bits, block_size=block, accuracy_level=ACCURACY_LEVEL)
 
 
+def gated_mlp_nodes(d: int, hidden: int, gate: Operands, up: Operands, down: Operands,
+                    a: str, y: str, prefix: str, inits: list) -> list:
+    """The nodes of y = down(gelu_erf(gate(a)) * up(a)) (three MatMulNBits, com.microsoft's
+    erf GELU, a Mul; fp32 between), their value and initializer names starting with
+    `prefix`; appends the initializers to `inits`."""
+    from onnx import helper
+
+    g, u, act, h = (f"{prefix}_{t}" for t in ("g", "u", "act", "h"))
+    return [_nbits_node(gate, d, hidden, a, g, f"{prefix}_gate", inits),
+            _nbits_node(up, d, hidden, a, u, f"{prefix}_up", inits),
+            helper.make_node("Gelu", [g], [act], domain="com.microsoft"),
+            helper.make_node("Mul", [act, u], [h]),
+            _nbits_node(down, hidden, d, h, y, f"{prefix}_down", inits)]
+
+
 def _session(nodes: list, inits: list, k: int, n: int) -> Any:
     """An onnxruntime session for a graph A (M, k) fp32 -> Y (M, n) fp32."""
     from onnx import TensorProto, helper
@@ -180,14 +195,8 @@ class NBitsGatedMLP:
 
     def __init__(self, d: int, hidden: int, gate: Operands, up: Operands,
                  down: Operands) -> None:
-        from onnx import helper
-
         inits: list = []
-        nodes = [_nbits_node(gate, d, hidden, "A", "g", "gate", inits),
-                 _nbits_node(up, d, hidden, "A", "u", "up", inits),
-                 helper.make_node("Gelu", ["g"], ["a"], domain="com.microsoft"),
-                 helper.make_node("Mul", ["a", "u"], ["h"]),
-                 _nbits_node(down, hidden, d, "h", "Y", "down", inits)]
+        nodes = gated_mlp_nodes(d, hidden, gate, up, down, "A", "Y", "mlp", inits)
         self.session = _session(nodes, inits, d, d)
         self.kind = ""  # the weights' format ("int4", "int8"), set by the builder
 
