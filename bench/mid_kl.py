@@ -57,7 +57,7 @@ def main() -> None:
         for path in ("eager", "graph"):
             build_cpu_kernels(model, layer_graphs=path == "graph")
             if path == "graph" and model.cpu_graphs is None:
-                print(f"| {quant} | graph | (no graph: onnxruntime missing) | | |")
+                print(f"| {quant} | graph | (no graph: onnxruntime missing) | | | |")
                 continue
             q = logprobs(model, ids, args.prefill)
             kl = (p.exp() * (p - q)).sum(-1)

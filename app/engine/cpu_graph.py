@@ -22,7 +22,8 @@ eager path.
 Limits: a graph's weights are protobuf initializers (under 2 GiB) that exist about four times
 over while it is built, so one graph holds at most MAX_GRAPH_BYTES (768 MB) of weights and
 consecutive layers are grouped; a real-size Grok-2 layer (2.3 GB at int4) keeps the
-per-matmul kernels, where the glue is ~2% of a ~50 ms layer anyway. Batches above 1 and forwards without a KV cache run eagerly.
+per-matmul kernels, where the glue is ~2% of a ~50 ms layer anyway. Batches above 1 and
+forwards without a KV cache run eagerly.
 
 Shapes: T new tokens, S = L + T key positions (L cached), D hidden, H query heads, K kv heads,
 G = H/K, Dh head dim, E experts, V vocab.
@@ -70,8 +71,9 @@ torch.nn.modules.module.register_module_module_registration_hook(_bump)
 # protobuf's 2 GiB, and while a graph is built its weights exist about four times over (the
 # initializers, the serialized model, onnxruntime's parsed copy, its repacked copy), so graphs
 # are kept small: 768 MB of weights bounds that transient to ~3 GB (the mid-size bench model,
-# 280 MB at int4 and 530 MB at int8, is one graph). A real-size Grok-2 layer at int4 is ~2.3 GB: such layers keep
-# the per-matmul kernels (where, at ~50 ms per layer, the glue is ~2% of a token anyway).
+# 280 MB at int4 and 530 MB at int8, is one graph). A real-size Grok-2 layer at int4 is
+# ~2.3 GB: such layers keep the per-matmul kernels (where, at ~50 ms per layer, the glue is ~2%
+# of a token anyway).
 MAX_GRAPH_BYTES = 768_000_000
 
 
@@ -133,6 +135,11 @@ class _Builder:
         self.nodes.append(_nbits_node(ops, k, n, a, out, self.name(tag + "_w"), self.inits))
         return out
 
+    def soft_cap(self, x: str, cap: float) -> str:
+        """cap * tanh(x / cap) (model.soft_cap)."""
+        c = self.const(np.array(cap, dtype=np.float32), "cap")
+        return self.op("Mul", [self.op("Tanh", [self.op("Div", [x, c])]), c])
+
     def norm(self, x: str, weight: Tensor, eps: float) -> str:
         """RMSNorm in fp32: x / sqrt(mean(x^2) + eps) * w (model.RMSNorm)."""
         w = self.const(weight.detach().float().numpy(), "norm_w")
@@ -184,9 +191,10 @@ class CpuGraph(nn.Module):
     head and the logit soft cap) as one onnxruntime graph (module docstring). Holds no
     PyTorch parameters: the model keeps its weights (state dict, offloading and reloading see
     them); the graph holds MatMulNBits' repacked copies, as the per-matmul kernels would.
-    Extra inputs per layer i: past_k{i}/past_v{i} (K, L, Dh); outputs k_new/v_new
-    (end - start, K, T, Dh), the new keys/values of every layer. Without the head the output is h_out (T, D); with it, an input `rows` (R,)
-    int64 picks the positions whose logits (R, V) fp32 are computed."""
+    Inputs and outputs as in the module docstring: the whole KV cache goes in, each layer
+    slices its own; k_new/v_new (end - start, K, T, Dh) are the new keys/values of every
+    layer. Without the head the output is h_out (T, D); with it, an input `rows` (R,) int64
+    picks the positions whose logits (R, V) fp32 are computed."""
 
     def __init__(self, model: Any, start: int, end: int, ops: list[dict],
                  head_ops: Operands | None) -> None:
@@ -217,10 +225,10 @@ class CpuGraph(nn.Module):
         pos_rows, temp, mask, cache_len = _position_nodes(b, cfg)
         new_k, new_v = [], []
         for i, layer_ops in zip(range(start, end), ops, strict=True):
-            # this layer's cached keys/values, positions 0..L-1 (L = pos[0])
-            past = [b.op("Squeeze", [b.op("Slice", [c, b.ints([i, 0]), b.op(
-                "Concat", [b.ints([i + 1]), cache_len], axis=0), b.ints([0, 2])]), b.ints([0])])
-                for c in ("cache_k", "cache_v")]  # (K, L, Dh)
+            # this layer's cached keys/values, positions 0..L-1 (L = pos[0]): (K, L, Dh)
+            ends = b.op("Concat", [b.ints([i + 1]), cache_len], axis=0)  # [i+1, L]
+            past = [b.op("Squeeze", [b.op("Slice", [c, b.ints([i, 0]), ends, b.ints([0, 2])]),
+                                     b.ints([0])]) for c in ("cache_k", "cache_v")]
             h, k_new, v_new = _layer_nodes(b, layers[i], layer_ops, h, pos_rows, "cos_table",
                                            "sin_table", temp, mask, past[0], past[1])
             new_k.append(b.op("Unsqueeze", [k_new, b.ints([0])]))  # (1, K, T, Dh)
@@ -236,8 +244,7 @@ class CpuGraph(nn.Module):
             z = b.nbits(head_ops, d, cfg.vocab_size, x, "lm_head")  # (R, V)
             # model.Grok2.forward: z * output_multiplier_scale, then the final soft cap
             z = b.op("Mul", [z, b.const(np.array(cfg.output_multiplier_scale, np.float32))])
-            cap = b.const(np.array(cfg.final_logit_softcapping, dtype=np.float32), "fcap")
-            z = b.op("Mul", [b.op("Tanh", [b.op("Div", [z, cap])]), cap])
+            z = b.soft_cap(z, cfg.final_logit_softcapping)
             b.nodes.append(helper.make_node("Identity", [z], ["logits"]))
             outputs.insert(0, vi("logits", ["R", cfg.vocab_size]))
         else:
@@ -370,8 +377,7 @@ def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str, rows: str, cos: str
     qh = b.op("Reshape", [b.op("Transpose", [q], perm=[1, 0, 2]), b.ints([kv, -1, dh])])
     s = b.op("FusedMatMul", [qh, keys], domain="com.microsoft", transB=1,
              alpha=float(dh ** -0.5))  # (K, G*T, S) fp32 scores
-    cap = b.const(np.array(cfg.attn_logit_softcapping, dtype=np.float32), "cap")
-    s = b.op("Mul", [b.op("Tanh", [b.op("Div", [s, cap])]), cap])  # soft cap
+    s = b.soft_cap(s, cfg.attn_logit_softcapping)
     s = b.op("Add", [b.op("Mul", [s, temp]), mask])  # temperature after the cap
     p = b.op("Softmax", [s], axis=-1)
     o = b.op("MatMul", [p, values])  # (K, G*T, Dh)
@@ -385,9 +391,7 @@ def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str, rows: str, cos: str
     dense = b.gated_mlp(m, d, inter, ops["gate"], ops["up"], ops["down"], "mlp")
     router = layer.block_sparse_moe.gate.weight.detach().float().t().contiguous().numpy()
     logits = b.op("MatMul", [m, b.const(router, "router")])  # (T, E) fp32
-    rcap = b.const(np.array(cfg.router_logit_softcapping, dtype=np.float32), "rcap")
-    probs = b.op("Softmax", [b.op("Mul", [b.op("Tanh", [b.op("Div", [logits, rcap])]),
-                                          rcap])], axis=-1)
+    probs = b.op("Softmax", [b.soft_cap(logits, cfg.router_logit_softcapping)], axis=-1)
     top_w, top_id = b.op("TopK", [probs, b.ints([cfg.num_experts_per_tok])], "top",
                          outputs=2, axis=-1)  # (T, k) fp32 (not renormalised), int64
     zero = b.const(np.array(0.0, dtype=np.float32), "zero")
@@ -461,12 +465,13 @@ def build_graphs(model: Any, operands: Operand) -> list[CpuGraph]:
     for i, layer in enumerate(layers):
         ops = layer_operands(layer, operands)
         n = _bytes(ops) if ops is not None else 0
-        if ops is None or n > MAX_GRAPH_BYTES or size + n > MAX_GRAPH_BYTES:
+        if ops is None or n > MAX_GRAPH_BYTES:  # no graph for this layer: it runs eagerly
+            close(i, None)
+            run, start, size = [], i + 1, 0
+            continue
+        if size + n > MAX_GRAPH_BYTES:  # a new graph starts at this layer
             close(i, None)
             run, start, size = [], i, 0
-            if ops is None or n > MAX_GRAPH_BYTES:
-                start = i + 1
-                continue
         run.append(ops)
         size += n
     head = head_operands(model, operands) if run else None

@@ -330,8 +330,8 @@ def build_cpu_kernels(model: nn.Module,
     tokens are not slowed by it: with `layer_graphs`, on a Grok2, onnxruntime graphs of whole
     decoder layers (cpu_graph.build_graphs: CPU-resident quantized layers with exact
     MatMulNBits forms; set as the model's `cpu_graphs`, removed without `layer_graphs`); then
-    one fused graph per other CPU-resident
-    quantized gated MLP and q/k/v trio and one per other such QuantLinear.
+    one fused graph per other CPU-resident quantized gated MLP and q/k/v trio and one per
+    other such QuantLinear.
     `progress(label, done, total)` counts modules. On a Grok2 it also sets `torch_threads`: 1
     when onnxruntime now runs every CPU matmul (PyTorch's remaining ops then stay on one
     thread), else None. Returns how many kernels (layer graphs included) were built."""
