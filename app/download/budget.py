@@ -30,10 +30,10 @@ from app.download.hub import DownloadError, Snapshot, hub_error, open_range
 from app.engine.config import Grok2Config
 from app.engine.piece_plan import parse_job
 from app.engine.plan import DISK_SLACK, GB, Bandwidths, PlanError, make_plan, model_bytes
+from app.engine.prepared_check import MANIFEST
 from app.errors import StorageError, UserError
 
 PREFERENCE = ("bf16", "int8", "int4")  # best quality first: the first that fits is proposed
-MANIFEST = "prepared.json"  # app.engine.prepare.MANIFEST
 
 
 def size(n: float) -> str:

@@ -41,7 +41,7 @@ from app.download.fetch import STATE, STATE_DIR, Control, Downloader, ProgressFn
 from app.download.hub import REPO, DownloadError, Snapshot, hub_error, snapshot_info
 from app.engine.config import CONFIG_NAME, Grok2Config, load_config
 from app.engine.piece_plan import header_shapes, parse_job, plan_jobs
-from app.engine.prepared_check import unit_problems
+from app.engine.prepared_check import MANIFEST, unit_problems
 from app.errors import ModelFileError, UserError
 
 SOURCE_SUFFIX = ".download"
@@ -353,7 +353,7 @@ def _problems(out: Path) -> list[tuple[str, str]]:
     """(unit, "missing"/"damaged") for each unit of the finished prepared folder `out` that
     loading would refuse (app.engine.prepared_check, what prepare.verify checks)."""
     try:
-        manifest = json.loads((out / "prepared.json").read_text(encoding="utf-8"))
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
         units = unit_names(load_config(out).num_hidden_layers)
     except (OSError, ValueError, TypeError, ModelFileError) as exc:
         raise DownloadError(f"{out}: the finished prepared folder cannot be checked ({exc}); "
@@ -364,7 +364,7 @@ def _problems(out: Path) -> list[tuple[str, str]]:
 def _complete(out: Path, quant: str) -> bool:
     """`out` already holds a finished preparation (at `quant`: another one is an error)."""
     try:
-        manifest = json.loads((out / "prepared.json").read_text(encoding="utf-8"))
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
         done, stored = manifest["complete"] is True, manifest["quant"]
     except (OSError, ValueError, KeyError, TypeError):
         return False

@@ -35,8 +35,8 @@ from app.atomic import atomic_file, atomic_write_text, remove_temps
 from app.checkpoint_files import TOKENIZER_NAME, read_header, unit_names, unit_of
 from app.engine.config import CONFIG_NAME, config_hash, load_config
 from app.engine.plan import DISK_SLACK, Format, model_bytes
+from app.engine.prepared_check import MANIFEST, remedy, unit_problems
 from app.engine.prepared_check import intact as _intact
-from app.engine.prepared_check import remedy, unit_problems
 from app.engine.quantize import quantizable, quantize_int4, quantize_int8
 from app.engine.weights import (
     CheckpointIndex,
@@ -51,7 +51,6 @@ from app.errors import ModelFileError, StorageError, UserError
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-MANIFEST = "prepared.json"
 FORMAT = "grok-desktop-prepared"
 VERSION = 1
 PREPARE_QUANTS = ("int4", "int8", "bf16")

@@ -17,6 +17,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
+MANIFEST = "prepared.json"  # the manifest's name in a prepared folder
 OFFICIAL_REPO = "xai-org/grok-2"  # app.download.hub.REPO: --repo is named only when another
 DOWNLOAD_SUFFIX = ".download"  # app.download.pipeline.SOURCE_SUFFIX
 
