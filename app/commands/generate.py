@@ -15,8 +15,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     """--model DIR | --demo, plus device and dtype; shared by generate, ask and serve
     (`required=False`: the command falls back to the model configured in the app)."""
     which = parser.add_mutually_exclusive_group(required=required)
-    which.add_argument("--model", metavar="DIR", help="the Grok-2 folder (official layout, or one made by "
-                       "prepare or download --keep-prepared-only)")
+    which.add_argument("--model", metavar="DIR",
+                       help="the Grok-2 folder (official layout, or one made by prepare or "
+                            "download --keep-prepared-only)")
     which.add_argument("--demo", action="store_true", help="the built-in tiny demo model (not Grok-2)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--dtype", choices=["bf16", "float16", "float32"],

@@ -469,7 +469,9 @@ class Grok2(nn.Module):
         if graphs:
             rope = rope_table(cfg.head_dim, float(cfg.rope_theta), table_length(
                 first + input_ids.shape[1], cfg.max_position_embeddings), torch.device("cpu"))
-        if len(graphs) == 1 and graphs[0].start == 0 and graphs[0].head:  # one graph: all
+        # One graph runs the whole model: skip AttentionInputs and the thread contexts (after
+        # a run has streamed the weights, every host op between runs costs several times more)
+        if len(graphs) == 1 and graphs[0].start == 0 and graphs[0].head:
             assert rope is not None and cache is not None
             h = emb(input_ids) * cfg.embedding_multiplier_scale  # (1, T, D)
             return graphs[0](h, first, cache, rope, last_only, QUERY_CHUNK)  # (1, T|1, V)
