@@ -28,11 +28,14 @@ forwards without a KV cache run eagerly.
 Shapes: T new tokens, S = L + T key positions (L cached), D hidden, H query heads, K kv heads,
 G = H/K, Dh head dim, E experts, V vocab.
 Graph inputs: h (T, D) fp32, pos (T,) int64 the absolute positions (the cached length L is
-pos[0]), cos_table/sin_table (P, Dh/2) fp32 (model.rope_table, as SGLang builds it), the whole
-float32 KV cache cache_k/cache_v (layers, K, max_len, Dh) (read, never copied), with the head
-also rows (R,) int64. Outputs h_out (T, D) or logits (R, V), and k_new/v_new (graph layers, K,
-T, Dh) that the caller writes into its cache. RoPE rows, length temperature and causal mask
-are computed in the graph once per run.
+pos[0]), cos_table/sin_table (P, Dh/2) fp32 (model.rope_table, as SGLang builds it), per
+layer i its cached keys and values past_k{i}/past_v{i} (K, L, Dh) fp32 (views of the float32
+KV cache, not copied when K = 1 makes them contiguous), with the head also rows (R,) int64.
+Outputs h_out (T, D) or logits (R, V), and k_new/v_new (graph layers, K, T, Dh) that the caller
+writes into its cache. RoPE rows, length temperature and causal mask are computed in the graph
+once per run. The attention reads the cached keys/values where they are and joins only the
+score columns of the cached and the new keys: concatenating keys would copy every layer's
+cache every token.
 """
 
 from __future__ import annotations
@@ -191,8 +194,8 @@ class CpuGraph(nn.Module):
     head and the logit soft cap) as one onnxruntime graph (module docstring). Holds no
     PyTorch parameters: the model keeps its weights (state dict, offloading and reloading see
     them); the graph holds MatMulNBits' repacked copies, as the per-matmul kernels would.
-    Inputs and outputs as in the module docstring: the whole KV cache goes in, each layer
-    slices its own; k_new/v_new (end - start, K, T, Dh) are the new keys/values of every
+    Inputs and outputs as in the module docstring: each layer's cached keys/values go in as
+    views of the cache; k_new/v_new (end - start, K, T, Dh) are the new keys/values of every
     layer. Without the head the output is h_out (T, D); with it, an input `rows` (R,) int64
     picks the positions whose logits (R, V) fp32 are computed."""
 
@@ -218,19 +221,16 @@ class CpuGraph(nn.Module):
         def vi(name: str, shape: list | None, ty: int = f32) -> Any:
             return helper.make_tensor_value_info(name, ty, shape)
 
-        n_layers = cfg.num_hidden_layers
         inputs = [vi("h", ["T", d]), vi("pos", ["T"], TensorProto.INT64),
-                  vi("cos_table", ["P", dh // 2]), vi("sin_table", ["P", dh // 2]),
-                  vi("cache_k", [n_layers, kv, "M", dh]), vi("cache_v", [n_layers, kv, "M", dh])]
-        pos_rows, temp, mask, cache_len = _position_nodes(b, cfg)
+                  vi("cos_table", ["P", dh // 2]), vi("sin_table", ["P", dh // 2])]
+        # each layer's cached keys/values, positions 0..L-1: views of the cache (K, L, Dh)
+        self.past_names = [(f"past_k{i}", f"past_v{i}") for i in range(start, end)]
+        inputs += [vi(n, [kv, "L", dh]) for pair in self.past_names for n in pair]
+        pos_rows, temp, mask, split = _position_nodes(b, cfg)
         new_k, new_v = [], []
-        for i, layer_ops in zip(range(start, end), ops, strict=True):
-            # this layer's cached keys/values, positions 0..L-1 (L = pos[0]): (K, L, Dh)
-            ends = b.op("Concat", [b.ints([i + 1]), cache_len], axis=0)  # [i+1, L]
-            past = [b.op("Squeeze", [b.op("Slice", [c, b.ints([i, 0]), ends, b.ints([0, 2])]),
-                                     b.ints([0])]) for c in ("cache_k", "cache_v")]
+        for i, layer_ops, (pk, pv) in zip(range(start, end), ops, self.past_names, strict=True):
             h, k_new, v_new = _layer_nodes(b, layers[i], layer_ops, h, pos_rows, "cos_table",
-                                           "sin_table", temp, mask, past[0], past[1])
+                                           "sin_table", temp, mask, split, pk, pv)
             new_k.append(b.op("Unsqueeze", [k_new, b.ints([0])]))  # (1, K, T, Dh)
             new_v.append(b.op("Unsqueeze", [v_new, b.ints([0])]))
         # every layer's new keys/values in one output each: one cache write per forward
@@ -270,23 +270,28 @@ class CpuGraph(nn.Module):
                 last_only: bool = False, chunk: int = 128) -> Tensor:
         """h (1, T, D) for the tokens at positions first.. -> (1, T, D) float32, or with the
         head logits (1, T, V) fp32 ((1, 1, V) with last_only), reading and writing this
-        graph's layers of the KV cache (a float32 model.KVCache, batch 1, passed whole and
-        not copied). Runs the queries in chunks of `chunk` (model.QUERY_CHUNK; each attends
-        to the cache so far: exact for causal layers), which bounds the score memory as the
-        eager path does. `rope`: model.rope_table's float32 cos/sin (P, Dh/2) on the CPU,
+        graph's layers of the KV cache (a float32 model.KVCache, batch 1, each layer's filled
+        part passed as a view). Runs the queries in chunks of `chunk` (model.QUERY_CHUNK;
+        each attends to the cache so far: exact for causal layers), which bounds the score
+        memory as the eager path does. `rope`: model.rope_table's float32 cos/sin (P, Dh/2) on the CPU,
         P > every position. Little host work on purpose: after a run has streamed the weights
         through the CPU caches, every host op is several times slower than usual."""
         x = h[0].float().cpu().numpy()  # (T, D); on the CPU already unless offloaded
         t_all = x.shape[0]
         cos, sin = rope
         assert cache.k.dtype == torch.float32  # Grok2.forward runs eagerly otherwise
-        feeds = {"cos_table": cos.numpy(), "sin_table": sin.numpy(),
-                 "cache_k": cache.k[:, 0].numpy(), "cache_v": cache.v[:, 0].numpy()}
+        feeds = {"cos_table": cos.numpy(), "sin_table": sin.numpy()}
+        cache_k, cache_v = cache.k[:, 0].numpy(), cache.v[:, 0].numpy()  # (layers, K, M, Dh)
         outs = []
         for i in range(0, t_all, chunk):
             j = min(t_all, i + chunk)
             feeds["h"] = x[i:j]
             feeds["pos"] = np.arange(first + i, first + j)
+            cached = first + i  # L: the positions already in the cache
+            for layer, (pk, pv) in enumerate(self.past_names, self.start):
+                feeds[pk] = cache_k[layer, :, :cached]  # (K, L, Dh) views (copied by
+                # onnxruntime only when K > 1 makes them non-contiguous)
+                feeds[pv] = cache_v[layer, :, :cached]
             if self.head:
                 feeds["rows"] = np.arange(j - i - 1 if last_only else 0, j - i)
             out, k_new, v_new = self.session.run(None, feeds)
@@ -308,7 +313,8 @@ def _position_nodes(b: _Builder, cfg: Any) -> tuple[str, str, str, str]:
     """The per-forward values every layer shares, from the input `pos` (T,) int64 (the
     absolute positions first..first+T-1) and the KV cache length L = first: pos_rows (1, T)
     for RotaryEmbedding, the length temperature per score row temp (G*T, 1), the causal mask
-    (G*T, S) additive 0/-inf with S = L + T, and L as a (1,) int64. As model.py:
+    (G*T, S) additive 0/-inf with S = L + T, and [L, T] (2,) int64 (the score columns of
+    the cached and the new keys). As model.py:
     temperature log2(p)/log2(len) for p > len else 1 (here ln/ln, float32), key s visible to
     query p when s <= p; rows ordered g-major (row g*T + t), as the attention's scores."""
     from onnx import TensorProto
@@ -335,15 +341,16 @@ def _position_nodes(b: _Builder, cfg: Any) -> tuple[str, str, str, str]:
     mask = b.op("Where", [later, b.const(np.array(-np.inf, np.float32), "ninf"),
                           b.const(np.array(0.0, np.float32), "zero_f")])
     mask = b.op("Tile", [mask, b.ints([g, 1])])  # (G*T, S)
-    return pos_rows, temp, mask, cache_len
+    return pos_rows, temp, mask, b.op("Concat", [cache_len, t], axis=0)
 
 
 def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str, rows: str, cos: str,
-                 sin: str, temp: str, mask: str, past_k: str, past_v: str
+                 sin: str, temp: str, mask: str, split: str, past_k: str, past_v: str
                  ) -> tuple[str, str, str]:
     """Append one model.DecoderLayer's nodes to `b`, reading the named values (shapes in the
-    module docstring; `rows` (1, T) int64 positions index the cos/sin tables); returns the
-    names of (h_out, k_new, v_new)."""
+    module docstring; `rows` (1, T) int64 positions index the cos/sin tables, `split` is
+    [L, T], past_k/past_v this layer's cached keys/values (K, L, Dh)); returns the names of
+    (h_out, k_new, v_new)."""
     from onnx import TensorProto, helper
 
     cfg = layer.self_attn.cfg
@@ -371,16 +378,20 @@ def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str, rows: str, cos: str
     q, k = b.op("Split", [qk, b.ints([h_, kv])], outputs=2, axis=1)  # (T, H|K, Dh)
     k_new = b.op("Transpose", [k], perm=[1, 0, 2])  # (K, T, Dh)
     v_new = b.op("Transpose", [v], perm=[1, 0, 2])
-    keys = b.op("Concat", [past_k, k_new], axis=1)  # (K, S, Dh)
-    values = b.op("Concat", [past_v, v_new], axis=1)
     # head h = kv*G + g (model.Attention): (T, H, Dh) -> (H, T, Dh) -> (K, G*T, Dh)
     qh = b.op("Reshape", [b.op("Transpose", [q], perm=[1, 0, 2]), b.ints([kv, -1, dh])])
-    s = b.op("FusedMatMul", [qh, keys], domain="com.microsoft", transB=1,
-             alpha=float(dh ** -0.5))  # (K, G*T, S) fp32 scores
+    # The cached keys and the new ones are used where they are, not concatenated first (that
+    # copied every layer's cache every token); only the score columns are joined.
+    q_scale = float(dh ** -0.5)
+    s = b.op("Concat", [b.op("FusedMatMul", [qh, keys], domain="com.microsoft", transB=1,
+                             alpha=q_scale) for keys in (past_k, k_new)],
+             axis=-1)  # (K, G*T, S) fp32 scores, S = L + T
     s = b.soft_cap(s, cfg.attn_logit_softcapping)
     s = b.op("Add", [b.op("Mul", [s, temp]), mask])  # temperature after the cap
     p = b.op("Softmax", [s], axis=-1)
-    o = b.op("MatMul", [p, values])  # (K, G*T, Dh)
+    p_past, p_new = b.op("Split", [p, split], outputs=2, axis=-1)  # (K, G*T, L|T)
+    o = b.op("Add", [b.op("MatMul", [p_past, past_v]),
+                     b.op("MatMul", [p_new, v_new])])  # (K, G*T, Dh)
     o = b.op("Reshape", [o, b.ints([kv, g_, -1, dh])])  # (K, G, T, Dh)
     o = b.op("Reshape", [b.op("Transpose", [o], perm=[2, 0, 1, 3]), b.ints([0, -1])])
     a = b.nbits(ops["o"], h_ * dh, d, o, "o_proj")  # (T, D)

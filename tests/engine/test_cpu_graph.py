@@ -10,6 +10,7 @@ from app.engine import cpu_graph, cpu_kernels, quantize
 from app.engine import model as model_mod
 from app.engine.quantize import QuantLinear, build_cpu_kernels, quantize_model
 from app.engine.weights import load_model
+from tests.engine.conftest import write_weights_only
 from tests.engine.reference import reference_forward
 from tests.engine.test_model import merged_state_dict
 
@@ -49,14 +50,20 @@ def _prefill_then_decode(m, ids: list[int], prefill: int) -> torch.Tensor:
     return torch.cat(parts, dim=1)[0].double()
 
 
+@pytest.mark.parametrize("kv_heads", [2, 1])
 @pytest.mark.parametrize("quant", ["int4", "int8"])
-def test_graph_layers_track_the_reference_at_least_as_well_as_eager(ckpt, quant):
+def test_graph_layers_track_the_reference_at_least_as_well_as_eager(ckpt, tmp_path, quant,
+                                                                    kv_heads):
     """Prefill + cached decode through one graph of both layers and the head (it really
-    runs: the KV cache is float32) stays within 3% of the float64 reference on the same dequantized
-    weights (the int8 activations of the dot products dominate on this tiny random model),
-    and no further from it than the eager
-    quantized path, which also rounds between ops to bf16."""
+    runs: the KV cache is float32) stays within 3% of the float64 reference on the same
+    dequantized weights (the int8 activations of the dot products dominate on this tiny random
+    model), and no further from it than the eager quantized path, which also rounds between
+    ops to bf16. With one kv head the cached keys/values reach the graph as views of the cache
+    itself (contiguous: not copied), with two as copies."""
+    if kv_heads != 2:
+        ckpt = write_weights_only(tmp_path / "kv1", num_key_value_heads=kv_heads)
     graph_m, eager_m = _model(ckpt, quant, True), _model(ckpt, quant, False)
+    assert graph_m.config.num_key_value_heads == kv_heads
     assert [(g.start, g.end, g.head) for g in graph_m.cpu_graphs] == [(0, 2, True)]
     assert eager_m.cpu_graphs is None
     want = reference_forward(_dequantized_state_dict(ckpt, graph_m), graph_m.config, IDS)
@@ -65,7 +72,9 @@ def test_graph_layers_track_the_reference_at_least_as_well_as_eager(ckpt, quant)
     eager = _prefill_then_decode(eager_m, IDS, prefill=6)
     err_graph = ((got - want).norm() / want.norm()).item()
     err_eager = ((eager - want).norm() / want.norm()).item()
-    assert err_graph < 0.03, err_graph  # measured: int4 2.1%, int8 1.9% (eager 2.2%, 2.2%)
+    # measured, two kv heads: int4 2.1%, int8 1.9% (eager 2.2%, 2.2%); one kv head (other
+    # random weights): int4 2.1%, int8 4.8% (eager 2.3%, 4.6%)
+    assert err_graph < (0.03 if kv_heads == 2 else 0.05), err_graph
     assert err_graph <= err_eager * 1.05, (err_graph, err_eager)
     # the reference's greedy token at >= 80% of positions (measured: int4 12/14, int8 14/14;
     # eager 13/14 both: these random logits are nearly flat)
