@@ -406,36 +406,32 @@ def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str, rows: str, cos: str
     top_w, top_id = b.op("TopK", [probs, b.ints([cfg.num_experts_per_tok])], "top",
                          outputs=2, axis=-1)  # (T, k) fp32 (not renormalised), int64
     zero = b.const(np.array(0.0, dtype=np.float32), "zero")
-    # one-hot of the choices (T, k, E) -> per token and expert: weight (T, E), chosen (T, E)
-    onehot = b.op("Equal", [b.op("Unsqueeze", [top_id, b.ints([2])]),
-                            b.const(np.arange(e_, dtype=np.int64), "experts")])
-    w_te = b.op("ReduceSum", [b.op("Where", [onehot, b.op("Unsqueeze", [top_w, b.ints([2])]),
-                                             zero]), ax1], keepdims=0)  # (T, E)
-    chosen = b.op("ReduceMax", [b.op("Cast", [onehot], to=TensorProto.INT32)], axes=[1],
-                  keepdims=0)  # (T, E) 1 where the token chose the expert
-    any_e = b.op("Cast", [b.op("ReduceMax", [chosen], axes=[0], keepdims=0)],
-                 to=TensorProto.BOOL)  # (E,)
-    zeros = b.op("Mul", [m, zero])  # (T, D)
-    routed = zeros
+    # each token's weight per expert (T, E): its top-k probabilities at their experts, 0
+    # elsewhere (TopK's ids are distinct). A chosen expert's weight is > 0 (the capped
+    # router logits keep every probability above zero; a weight that did underflow would
+    # add exactly nothing), so "weight > 0" is "chosen".
+    w_te = b.op("ScatterElements", [b.op("Mul", [probs, zero]), top_id, top_w], axis=1)
+    any_e = b.op("Greater", [b.op("ReduceMax", [w_te], axes=[0], keepdims=0), zero])  # (E,)
     conds = b.op("Split", [any_e], outputs=e_, axis=0)  # E x (1,) bool
+    routed = dense  # the experts' weighted outputs are added onto the shared MLP's
     for e in range(e_):
         ei = b.const(np.array(e, dtype=np.int64), "e")
         cond = conds[e] if e_ > 1 else conds
-        # then: rows choosing e -> expert -> weighted -> added back at their rows
+        # then: rows choosing e -> expert -> weighted -> added at their rows
         # The expert's weights are initializers of the main graph, read by the branch from
         # the outer scope: as the branch's own initializers onnxruntime kept them twice (raw
         # and repacked; mid-size int4 1.82 GB resident, int8 2.95 GB, against 1.41 / 2.16 GB
         # this way, the per-matmul kernels' 1.44 / 2.19 GB), at the same speed.
         sub = b.child()
         sub.inits = b.inits
-        rows = sub.op("NonZero", [sub.op("Gather", [chosen, ei], axis=1)])  # (1, n)
-        rows = sub.op("Transpose", [rows], perm=[1, 0])  # (n, 1)
+        w_e = sub.op("Gather", [w_te, ei], axis=1)  # (T,) this expert's weight per token
+        rows = sub.op("Transpose", [sub.op("NonZero", [w_e])], perm=[1, 0])  # (n, 1)
         xe = sub.op("GatherND", [m, rows])  # (n, D)
         ye = sub.gated_mlp(xe, d, moe_inter, ops[f"w1.{e}"], ops[f"w3.{e}"],
                            ops[f"w2.{e}"], f"expert{e}")
-        w_e = sub.op("Unsqueeze", [sub.op("Gather", [w_te, ei], axis=1), ax1])  # (T, 1)
-        ye = sub.op("Mul", [ye, sub.op("GatherND", [w_e, rows])])  # (n, D) * (n, 1)
-        out_then = sub.op("Add", [routed, sub.op("ScatterND", [zeros, rows, ye])])
+        we = sub.op("Unsqueeze", [sub.op("GatherND", [w_e, rows]), ax1])  # (n, 1)
+        out_then = sub.op("ScatterND", [routed, rows, sub.op("Mul", [ye, we])],
+                          reduction="add")  # routed[rows] += ye * we
         then_g = helper.make_graph(sub.nodes, f"expert{e}", [],
                                    [helper.make_tensor_value_info(out_then, f32, None)],
                                    initializer=[])
@@ -445,7 +441,7 @@ def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str, rows: str, cos: str
             [helper.make_tensor_value_info(keep, f32, None)])
         routed = b.op("If", [cond], f"routed{e}", then_branch=then_g, else_branch=else_g)
     scale = b.const(np.array(cfg.moe_combine_scale, dtype=np.float32), "combine")
-    ff = b.op("Mul", [b.op("Add", [dense, routed]), scale])
+    ff = b.op("Mul", [routed, scale])  # (shared MLP + experts) * combine_scale
     h_out = b.op("Add", [h1, b.norm(ff, layer.post_moe_norm.weight, eps)])
     return h_out, k_new, v_new
 
