@@ -31,8 +31,8 @@ Graph inputs: h (T, D) fp32, pos (T,) int64 the absolute positions (the cached l
 pos[0]), cos_table/sin_table (P, Dh/2) fp32 (model.rope_table, as SGLang builds it), per
 layer i its cached keys and values past_k{i}/past_v{i} (K, L, Dh) fp32 (views of the float32
 KV cache, not copied when K = 1 makes them contiguous), with the head also rows (R,) int64.
-Outputs h_out (T, D) or logits (R, V), and k_new/v_new (graph layers, K, T, Dh) that the caller
-writes into its cache. RoPE rows, length temperature and causal mask are computed in the graph
+Outputs h_out (T, D) or logits (R, V), and k_new/v_new (graph layers * K, T, Dh), layer-major,
+that the caller views as (graph layers, K, T, Dh) and writes into its cache. RoPE rows, length temperature and causal mask are computed in the graph
 once per run. The attention reads the cached keys/values where they are and joins only the
 score columns of the cached and the new keys: concatenating keys would copy every layer's
 cache every token.
@@ -195,7 +195,7 @@ class CpuGraph(nn.Module):
     PyTorch parameters: the model keeps its weights (state dict, offloading and reloading see
     them); the graph holds MatMulNBits' repacked copies, as the per-matmul kernels would.
     Inputs and outputs as in the module docstring: each layer's cached keys/values go in as
-    views of the cache; k_new/v_new (end - start, K, T, Dh) are the new keys/values of every
+    views of the cache; k_new/v_new ((end - start) * K, T, Dh) are the new keys/values of every
     layer. Without the head the output is h_out (T, D); with it, an input `rows` (R,) int64
     picks the positions whose logits (R, V) fp32 are computed."""
 
@@ -231,12 +231,14 @@ class CpuGraph(nn.Module):
         for i, layer_ops, (pk, pv) in zip(range(start, end), ops, self.past_names, strict=True):
             h, k_new, v_new = _layer_nodes(b, layers[i], layer_ops, h, pos_rows, "cos_table",
                                            "sin_table", temp, mask, split, pk, pv)
-            new_k.append(b.op("Unsqueeze", [k_new, b.ints([0])]))  # (1, K, T, Dh)
-            new_v.append(b.op("Unsqueeze", [v_new, b.ints([0])]))
+            new_k.append(k_new)  # (K, T, Dh)
+            new_v.append(v_new)
         # every layer's new keys/values in one output each: one cache write per forward
         b.nodes.append(helper.make_node("Concat", new_k, ["k_new"], axis=0))
         b.nodes.append(helper.make_node("Concat", new_v, ["v_new"], axis=0))
-        outputs = [vi("k_new", [end - start, kv, "T", dh]), vi("v_new", [end - start, kv, "T", dh])]
+        # ((end - start) * K, T, Dh): layer-major, viewed as (layers, K, T, Dh) by forward
+        outputs = [vi("k_new", [(end - start) * kv, "T", dh]),
+                   vi("v_new", [(end - start) * kv, "T", dh])]
         if head_ops is not None:
             inputs.append(vi("rows", ["R"], TensorProto.INT64))
             x = b.norm(b.op("Gather", [h, "rows"], axis=0), model.model.norm.weight,
@@ -295,8 +297,9 @@ class CpuGraph(nn.Module):
             if self.head:
                 feeds["rows"] = np.arange(j - i - 1 if last_only else 0, j - i)
             out, k_new, v_new = self.session.run(None, feeds)
-            cache.update_layers(self.start, first + i, torch.from_numpy(k_new),
-                                torch.from_numpy(v_new))
+            shape = (self.end - self.start, -1, *k_new.shape[1:])  # (layers, K, T, Dh)
+            cache.update_layers(self.start, first + i, torch.from_numpy(k_new).view(shape),
+                                torch.from_numpy(v_new).view(shape))
             outs.append(out)
         if self.head and last_only:
             outs = outs[-1:]
