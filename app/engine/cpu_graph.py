@@ -298,8 +298,8 @@ class CpuGraph(nn.Module):
                 feeds["rows"] = np.arange(j - i - 1 if last_only else 0, j - i)
             out, k_new, v_new = self.session.run(None, feeds)
             shape = (self.end - self.start, -1, *k_new.shape[1:])  # (layers, K, T, Dh)
-            cache.update_layers(self.start, first + i, torch.from_numpy(k_new).view(shape),
-                                torch.from_numpy(v_new).view(shape))
+            cache.update_layers(self.start, first + i, k_new.reshape(shape),
+                                v_new.reshape(shape))
             outs.append(out)
         if self.head and last_only:
             outs = outs[-1:]

@@ -28,6 +28,8 @@ from app.engine.cpu_graph import CpuGraph
 from app.engine.quantize import gated_mlp_kernel, qkv_kernel
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from app.engine.plan import Plan
 
 QUERY_CHUNK = 128  # queries per attention block: bounds the fp32 score memory (plan.py counts it)
@@ -111,15 +113,18 @@ class KVCache(nn.Module):
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def update_layers(self, first_layer: int, start: int, k: Tensor, v: Tensor) -> None:
-        """Write k/v (n_layers, K, T, Dh) for layers first_layer.. (batch 1) at positions
-        start..start+T."""
+    def update_layers(self, first_layer: int, start: int, k: np.ndarray,
+                      v: np.ndarray) -> None:
+        """Write numpy float32 k/v (n_layers, K, T, Dh) for layers first_layer.. (batch 1) at
+        positions start..start+T of this float32 CPU cache (cpu_graph.py's output), through
+        numpy views of the cache: after a graph run has streamed the weights, a numpy
+        assignment costs a few microseconds and PyTorch's indexing ~40."""
         end = start + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"context of {end} tokens exceeds the cache's {self.max_len}")
         layers = slice(first_layer, first_layer + k.shape[0])
-        self.k[layers, 0, :, start:end] = k
-        self.v[layers, 0, :, start:end] = v
+        self.k.numpy()[layers, 0, :, start:end] = k
+        self.v.numpy()[layers, 0, :, start:end] = v
 
 
 @functools.lru_cache(maxsize=4)
