@@ -1,0 +1,139 @@
+"""How much of a mid-size decode token is not matmul, on the layer-graph path.
+
+    python bench/graph_share.py [--quant int4] [--threads 1] [--tokens 64] [--context 32]
+
+Builds the mid-size bench model (`bench --synthetic` shapes, random weights) with its CPU
+layers as one onnxruntime graph (app/engine/cpu_graph.py), decodes `--tokens` tokens after a
+`--context`-token prompt twice: once plainly, timing each token and the graph's `run` inside
+it (the rest is host work: embedding, feeds, cache writes), and once with onnxruntime's
+profiler on, for the time its MatMulNBits kernels take per token. Prints per token: the median
+time, the run and host parts, the MatMulNBits time, the non-matmul share
+(token - MatMulNBits) / token, and the other node types that took most time. The profiler
+slows every small node several fold, so its MatMulNBits time (a few large nodes, barely
+slowed) is set against the unprofiled token; the other node times are only a ranking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import torch
+
+from app.engine import cpu_graph, cpu_kernels
+from app.engine.bench import MID_CONFIG, synthetic_model
+from app.engine.config import Grok2Config
+from app.engine.quantize import build_cpu_kernels
+
+
+class _TimedSession:
+    """An InferenceSession whose `run` calls are timed (seconds, in `times`)."""
+
+    def __init__(self, session) -> None:
+        self.session, self.times = session, []
+
+    def run(self, *args):
+        start = time.perf_counter()
+        out = self.session.run(*args)
+        self.times.append(time.perf_counter() - start)
+        return out
+
+
+@torch.inference_mode()
+def decode(model, tokens: int, context: int) -> list[float]:
+    """Seconds per decode step after a `context`-token prompt."""
+    model.setup_cache(context + tokens + 1)
+    prompt = torch.randint(0, 1000, (1, context), generator=torch.Generator().manual_seed(1))
+    model(prompt, start_pos=0, last_only=True)
+    token, steps = torch.tensor([[1]]), []
+    for i in range(tokens):
+        start = time.perf_counter()
+        logits = model(token, start_pos=context + i, last_only=True)
+        steps.append(time.perf_counter() - start)
+        token = logits[:, -1].argmax(-1, keepdim=True)
+    return steps
+
+
+def build(quant: str, profile_dir: str | None):
+    """The mid-size model with its layer graph; with `profile_dir`, graph sessions profile."""
+    original = cpu_kernels._session_for
+
+    def profiled(nodes, inits, inputs, outputs, spinning=False):
+        import onnxruntime as ort
+        from onnx import helper
+
+        graph = helper.make_graph(nodes, "grok_desktop", inputs, outputs, initializer=inits)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+        o = ort.SessionOptions()
+        o.intra_op_num_threads, o.inter_op_num_threads = torch.get_num_threads(), 1
+        o.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        o.log_severity_level = 3
+        o.enable_profiling, o.profile_file_prefix = True, str(Path(profile_dir) / "ort")
+        return ort.InferenceSession(m.SerializeToString(), o, providers=["CPUExecutionProvider"])
+
+    if profile_dir:
+        cpu_graph._session_for = profiled
+    try:
+        model = synthetic_model(Grok2Config.from_dict(MID_CONFIG), quant)
+        build_cpu_kernels(model)
+    finally:
+        cpu_graph._session_for = original
+    graphs = model.graphs()
+    if len(graphs) != 1 or not graphs[0].head:
+        raise SystemExit("this model did not become one graph (onnxruntime missing?)")
+    return model, graphs[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quant", choices=("int4", "int8"), default="int4")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--context", type=int, default=32)
+    args = ap.parse_args()
+    if args.threads < 1 or args.tokens < 2 or args.context < 1:
+        ap.error("need --threads >= 1, --tokens >= 2, --context >= 1")
+    torch.set_num_threads(args.threads)
+
+    model, graph = build(args.quant, None)
+    timed = _TimedSession(graph.session)
+    graph.session = timed
+    decode(model, 4, args.context)  # warm up
+    timed.times.clear()
+    steps = decode(model, args.tokens, args.context)
+    runs = timed.times[-args.tokens:]
+    token = statistics.median(steps)
+    host = statistics.median([s - r for s, r in zip(steps, runs, strict=True)])
+    del model, graph, timed
+
+    with TemporaryDirectory() as tmp:
+        model, graph = build(args.quant, tmp)
+        decode(model, args.tokens, args.context)
+        events = json.loads(Path(graph.session.end_profiling()).read_text())
+    runs_ev = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
+    first = runs_ev[-args.tokens]["ts"]  # the decode runs (the prompt's run came before)
+    per_op: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= first:
+            per_op[e["args"]["op_name"]] += e["dur"] / 1e6 / args.tokens
+    matmul = per_op.pop("MatMulNBits", 0.0)
+    per_op.pop("If", None)  # contains its branch's nodes, counted on their own
+    print(f"mid-size {args.quant}, {args.threads} thread(s), {args.tokens} decode tokens "
+          f"after {args.context}:")
+    print(f"  token {token * 1e3:.2f} ms (median): graph run {statistics.median(runs) * 1e3:.2f}"
+          f" ms, host {host * 1e3:.2f} ms")
+    print(f"  MatMulNBits {matmul * 1e3:.2f} ms a token (profiled run): non-matmul share "
+          f"{(token - matmul) / token:.1%}")
+    top = sorted(per_op.items(), key=lambda kv: -kv[1])[:6]
+    print("  other nodes (profiled, inflated): "
+          + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in top))
+
+
+if __name__ == "__main__":
+    main()
