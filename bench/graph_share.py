@@ -25,7 +25,6 @@ from tempfile import TemporaryDirectory
 
 import torch
 
-from app.engine import cpu_graph, cpu_kernels
 from app.engine.bench import MID_CONFIG, synthetic_model
 from app.engine.config import Grok2Config
 from app.engine.quantize import build_cpu_kernels
@@ -60,30 +59,26 @@ def decode(model, tokens: int, context: int) -> list[float]:
 
 
 def build(quant: str, profile_dir: str | None):
-    """The mid-size model with its layer graph; with `profile_dir`, graph sessions profile."""
-    original = cpu_kernels._session_for
+    """The mid-size model with its layer graph; with `profile_dir`, the graph's session is
+    built with onnxruntime's profiler on (cpu_kernels._session_for makes its options from
+    onnxruntime.SessionOptions, swapped here for one that profiles)."""
+    import onnxruntime as ort
 
-    def profiled(nodes, inits, inputs, outputs, spinning=False):
-        import onnxruntime as ort
-        from onnx import helper
+    plain = ort.SessionOptions
 
-        graph = helper.make_graph(nodes, "grok_desktop", inputs, outputs, initializer=inits)
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid("com.microsoft", 1)])
-        o = ort.SessionOptions()
-        o.intra_op_num_threads, o.inter_op_num_threads = torch.get_num_threads(), 1
-        o.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        o.log_severity_level = 3
-        o.enable_profiling, o.profile_file_prefix = True, str(Path(profile_dir) / "ort")
-        return ort.InferenceSession(m.SerializeToString(), o, providers=["CPUExecutionProvider"])
+    class Profiled(plain):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enable_profiling = True
+            self.profile_file_prefix = str(Path(profile_dir or ".") / "ort")
 
     if profile_dir:
-        cpu_graph._session_for = profiled
+        ort.SessionOptions = Profiled
     try:
         model = synthetic_model(Grok2Config.from_dict(MID_CONFIG), quant)
         build_cpu_kernels(model)
     finally:
-        cpu_graph._session_for = original
+        ort.SessionOptions = plain
     graphs = model.graphs()
     if len(graphs) != 1 or not graphs[0].head:
         raise SystemExit("this model did not become one graph (onnxruntime missing?)")

@@ -32,10 +32,10 @@ pos[0]), cos_table/sin_table (P, Dh/2) fp32 (model.rope_table, as SGLang builds 
 layer i its cached keys and values past_k{i}/past_v{i} (K, L, Dh) fp32 (views of the float32
 KV cache, not copied when K = 1 makes them contiguous), with the head also rows (R,) int64.
 Outputs h_out (T, D) or logits (R, V), and k_new/v_new (graph layers * K, T, Dh), layer-major,
-that the caller views as (graph layers, K, T, Dh) and writes into its cache. RoPE rows, length temperature and causal mask are computed in the graph
-once per run. The attention reads the cached keys/values where they are and joins only the
-score columns of the cached and the new keys: concatenating keys would copy every layer's
-cache every token.
+that the caller views as (graph layers, K, T, Dh) and writes into its cache. RoPE rows, length
+temperature and causal mask are computed in the graph once per run. The attention reads the
+cached keys/values where they are and joins only the score columns of the cached and the new
+keys: concatenating keys would copy every layer's cache every token.
 """
 
 from __future__ import annotations
@@ -195,8 +195,8 @@ class CpuGraph(nn.Module):
     PyTorch parameters: the model keeps its weights (state dict, offloading and reloading see
     them); the graph holds MatMulNBits' repacked copies, as the per-matmul kernels would.
     Inputs and outputs as in the module docstring: each layer's cached keys/values go in as
-    views of the cache; k_new/v_new ((end - start) * K, T, Dh) are the new keys/values of every
-    layer. Without the head the output is h_out (T, D); with it, an input `rows` (R,) int64
+    views of the cache; k_new/v_new ((end - start) * K, T, Dh) are the new keys/values of
+    every layer. Without the head the output is h_out (T, D); with it, an input `rows` (R,) int64
     picks the positions whose logits (R, V) fp32 are computed."""
 
     def __init__(self, model: Any, start: int, end: int, ops: list[dict],
@@ -275,8 +275,8 @@ class CpuGraph(nn.Module):
         graph's layers of the KV cache (a float32 model.KVCache, batch 1, each layer's filled
         part passed as a view). Runs the queries in chunks of `chunk` (model.QUERY_CHUNK;
         each attends to the cache so far: exact for causal layers), which bounds the score
-        memory as the eager path does. `rope`: model.rope_table's float32 cos/sin (P, Dh/2) on the CPU,
-        P > every position. Little host work on purpose: after a run has streamed the weights
+        memory as the eager path does. `rope`: model.rope_table's float32 cos/sin (P, Dh/2)
+        on the CPU, P > every position. Little host work on purpose: after a run has streamed the weights
         through the CPU caches, every host op is several times slower than usual."""
         x = h[0].float().cpu().numpy()  # (T, D); on the CPU already unless offloaded
         t_all = x.shape[0]
