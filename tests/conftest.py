@@ -8,6 +8,18 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_app_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """No test writes the user's own settings, data or caches: the whole session runs with
+    GROK_DESKTOP_HOME in a temporary folder (app.paths puts everything under it). Suites set
+    their own per test; this one stays underneath, so a test that calls monkeypatch.undo()
+    (which also undoes its fixtures' patches) still lands here, not in ~/.config."""
+    home = tmp_path_factory.mktemp("app-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GROK_DESKTOP_HOME", str(home))
+        yield home
+
+
 @pytest.fixture(scope="session")
 def random_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Engine.demo() loads an untrained tiny checkpoint instead of the bundled trained demo.

@@ -308,11 +308,11 @@ def test_http_proxy_from_the_environment_and_no_proxy(scripted: _ScriptedServer,
         dialled.append(address)
         raise socket.gaierror(-2, "Name or service not known")
 
-    monkeypatch.setattr(socket, "create_connection", no_dns)
-    report = check_connection(RemoteConfig("http://gpu-server.invalid:30000"))
+    with pytest.MonkeyPatch.context() as dns:  # (monkeypatch.undo() would also undo the
+        dns.setattr(socket, "create_connection", no_dns)  # fixtures' patches)
+        report = check_connection(RemoteConfig("http://gpu-server.invalid:30000"))
     assert report.kind == "unreachable" and "'gpu-server.invalid'" in report.message
     assert dialled == [("gpu-server.invalid", 30000)]
-    monkeypatch.undo()
     _no_proxy_env(monkeypatch)
     free = socket.socket()
     free.bind(("127.0.0.1", 0))

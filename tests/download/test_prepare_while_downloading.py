@@ -182,35 +182,36 @@ def _crash_before_manifest(monkeypatch):
                                    "before-manifest"])
 @pytest.mark.parametrize("quant", ["int4", "int8"])
 def test_interrupted_anywhere_and_resumed_equals_prepare(wide_hub, wide_repo_folder, tmp_path,
-                                                        monkeypatch, where, quant):
+                                                        where, quant):
     reference = prepare(wide_repo_folder, tmp_path / "reference", quant)
     out = tmp_path / "grok-2"
     control = Control()
     shard = "pytorch_model-00006-TP-005.safetensors"
     half = len(wide_hub.files[shard]) // 2
     hit: list = []
-    if where == "after-pieces-before-delete":
-        hit = _stop_after_pieces_before_delete(monkeypatch)
-    elif where == "mid-piece":
-        hit = _crash_mid_piece(monkeypatch)
-    elif where == "before-manifest":
-        hit = _crash_before_manifest(monkeypatch)
-    else:
-        wide_hub.stall = (shard, half)
-    sampler = Sampler(out, lambda p: where == "mid-download" and p.file == shard
-                      and p.file_done >= half, control)
-    lk = look(Request(out, endpoint=wide_hub.endpoint, prepared_only=True, quant=quant))
-    first_need = lk.disk().need
-    with pytest.raises(Stopped):
-        run(lk, control, sampler)
+    # the injected fault lives in its own patch context: undoing it must not undo the
+    # fixtures' patches (the app_home fixture's GROK_DESKTOP_HOME among them)
+    with pytest.MonkeyPatch.context() as faults:
+        if where == "after-pieces-before-delete":
+            hit = _stop_after_pieces_before_delete(faults)
+        elif where == "mid-piece":
+            hit = _crash_mid_piece(faults)
+        elif where == "before-manifest":
+            hit = _crash_before_manifest(faults)
+        else:
+            wide_hub.stall = (shard, half)
+        sampler = Sampler(out, lambda p: where == "mid-download" and p.file == shard
+                          and p.file_done >= half, control)
+        lk = look(Request(out, endpoint=wide_hub.endpoint, prepared_only=True, quant=quant))
+        first_need = lk.disk().need
+        with pytest.raises(Stopped):
+            run(lk, control, sampler)
     assert hit or where == "mid-download"
     assert not json.loads((out / MANIFEST).read_text())["complete"]
     journal = json.loads((lk.source / ".grok-download" / "prepare" / "pieces.json").read_text())
     if where == "after-pieces-before-delete":
         assert (lk.source / hit[0]).is_file()  # pieces recorded, file still there
         assert any(hit[0] in j for j in journal["done"])
-    monkeypatch.undo()
-    monkeypatch.setattr(fetch, "REPORT_EVERY_S", 0.0)
     resumed = Sampler(out)
     again = look(Request(out, endpoint=wide_hub.endpoint, prepared_only=True, quant=quant))
     assert again.disk().need < first_need  # the check counts what is already written

@@ -154,9 +154,9 @@ def test_older_int4_zeros_load_exactly_with_one_log_line(ckpt, tmp_path, monkeyp
         scales = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()
         return q.to(torch.uint8).reshape(n, k), scales.to(torch.bfloat16)
 
-    monkeypatch.setattr(quantize, "int4_codes", older_codes)
-    out = prep.prepare(ckpt, tmp_path / "old", "int4")
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as older:  # not monkeypatch.undo(): that would undo
+        older.setattr(quantize, "int4_codes", older_codes)  # the fixtures' isolated home too
+        out = prep.prepare(ckpt, tmp_path / "old", "int4")
     monkeypatch.setitem(quantize.CPU_KERNELS, "int4", "nbits")
     monkeypatch.setitem(quantize.CPU_KERNELS, "int8", "int8pack")  # the int8 head: PyTorch too
     with caplog.at_level("WARNING", logger="app.engine.loader"):
