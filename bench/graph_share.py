@@ -3,10 +3,11 @@
     python bench/graph_share.py [--quant int4] [--threads 1] [--tokens 64] [--context 32]
 
 Builds the mid-size bench model (`bench --synthetic` shapes, random weights) with its CPU
-layers as one onnxruntime graph (app/engine/cpu_graph.py), decodes `--tokens` tokens after a
-`--context`-token prompt twice: once plainly, timing each token and the graph's `run` inside
-it (the rest is host work: embedding, feeds, cache writes), and once with onnxruntime's
-profiler on, for the time its MatMulNBits kernels take per token. Prints per token: the median
+layers as one onnxruntime graph (app/engine/cpu_graph.py) twice, once with onnxruntime's
+profiler on, and decodes `--tokens` tokens after a `--context`-token prompt on each, in four
+alternating blocks (so both see the same load on a shared machine): the plain model times
+each token and the graph's `run` inside it (the rest is host work: embedding, feeds, cache
+writes), the profiled one gives the time its MatMulNBits kernels take per token. Prints per token: the median
 time, the run and host parts, the MatMulNBits time, the non-matmul share
 (token - MatMulNBits) / token, and the other node types that took most time. The profiler
 slows every small node several fold, so its MatMulNBits time (a few large nodes, barely
@@ -85,42 +86,57 @@ def build(quant: str, profile_dir: str | None):
     return model, graphs[0]
 
 
+def _decode_windows(events: list[dict], blocks: int) -> list[tuple[int, int]]:
+    """(start, end) microseconds of the decode runs in a profile of `blocks` calls of
+    decode(): each block is one prompt run, then its decode runs."""
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                  if e.get("cat") == "Session" and e["name"] == "model_run")
+    per_block = len(runs) // blocks
+    return [w for i, w in enumerate(runs) if i % per_block != 0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quant", choices=("int4", "int8"), default="int4")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=64, help="decode tokens, in 4 blocks")
     ap.add_argument("--context", type=int, default=32)
     args = ap.parse_args()
-    if args.threads < 1 or args.tokens < 2 or args.context < 1:
-        ap.error("need --threads >= 1, --tokens >= 2, --context >= 1")
+    for name, low in (("threads", 1), ("tokens", 4), ("context", 1)):
+        if getattr(args, name) < low:
+            ap.error(f"--{name} must be {low} or more")
     torch.set_num_threads(args.threads)
-
-    model, graph = build(args.quant, None)
-    timed = _TimedSession(graph.session)
-    graph.session = timed
-    decode(model, 4, args.context)  # warm up
-    timed.times.clear()
-    steps = decode(model, args.tokens, args.context)
-    runs = timed.times[-args.tokens:]
-    token = statistics.median(steps)
-    host = statistics.median([s - r for s, r in zip(steps, runs, strict=True)])
-    del model, graph, timed
+    blocks, per_block = 4, args.tokens // 4
 
     with TemporaryDirectory() as tmp:
-        model, graph = build(args.quant, tmp)
-        decode(model, args.tokens, args.context)
-        events = json.loads(Path(graph.session.end_profiling()).read_text())
-    runs_ev = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
-    first = runs_ev[-args.tokens]["ts"]  # the decode runs (the prompt's run came before)
+        plain, graph = build(args.quant, None)
+        profiled, profiled_graph = build(args.quant, tmp)
+        timed = _TimedSession(graph.session)
+        graph.session = timed
+        decode(plain, 4, args.context)  # warm up
+        steps: list[float] = []
+        runs: list[float] = []
+        # plain and profiled blocks alternate, so both see the same (shared, noisy) machine
+        for _ in range(blocks):
+            timed.times.clear()
+            steps += decode(plain, per_block, args.context)
+            runs += timed.times[-per_block:]
+            time.sleep(0.2)  # the other model's pool threads stop spinning
+            decode(profiled, per_block, args.context)
+            time.sleep(0.2)
+        events = json.loads(Path(profiled_graph.session.end_profiling()).read_text())
+    windows = _decode_windows(events, blocks)
     per_op: dict[str, float] = defaultdict(float)
     for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= first:
-            per_op[e["args"]["op_name"]] += e["dur"] / 1e6 / args.tokens
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and any(
+                a <= e["ts"] <= b for a, b in windows):
+            per_op[e["args"]["op_name"]] += e["dur"] / 1e6 / len(windows)
+    token = statistics.median(steps)
+    host = statistics.median([s - r for s, r in zip(steps, runs, strict=True)])
     matmul = per_op.pop("MatMulNBits", 0.0)
     per_op.pop("If", None)  # contains its branch's nodes, counted on their own
-    print(f"mid-size {args.quant}, {args.threads} thread(s), {args.tokens} decode tokens "
-          f"after {args.context}:")
+    print(f"mid-size {args.quant}, {args.threads} thread(s), {len(steps)} decode tokens "
+          f"after {args.context} ({blocks} blocks, alternating with the profiled model):")
     print(f"  token {token * 1e3:.2f} ms (median): graph run {statistics.median(runs) * 1e3:.2f}"
           f" ms, host {host * 1e3:.2f} ms")
     print(f"  MatMulNBits {matmul * 1e3:.2f} ms a token (profiled run): non-matmul share "

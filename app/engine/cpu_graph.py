@@ -22,8 +22,9 @@ eager path.
 Limits: a graph's weights are protobuf initializers (under 2 GiB) that exist about four times
 over while it is built, so one graph holds at most MAX_GRAPH_BYTES (768 MB) of weights and
 consecutive layers are grouped; a real-size Grok-2 layer (2.3 GB at int4) keeps the
-per-matmul kernels, where the glue is ~2% of a ~50 ms layer anyway. Batches above 1 and
-forwards without a KV cache run eagerly.
+per-matmul kernels, whose calls are ~94% of its 30-50 ms decode step anyway (bench/README.md).
+Batches above 1, forwards without a KV cache, a bf16 KV cache set up before the graphs were
+built, and layers whose weights were replaced after the build run eagerly.
 
 Shapes: T new tokens, S = L + T key positions (L cached), D hidden, H query heads, K kv heads,
 G = H/K, Dh head dim, E experts, V vocab.
@@ -75,8 +76,8 @@ torch.nn.modules.module.register_module_module_registration_hook(_bump)
 # initializers, the serialized model, onnxruntime's parsed copy, its repacked copy), so graphs
 # are kept small: 768 MB of weights bounds that transient to ~3 GB (the mid-size bench model,
 # 280 MB at int4 and 530 MB at int8, is one graph). A real-size Grok-2 layer at int4 is
-# ~2.3 GB: such layers keep the per-matmul kernels (where, at ~50 ms per layer, the glue is ~2%
-# of a token anyway).
+# ~2.3 GB: such layers keep the per-matmul kernels (where the matmul calls are ~94% of a
+# 30-50 ms decode step anyway).
 MAX_GRAPH_BYTES = 768_000_000
 
 
