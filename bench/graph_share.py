@@ -7,8 +7,8 @@ layers as one onnxruntime graph (app/engine/cpu_graph.py) twice, once with onnxr
 profiler on, and decodes `--tokens` tokens after a `--context`-token prompt on each, in four
 alternating blocks (so both see the same load on a shared machine): the plain model times
 each token and the graph's `run` inside it (the rest is host work: embedding, feeds, cache
-writes), the profiled one gives the time its MatMulNBits kernels take per token. Prints per token: the median
-time, the run and host parts, the MatMulNBits time, the non-matmul share
+writes), the profiled one gives the time its MatMulNBits kernels take per token. Prints per
+token: the median time, the run and host parts, the MatMulNBits time, the non-matmul share
 (token - MatMulNBits) / token, and the other node types that took most time. The profiler
 slows every small node several fold, so its MatMulNBits time (a few large nodes, barely
 slowed) is set against the unprofiled token; the other node times are only a ranking.
@@ -92,6 +92,9 @@ def _decode_windows(events: list[dict], blocks: int) -> list[tuple[int, int]]:
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
                   if e.get("cat") == "Session" and e["name"] == "model_run")
     per_block = len(runs) // blocks
+    if len(runs) != blocks * per_block:
+        raise SystemExit(f"the profile has {len(runs)} runs, not {blocks} blocks of prompt + "
+                         "decode runs")
     return [w for i, w in enumerate(runs) if i % per_block != 0]
 
 
