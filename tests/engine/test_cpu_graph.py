@@ -185,3 +185,17 @@ def test_float_models_never_get_a_graph(ckpt):
     """bf16 and float32 weights keep the exact eager path (the float64 reference tests)."""
     m = load_model(ckpt, dtype=torch.bfloat16)
     assert build_cpu_kernels(m) == 0 and m.cpu_graphs is None
+
+
+def test_decoding_past_the_cache_raises_one_clear_error(ckpt):
+    """A token beyond the cache's length is refused with the eager path's message (the graph
+    writes the cache through numpy views: nothing may land outside it)."""
+    m = _model(ckpt, "int4", True)
+    m.setup_cache(max_len=8)
+    x = torch.tensor([IDS[:9]])
+    with torch.inference_mode():
+        m(x[:, :8], start_pos=0)
+        before = m.cache.k.clone()
+        with pytest.raises(ValueError, match="context of 9 tokens exceeds the cache's 8"):
+            m(x[:, 8:9], start_pos=8)
+    assert torch.equal(m.cache.k, before)
