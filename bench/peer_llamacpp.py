@@ -1,7 +1,8 @@
 """Side-by-side speed against llama.cpp (`llama-bench`) on the same shapes, interleaved.
 
     python bench/peer_llamacpp.py [--llama-bench PATH] [--formats int4,int8,bf16]
-                                  [--threads 1,2] [--repeats 3] [--real] [--no-mid]
+                                  [--threads 1,2] [--repeats 3] [--depth N] [--real]
+                                  [--no-mid]
 
 Not run by CI. What it does:
 1. Finds `llama-bench` (--llama-bench, $LLAMA_BENCH, PATH, or an earlier build in --work);
@@ -14,7 +15,8 @@ Not run by CI. What it does:
    per-layer slope cancels the head). Weights are random quantized bytes written directly
    (Q4_0 / Q8_0 / BF16; sane fp16 block scales): speed does not depend on the values.
 3. Runs ours (`python -m app bench --synthetic`) and `llama-bench` (`-p 0 -n 64` decode,
-   `-p 512 -n 0` prefill) alternately, `--repeats` times each, at every thread count, and
+   `-p 512 -n 0` prefill; with --depth N the decode runs after N tokens: llama-bench `-d N`,
+   ours after an N-token prompt) alternately, `--repeats` times each, at every thread count, and
    prints medians and minima with the ratio and each side's share of the RAM read bound
    (best-of-7 read rate at that thread count; bytes per token = every weight read once per
    token, routed experts at top-k/E).
@@ -81,10 +83,12 @@ def build_llama_bench(work: Path) -> Path:
     return build / "bin" / "llama-bench"
 
 
-def run_llama_bench(exe: Path, model: Path, threads: int, prompt: int, gen: int) -> float:
-    """Tokens/s of one llama-bench run (-r 1: the harness repeats and interleaves)."""
+def run_llama_bench(exe: Path, model: Path, threads: int, prompt: int, gen: int,
+                    depth: int = 0) -> float:
+    """Tokens/s of one llama-bench run (-r 1: the harness repeats and interleaves); `depth`
+    tokens in the KV cache before the measured ones (-d)."""
     out = subprocess.run([str(exe), "-m", str(model), "-t", str(threads), "-p", str(prompt),
-                          "-n", str(gen), "-r", "1", "-o", "jsonl"],
+                          "-n", str(gen), "-d", str(depth), "-r", "1", "-o", "jsonl"],
                          check=True, capture_output=True, text=True).stdout
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return float(rows[-1]["avg_ts"])
@@ -205,12 +209,14 @@ def write_gguf(path: Path, cfg: dict, layers: int, fmt: str) -> int:
 
 # ---- ours -----------------------------------------------------------------------------------
 
-def run_ours_mid(fmt: str, threads: int, tokens: int, prefill: int) -> tuple[float, float, dict]:
-    """(decode tok/s, prefill tok/s, the full result) from `python -m app bench --synthetic`."""
+def run_ours_mid(fmt: str, threads: int, tokens: int, prefill: int,
+                 depth: int = 32) -> tuple[float, float, dict]:
+    """(decode tok/s, prefill tok/s, the full result) from `python -m app bench --synthetic`,
+    decoding after a `depth`-token prompt."""
     out = subprocess.run([sys.executable, "-m", "app", "bench", "--synthetic", "--quant", fmt,
                           "--threads", str(threads), "--gpu-mem", "0", "--json",
-                          "--no-real-expert",
-                          "--prompt-lengths", f"32,{prefill}", "--decode-tokens", str(tokens)],
+                          "--no-real-expert", "--prompt-lengths", f"{depth},{prefill}",
+                          "--decode-tokens", str(tokens)],
                          check=True, capture_output=True, text=True, cwd=ROOT).stdout
     r = json.loads(out.strip().splitlines()[-1])
     return r["decode_tokens_per_s"], r["prefill"][-1]["tokens_per_s"], r
@@ -290,30 +296,37 @@ def _stats(xs: list[float]) -> str:
 
 
 def mid(exe: Path, work: Path, formats: list[str], threads: list[int], repeats: int,
-        tokens: int, prefill: int) -> None:
+        tokens: int, prefill: int, depth: int = 0) -> None:
+    """The mid-size table. `depth`: the decode runs after that many tokens in the KV cache
+    (ours after a `depth`-token prompt, llama-bench with -d); 0: ours after 32, llama.cpp
+    after none, as before this option."""
     from app.engine.bench import MID_CONFIG
 
     cfg = dict(MID_CONFIG, num_local_experts=8, num_experts_per_tok=2)
+    # llama.cpp's KV cache (f16 by default) read per token at that depth
+    kv_bytes = 2 * 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] \
+        * cfg["head_dim"] * depth
     print(f"## bench --synthetic shapes ({cfg['num_hidden_layers']} layers, hidden "
-          f"{cfg['hidden_size']}); decode -n {tokens}, prefill {prefill}; medians of {repeats} "
-          f"interleaved runs; load {os.getloadavg()[0]:.1f}")
+          f"{cfg['hidden_size']}); decode -n {tokens} at depth {depth or '32 (ours) / 0'}, "
+          f"prefill {prefill}; medians of {repeats} interleaved runs; load "
+          f"{os.getloadavg()[0]:.1f}")
     print("| format | threads | ours tok/s | llama.cpp tok/s | ours / llama.cpp | ours % of RAM "
           "bound | llama.cpp % | prefill ours / llama.cpp tok/s |")
     print("|---|---|---|---|---|---|---|---|")
     for fmt in formats:
         path = work / f"mid-{fmt}.gguf"
-        llama_bytes = write_gguf(path, cfg, cfg["num_hidden_layers"], fmt)
+        llama_bytes = write_gguf(path, cfg, cfg["num_hidden_layers"], fmt) + kv_bytes
         try:
             for t in threads:
                 bw = read_bound(t)
                 ours, theirs, ours_pre, theirs_pre = [], [], [], []
                 ours_bytes = 0.0
                 for _ in range(repeats):
-                    d, p, r = run_ours_mid(fmt, t, tokens, prefill)
+                    d, p, r = run_ours_mid(fmt, t, tokens, prefill, depth or 32)
                     ours.append(d)
                     ours_pre.append(p)
                     ours_bytes = r["bytes_per_token"]["cpu"] + r["bytes_per_token"]["gpu"]
-                    theirs.append(run_llama_bench(exe, path, t, 0, tokens))
+                    theirs.append(run_llama_bench(exe, path, t, 0, tokens, depth))
                     theirs_pre.append(run_llama_bench(exe, path, t, prefill, 0))
                 mo, ml = statistics.median(ours), statistics.median(theirs)
                 print(f"| {fmt} vs {FORMATS[fmt]} | {t} | {_stats(ours)} | {_stats(theirs)} | "
@@ -371,16 +384,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64, help="decoded tokens per run")
     ap.add_argument("--prefill", type=int, default=512)
+    ap.add_argument("--depth", type=int, default=0,
+                    help="tokens in the KV cache before the decoded ones (mid-size table)")
     ap.add_argument("--real", action="store_true", help="also the real-size per-layer slope")
     ap.add_argument("--no-mid", action="store_true", help="skip the mid-size table")
     args = ap.parse_args()
+    if args.depth < 0:
+        ap.error(f"--depth must be 0 or more tokens, not {args.depth}")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     exe = find_llama_bench(args.llama_bench, work)
     formats = [f for f in args.formats.split(",") if f]
     threads = [int(t) for t in args.threads.split(",")]
     if not args.no_mid:
-        mid(exe, work, formats, threads, args.repeats, args.tokens, args.prefill)
+        mid(exe, work, formats, threads, args.repeats, args.tokens, args.prefill, args.depth)
     if args.real:
         real(exe, work, [f for f in formats if f != "bf16"], threads, args.repeats,
              args.prefill)

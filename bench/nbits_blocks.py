@@ -1,0 +1,99 @@
+"""onnxruntime MatMulNBits int4 at one row (decode) by quantization block size, on real-size
+Grok-2 expert weights read cold: which block size streams fastest.
+
+    python bench/nbits_blocks.py [--threads 2] [--blocks 32,64,128] [--rounds 5]
+
+Not run by CI. Each block size gets three sessions, each with its own random 8192 -> 16384
+int4 weight (~70-86 MB with scales and zero points: well past the L3 cache, so every call
+streams its weight from RAM), as the engine's per-matmul kernels build them (accuracy level 4:
+int8 activations; sleeping pool threads). The block sizes take turns, `--rounds` rounds of 12
+calls each, and the script prints per block size the bytes of one weight, the median and best
+call time and the best read rate (bytes / best time). Only the speed is measured: the weights
+are random bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `app` from this checkout
+
+K, N = 8192, 16384  # a real-size expert's gate/up projection: hidden -> moe_intermediate
+
+
+def session(block: int, threads: int, seed: int) -> tuple[object, int]:
+    """A MatMulNBits session (1, K) -> (1, N) with random int4 codes, fp32 scales and packed
+    zero points at `block` weights per block; returns (session, bytes of its weight)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    blocks = K // block
+    codes = rng.integers(0, 256, (N, blocks, block // 2), dtype=np.uint8)
+    scales = (rng.random(N * blocks, dtype=np.float32) * 0.01).astype(np.float32)
+    zeros = np.full(N * ((blocks + 1) // 2), 0x88, np.uint8)  # zero point 8 in both nibbles
+    inits = [numpy_helper.from_array(a, n) for a, n in ((codes, "B"), (scales, "S"),
+                                                         (zeros, "Z"))]
+    node = helper.make_node("MatMulNBits", ["A", "B", "S", "Z"], ["Y"], domain="com.microsoft",
+                            K=K, N=N, bits=4, block_size=block, accuracy_level=4)
+    graph = helper.make_graph([node], "nbits", [helper.make_tensor_value_info(
+        "A", TensorProto.FLOAT, [1, K])], [helper.make_tensor_value_info(
+            "Y", TensorProto.FLOAT, [1, N])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+    return sess, codes.nbytes + scales.nbytes + zeros.nbytes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--blocks", default="32,64,128", help="comma-separated block sizes")
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    try:
+        blocks = [int(b) for b in args.blocks.split(",") if b]
+    except ValueError:
+        ap.error(f"--blocks takes comma-separated whole numbers, not {args.blocks!r}")
+    bad = [b for b in blocks if b < 16 or b & (b - 1) or K % b]
+    if bad or not blocks:
+        ap.error(f"block sizes must be powers of two from 16 dividing {K}; got {args.blocks!r}")
+    if args.threads < 1 or args.rounds < 1:
+        ap.error("--threads and --rounds must be at least 1")
+    try:
+        sessions = {b: [session(b, args.threads, seed) for seed in range(3)] for b in blocks}
+    except ImportError:
+        sys.exit("onnxruntime and onnx are needed: pip install onnxruntime onnx")
+    x = np.random.default_rng(0).standard_normal((1, K)).astype(np.float32)
+    medians: dict[int, list[float]] = {b: [] for b in blocks}
+    for _ in range(args.rounds):
+        for b in blocks:  # the block sizes take turns: all see the same machine
+            times = []
+            for i in range(12):
+                sess, _ = sessions[b][i % 3]
+                start = time.perf_counter()
+                sess.run(None, {"A": x})  # type: ignore[attr-defined]
+                times.append(time.perf_counter() - start)
+            medians[b].append(statistics.median(times))
+    print(f"MatMulNBits int4, {K} -> {N}, one row, {args.threads} thread(s), {args.rounds} "
+          "rounds of 12 cold calls:")
+    for b in blocks:
+        nbytes = sessions[b][0][1]
+        best = min(medians[b])
+        print(f"  block {b:4d}: {nbytes / 1e6:5.1f} MB, median {statistics.median(medians[b]) * 1e3:5.2f}"
+              f" ms, best {best * 1e3:5.2f} ms, {nbytes / best / 1e9:5.1f} GB/s")
+
+
+if __name__ == "__main__":
+    main()
