@@ -1,6 +1,6 @@
 """Next-token KL of the quantized mid-size model against its bf16 original, per CPU path.
 
-    python bench/mid_kl.py [--tokens 96] [--prefill 32] [--seed 0]
+    python bench/mid_kl.py [--tokens 96] [--prefill 32] [--seed 0] [--int4-groups 32,64,128]
 
 The mid-size bench model (`bench --synthetic` shapes, random weights, the same seed for every
 format, so int4/int8 are quantized from the very bf16 weights they are compared with) reads a
@@ -12,17 +12,21 @@ graphs, app/engine/cpu_graph.py, float32 between). The budget a faster quantized
 keep: its mean KL at most 10% above the eager path's (the last column says whether it does).
 Random weights give nearly flat distributions, so at int4 the greedy tokens agree at only about
 a third of the positions for either path; the KL is the figure to compare.
+With --int4-groups, a second table: the int4 eager path's KL at each of those group sizes
+(the prepared format uses 128; bench/nbits_blocks.py times them).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 
 from app.engine.bench import MID_CONFIG, synthetic_model
 from app.engine.config import Grok2Config
-from app.engine.quantize import build_cpu_kernels
+from app.engine.plan import INT4_GROUPS
+from app.engine.quantize import build_cpu_kernels, quantize_model
 
 
 @torch.inference_mode()
@@ -39,9 +43,19 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--prefill", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--int4-groups", default="",
+                    help="comma-separated int4 group sizes for a second table, of "
+                         + ", ".join(map(str, sorted(INT4_GROUPS))))
     args = ap.parse_args()
     if not 1 <= args.prefill < args.tokens:
         ap.error("need 1 <= --prefill < --tokens")
+    try:
+        groups = [int(g) for g in args.int4_groups.split(",") if g.strip()]
+    except ValueError:
+        groups = [0]
+    if any(g not in INT4_GROUPS for g in groups):
+        ap.error(f"--int4-groups takes sizes of {', '.join(map(str, sorted(INT4_GROUPS)))}; "
+                 f"got {args.int4_groups!r}")
     cfg = Grok2Config.from_dict(MID_CONFIG)
     ids = torch.randint(0, cfg.vocab_size, (1, args.tokens),
                         generator=torch.Generator().manual_seed(args.seed + 1))
@@ -69,6 +83,15 @@ def main() -> None:
                 verdict = "yes" if mean <= 1.10 * eager_kl else "NO"
             print(f"| {quant} | {path} | {mean:.5f} | {kl.max().item():.5f} | {agree:.1%} | "
                   f"{verdict} |")
+    if groups:
+        print("\nint4 by group size (eager path):")
+        print("| group | mean KL (nats) | max KL |")
+        print("|---|---|---|")
+    for g in groups:
+        model = quantize_model(copy.deepcopy(base), "int4", group=g)
+        build_cpu_kernels(model, layer_graphs=False)
+        kl = (p.exp() * (p - logprobs(model, ids, args.prefill))).sum(-1)
+        print(f"| {g} | {kl.mean().item():.5f} | {kl.max().item():.5f} |")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""onnxruntime MatMulNBits int4 at one row (decode) by quantization block size, on real-size
-Grok-2 expert weights read cold: which block size streams fastest.
+"""Which int4 block size onnxruntime's MatMulNBits streams fastest at one row (decode).
+
+On real-size Grok-2 expert weights read cold.
 
     python bench/nbits_blocks.py [--threads 2] [--blocks 32,64,128] [--rounds 5]
 
@@ -56,11 +57,16 @@ def session(block: int, threads: int, seed: int) -> tuple[object, int]:
     return sess, codes.nbytes + scales.nbytes + zeros.nbytes
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=2)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2, help="onnxruntime threads")
     ap.add_argument("--blocks", default="32,64,128", help="comma-separated block sizes")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of 12 calls per block size")
     args = ap.parse_args()
     try:
         blocks = [int(b) for b in args.blocks.split(",") if b]
@@ -86,8 +92,9 @@ def main() -> None:
                 sess.run(None, {"A": x})  # type: ignore[attr-defined]
                 times.append(time.perf_counter() - start)
             medians[b].append(statistics.median(times))
-    print(f"MatMulNBits int4, {K} -> {N}, one row, {args.threads} thread(s), {args.rounds} "
-          "rounds of 12 cold calls:")
+    print(f"MatMulNBits int4, {K} -> {N}, one row, {_count(args.threads, 'thread')}, "
+          f"{_count(args.rounds, 'round')} of 12 cold calls (median and best of the rounds' "
+          "median call):")
     for b in blocks:
         nbytes = sessions[b][0][1]
         best = min(medians[b])

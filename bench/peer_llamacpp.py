@@ -1,8 +1,8 @@
 """Side-by-side speed against llama.cpp (`llama-bench`) on the same shapes, interleaved.
 
-    python bench/peer_llamacpp.py [--llama-bench PATH] [--formats int4,int8,bf16]
-                                  [--threads 1,2] [--repeats 3] [--depth N] [--real]
-                                  [--no-mid]
+    python bench/peer_llamacpp.py [--llama-bench PATH] [--work DIR] [--formats int4,int8,bf16]
+                                  [--threads 1,2] [--repeats 3] [--tokens 64] [--prefill 512]
+                                  [--depth N] [--real] [--no-mid]
 
 Not run by CI. What it does:
 1. Finds `llama-bench` (--llama-bench, $LLAMA_BENCH, PATH, or an earlier build in --work);
@@ -14,10 +14,10 @@ Not run by CI. What it does:
    1 and 2 layers (hidden 8192, 64/8 heads, dense 32768, 8 experts x 16384; small vocab: the
    per-layer slope cancels the head). Weights are random quantized bytes written directly
    (Q4_0 / Q8_0 / BF16; sane fp16 block scales): speed does not depend on the values.
-3. Runs ours (`python -m app bench --synthetic`) and `llama-bench` (`-p 0 -n 64` decode,
-   `-p 512 -n 0` prefill; with --depth N the decode runs after N tokens: llama-bench `-d N`,
+3. Runs ours (`python -m app bench --synthetic`) and `llama-bench` (`-p 0 -n TOKENS` decode,
+   `-p PREFILL -n 0` prefill; with --depth N the decode runs after N tokens: llama-bench `-d N`,
    ours after an N-token prompt) alternately, `--repeats` times each, at every thread count, and
-   prints medians and minima with the ratio and each side's share of the RAM read bound
+   prints medians (and, for decode, minima) with the ratio and each side's share of the RAM read bound
    (best-of-7 read rate at that thread count; bytes per token = every weight read once per
    token, routed experts at top-k/E).
    With --real, ours is one real-size DecoderLayer timed directly (per-layer ms, decode at a
@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))  # `app` from this checkout
 
 SDIST = "llama-cpp-python==0.3.36"
 FORMATS = {"int4": "Q4_0", "int8": "Q8_0", "bf16": "BF16"}
+GGUF_CONTEXT = 8192  # the context length written into the GGUF files (write_gguf)
 HEAD = {"int4": "Q8_0", "int8": "Q8_0", "bf16": "BF16"}  # ours: the output head is int8 at most
 REAL = {"hidden_size": 8192, "num_attention_heads": 64, "num_key_value_heads": 8,
         "head_dim": 128, "intermediate_size": 32768, "moe_intermediate_size": 16384,
@@ -155,7 +156,7 @@ def write_gguf(path: Path, cfg: dict, layers: int, fmt: str) -> int:
 
     d, v = cfg["hidden_size"], cfg["vocab_size"]
     w = gguf.GGUFWriter(str(path), "grok")
-    w.add_context_length(8192)
+    w.add_context_length(GGUF_CONTEXT)
     w.add_embedding_length(d)
     w.add_block_count(layers)
     w.add_feed_forward_length(cfg["intermediate_size"])
@@ -308,7 +309,7 @@ def mid(exe: Path, work: Path, formats: list[str], threads: list[int], repeats: 
         * cfg["head_dim"] * depth
     print(f"## bench --synthetic shapes ({cfg['num_hidden_layers']} layers, hidden "
           f"{cfg['hidden_size']}); decode -n {tokens} at depth {depth or '32 (ours) / 0'}, "
-          f"prefill {prefill}; medians of {repeats} interleaved runs; load "
+          f"prefill {prefill}; medians of {repeats} interleaved run{'s' if repeats > 1 else ''}; load "
           f"{os.getloadavg()[0]:.1f}")
     print("| format | threads | ours tok/s | llama.cpp tok/s | ours / llama.cpp | ours % of RAM "
           "bound | llama.cpp % | prefill ours / llama.cpp tok/s |")
@@ -376,26 +377,46 @@ def real(exe: Path, work: Path, formats: list[str], threads: list[int], repeats:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--llama-bench", help="path to an existing llama-bench binary")
     ap.add_argument("--work", default="/tmp/peer_llamacpp", help="build and GGUF folder")
-    ap.add_argument("--formats", default="int4,int8,bf16")
-    ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--tokens", type=int, default=64, help="decoded tokens per run")
-    ap.add_argument("--prefill", type=int, default=512)
+    ap.add_argument("--formats", default="int4,int8,bf16", help="comma-separated, of "
+                    + ", ".join(FORMATS))
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per row")
+    ap.add_argument("--tokens", type=int, default=64, help="decoded tokens per run (-n)")
+    ap.add_argument("--prefill", type=int, default=512, help="prompt tokens of the prefill "
+                    "runs (-p)")
     ap.add_argument("--depth", type=int, default=0,
                     help="tokens in the KV cache before the decoded ones (mid-size table)")
     ap.add_argument("--real", action="store_true", help="also the real-size per-layer slope")
     ap.add_argument("--no-mid", action="store_true", help="skip the mid-size table")
     args = ap.parse_args()
+    # every argument checked before anything is built, written or run
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        ap.error(f"--formats takes a comma-separated list of {', '.join(FORMATS)}; got "
+                 f"{args.formats!r}")
+    try:
+        threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        ap.error(f"--threads takes comma-separated thread counts of 1 or more; got "
+                 f"{args.threads!r}")
+    for name in ("repeats", "tokens", "prefill"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1, not {getattr(args, name)}")
     if args.depth < 0:
         ap.error(f"--depth must be 0 or more tokens, not {args.depth}")
+    if max(args.depth, 32) + args.tokens > GGUF_CONTEXT or args.prefill > GGUF_CONTEXT:
+        ap.error(f"--depth plus --tokens, and --prefill, must fit the GGUF files' context of "
+                 f"{GGUF_CONTEXT} tokens")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     exe = find_llama_bench(args.llama_bench, work)
-    formats = [f for f in args.formats.split(",") if f]
-    threads = [int(t) for t in args.threads.split(",")]
     if not args.no_mid:
         mid(exe, work, formats, threads, args.repeats, args.tokens, args.prefill, args.depth)
     if args.real:
