@@ -32,8 +32,8 @@ Graph inputs: h (T, D) fp32, pos (T,) int64 the absolute positions (the cached l
 pos[0]), cos_table/sin_table (P, Dh/2) fp32 (model.rope_table, as SGLang builds it), per
 layer i its cached keys and values past_k{i}/past_v{i} (K, L, Dh) fp32 (views of the float32
 KV cache, not copied when K = 1 makes them contiguous), with the head also rows (R,) int64.
-Outputs h_out (T, D) or logits (R, V), and k_new/v_new (graph layers * K, T, Dh), layer-major,
-that the caller views as (graph layers, K, T, Dh) and writes into its cache. RoPE rows, length
+Outputs h_out (T, D) or logits (R, V), and k_new/v_new (graph layers, K, T, Dh), layer-major,
+that the caller writes into its cache. RoPE rows, length
 temperature and causal mask are computed in the graph once per run. The attention reads the
 cached keys/values where they are and joins only the score columns of the cached and the new
 keys: concatenating keys would copy every layer's cache every token.
@@ -196,7 +196,7 @@ class CpuGraph(nn.Module):
     PyTorch parameters: the model keeps its weights (state dict, offloading and reloading see
     them); the graph holds MatMulNBits' repacked copies, as the per-matmul kernels would.
     Inputs and outputs as in the module docstring: each layer's cached keys/values go in as
-    views of the cache; k_new/v_new ((end - start) * K, T, Dh) are the new keys/values of
+    views of the cache; k_new/v_new (end - start, K, T, Dh) are the new keys/values of
     every layer. Without the head the output is h_out (T, D); with it, an input `rows` (R,) int64
     picks the positions whose logits (R, V) fp32 are computed."""
 
@@ -227,19 +227,19 @@ class CpuGraph(nn.Module):
         # each layer's cached keys/values, positions 0..L-1: views of the cache (K, L, Dh)
         self.past_names = [(f"past_k{i}", f"past_v{i}") for i in range(start, end)]
         inputs += [vi(n, [kv, "L", dh]) for pair in self.past_names for n in pair]
-        pos_rows, temp, mask, split = _position_nodes(b, cfg)
+        pos_rows, cap_temp, mask, split = _position_nodes(b, cfg)
         new_k, new_v = [], []
         for i, layer_ops, (pk, pv) in zip(range(start, end), ops, self.past_names, strict=True):
             h, k_new, v_new = _layer_nodes(b, layers[i], layer_ops, h, pos_rows, "cos_table",
-                                           "sin_table", temp, mask, split, pk, pv)
-            new_k.append(k_new)  # (K, T, Dh)
+                                           "sin_table", cap_temp, mask, split, pk, pv)
+            new_k.append(k_new)  # (1, K, T, Dh)
             new_v.append(v_new)
         # every layer's new keys/values in one output each: one cache write per forward
         b.nodes.append(helper.make_node("Concat", new_k, ["k_new"], axis=0))
         b.nodes.append(helper.make_node("Concat", new_v, ["v_new"], axis=0))
-        # ((end - start) * K, T, Dh): layer-major, viewed as (layers, K, T, Dh) by forward
-        outputs = [vi("k_new", [(end - start) * kv, "T", dh]),
-                   vi("v_new", [(end - start) * kv, "T", dh])]
+        # (end - start, K, T, Dh): layer-major
+        outputs = [vi("k_new", [end - start, kv, "T", dh]),
+                   vi("v_new", [end - start, kv, "T", dh])]
         if head_ops is not None:
             inputs.append(vi("rows", ["R"], TensorProto.INT64))
             x = b.norm(b.op("Gather", [h, "rows"], axis=0), model.model.norm.weight,
@@ -297,10 +297,8 @@ class CpuGraph(nn.Module):
                 feeds[pv] = cache_v[layer, :, :cached]
             if self.head:
                 feeds["rows"] = np.arange(j - i - 1 if last_only else 0, j - i)
-            out, k_new, v_new = self.session.run(None, feeds)
-            shape = (self.end - self.start, -1, *k_new.shape[1:])  # (layers, K, T, Dh)
-            cache.update_layers(self.start, first + i, k_new.reshape(shape),
-                                v_new.reshape(shape))
+            out, k_new, v_new = self.session.run(None, feeds)  # k/v (layers, K, T, Dh)
+            cache.update_layers(self.start, first + i, k_new, v_new)
             outs.append(out)
         if self.head and last_only:
             outs = outs[-1:]
@@ -316,7 +314,8 @@ class CpuGraph(nn.Module):
 def _position_nodes(b: _Builder, cfg: Any) -> tuple[str, str, str, str]:
     """The per-forward values every layer shares, from the input `pos` (T,) int64 (the
     absolute positions first..first+T-1) and the KV cache length L = first: pos_rows (1, T)
-    for RotaryEmbedding, the length temperature per score row temp (G*T, 1), the causal mask
+    for RotaryEmbedding, the attention's soft cap times the length temperature per score row
+    cap_temp (G*T, 1), the causal mask
     (G*T, S) additive 0/-inf with S = L + T, and [L, T] (2,) int64 (the score columns of
     the cached and the new keys). As model.py:
     temperature log2(p)/log2(len) for p > len else 1 (here ln/ln, float32), key s visible to
@@ -334,6 +333,8 @@ def _position_nodes(b: _Builder, cfg: Any) -> tuple[str, str, str, str]:
                                           dtype=np.float32), "log_len")])
     temp = b.op("Where", [b.op("Greater", [p, t_len]), ratio,
                           b.const(np.array(1.0, np.float32), "one")])  # (T,)
+    temp = b.op("Mul", [temp, b.const(np.array(cfg.attn_logit_softcapping, np.float32),
+                                      "cap")])  # (T,) the soft cap's factor times it
     temp = b.op("Tile", [b.op("Unsqueeze", [temp, b.ints([1])]), b.ints([g, 1])])  # (G*T, 1)
     t = b.op("Shape", ["pos"])  # (1,) = T
     s = b.op("Add", [cache_len, t])  # (1,) = S
@@ -349,12 +350,12 @@ def _position_nodes(b: _Builder, cfg: Any) -> tuple[str, str, str, str]:
 
 
 def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str, rows: str, cos: str,
-                 sin: str, temp: str, mask: str, split: str, past_k: str, past_v: str
+                 sin: str, cap_temp: str, mask: str, split: str, past_k: str, past_v: str
                  ) -> tuple[str, str, str]:
     """Append one model.DecoderLayer's nodes to `b`, reading the named values (shapes in the
     module docstring; `rows` (1, T) int64 positions index the cos/sin tables, `split` is
     [L, T], past_k/past_v this layer's cached keys/values (K, L, Dh)); returns the names of
-    (h_out, k_new, v_new)."""
+    (h_out, k_new (1, K, T, Dh), v_new (1, K, T, Dh))."""
     from onnx import TensorProto, helper
 
     cfg = layer.self_attn.cfg
@@ -371,31 +372,30 @@ def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str, rows: str, cos: str
     qkv_ops = stack_operands([ops["q"], ops["k"], ops["v"]])
     assert qkv_ops is not None  # one kind, one block size (layer_operands checked)
     qkv = b.nbits(qkv_ops, d, (h_ + 2 * kv) * dh, x, "qkv")  # (T, (H+2K)*Dh)
-    qkv = b.op("Reshape", [qkv, b.ints([0, h_ + 2 * kv, dh])])  # (T, H+2K, Dh)
-    ax1 = b.ints([1])
-    qk, v = b.op("Split", [qkv, b.ints([h_ + kv, kv])], outputs=2, axis=1)  # (T, H+K|K, Dh)
-    # RoPE on q and k at once, NeoX half split over the full head_dim, fp32 table rows
-    qk = b.op("RotaryEmbedding", [b.op("Reshape", [qk, b.ints([1, -1, (h_ + kv) * dh])]),
-                                  rows, cos, sin],
-              domain="com.microsoft", interleaved=0, num_heads=h_ + kv)  # (1, T, (H+K)*Dh)
-    qk = b.op("Reshape", [qk, b.ints([-1, h_ + kv, dh])])  # (T, H+K, Dh)
-    q, k = b.op("Split", [qk, b.ints([h_, kv])], outputs=2, axis=1)  # (T, H|K, Dh)
-    k_new = b.op("Transpose", [k], perm=[1, 0, 2])  # (K, T, Dh)
-    v_new = b.op("Transpose", [v], perm=[1, 0, 2])
-    # head h = kv*G + g (model.Attention): (T, H, Dh) -> (H, T, Dh) -> (K, G*T, Dh)
-    qh = b.op("Reshape", [b.op("Transpose", [q], perm=[1, 0, 2]), b.ints([kv, -1, dh])])
+    # head-major once: (T, (H+2K)*Dh) -> (1, T, H+2K, Dh) -> (1, H+2K, T, Dh); then q, k and v
+    # are slices along heads that need no further transposes (head h = kv*G + g, so q's
+    # (1, H, T, Dh) is (1, K, G*T, Dh) as it lies)
+    qkv = b.op("Transpose", [b.op("Reshape", [qkv, b.ints([1, -1, h_ + 2 * kv, dh])])],
+               perm=[0, 2, 1, 3])  # (1, H+2K, T, Dh)
+    qk, v_new = b.op("Split", [qkv, b.ints([h_ + kv, kv])], outputs=2, axis=1)
+    # RoPE on q and k at once (BNSH input), NeoX half split over the full head_dim, fp32 table
+    qk = b.op("RotaryEmbedding", [qk, rows, cos, sin], domain="com.microsoft",
+              interleaved=0)  # (1, H+K, T, Dh)
+    q, k_new = b.op("Split", [qk, b.ints([h_, kv])], outputs=2, axis=1)  # (1, H|K, T, Dh)
+    qh = b.op("Reshape", [q, b.ints([1, kv, -1, dh])])  # (1, K, G*T, Dh)
     # The cached keys and the new ones are used where they are, not concatenated first (that
-    # copied every layer's cache every token); only the score columns are joined.
-    q_scale = float(dh ** -0.5)
+    # copied every layer's cache every token); only the score columns are joined. The soft
+    # cap's division rides in the products' alpha, its factor in `cap_temp` (cap times the
+    # length temperature, per score row): cap * tanh(s / cap) * temperature.
+    alpha = float(dh ** -0.5 / cfg.attn_logit_softcapping)
     s = b.op("Concat", [b.op("FusedMatMul", [qh, keys], domain="com.microsoft", transB=1,
-                             alpha=q_scale) for keys in (past_k, k_new)],
-             axis=-1)  # (K, G*T, S) fp32 scores, S = L + T
-    s = b.soft_cap(s, cfg.attn_logit_softcapping)
-    s = b.op("Add", [b.op("Mul", [s, temp]), mask])  # temperature after the cap
+                             alpha=alpha) for keys in (past_k, k_new)],
+             axis=-1)  # (1, K, G*T, S) fp32 scores / cap, S = L + T
+    s = b.op("Add", [b.op("Mul", [b.op("Tanh", [s]), cap_temp]), mask])  # temperature after the cap
     p = b.op("Softmax", [s], axis=-1)
-    p_past, p_new = b.op("Split", [p, split], outputs=2, axis=-1)  # (K, G*T, L|T)
+    p_past, p_new = b.op("Split", [p, split], outputs=2, axis=-1)  # (1, K, G*T, L|T)
     o = b.op("Add", [b.op("MatMul", [p_past, past_v]),
-                     b.op("MatMul", [p_new, v_new])])  # (K, G*T, Dh)
+                     b.op("MatMul", [p_new, v_new])])  # (1, K, G*T, Dh)
     o = b.op("Reshape", [o, b.ints([kv, g_, -1, dh])])  # (K, G, T, Dh)
     o = b.op("Reshape", [b.op("Transpose", [o], perm=[2, 0, 1, 3]), b.ints([0, -1])])
     a = b.nbits(ops["o"], h_ * dh, d, o, "o_proj")  # (T, D)
@@ -404,9 +404,13 @@ def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str, rows: str, cos: str
     # ---- feed-forward: (shared MLP + routed experts) * combine_scale ---------------------
     m = b.norm(h1, layer.pre_moe_norm.weight, eps)  # (T, D)
     dense = b.gated_mlp(m, d, inter, ops["gate"], ops["up"], ops["down"], "mlp")
-    router = layer.block_sparse_moe.gate.weight.detach().float().t().contiguous().numpy()
-    logits = b.op("MatMul", [m, b.const(router, "router")])  # (T, E) fp32
-    probs = b.op("Softmax", [b.soft_cap(logits, cfg.router_logit_softcapping)], axis=-1)
+    # router logits / cap in one product (the soft cap's division folded into the fp32
+    # weights), then cap * tanh(.) (model.soft_cap)
+    cap = cfg.router_logit_softcapping
+    router = layer.block_sparse_moe.gate.weight.detach().float().t() / cap  # (D, E) fp32
+    logits = b.op("MatMul", [m, b.const(router.contiguous().numpy(), "router")])  # (T, E)
+    logits = b.op("Mul", [b.op("Tanh", [logits]), b.const(np.array(cap, np.float32), "cap")])
+    probs = b.op("Softmax", [logits], axis=-1)
     top_w, top_id = b.op("TopK", [probs, b.ints([cfg.num_experts_per_tok])], "top",
                          outputs=2, axis=-1)  # (T, k) fp32 (not renormalised), int64
     zero = b.const(np.array(0.0, dtype=np.float32), "zero")
@@ -433,7 +437,7 @@ def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str, rows: str, cos: str
         xe = sub.op("GatherND", [m, rows])  # (n, D)
         ye = sub.gated_mlp(xe, d, moe_inter, ops[f"w1.{e}"], ops[f"w3.{e}"],
                            ops[f"w2.{e}"], f"expert{e}")
-        we = sub.op("Unsqueeze", [sub.op("GatherND", [w_e, rows]), ax1])  # (n, 1)
+        we = sub.op("Unsqueeze", [sub.op("GatherND", [w_e, rows]), b.ints([1])])  # (n, 1)
         out_then = sub.op("ScatterND", [routed, rows, sub.op("Mul", [ye, we])],
                           reduction="add")  # routed[rows] += ye * we
         then_g = helper.make_graph(sub.nodes, f"expert{e}", [],
