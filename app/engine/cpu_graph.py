@@ -150,6 +150,18 @@ class _Builder:
         return self.op("SimplifiedLayerNormalization", [x, w], "norm", axis=-1,
                        epsilon=float(eps), stash_type=1)
 
+    def add_norm(self, x: str, addend: str, weight: Tensor, eps: float) -> tuple[str, str]:
+        """(RMSNorm(x + addend) with weight w, x + addend) in one node: the residual sum and
+        the next norm, fp32 (model.RMSNorm after the residual add)."""
+        w = self.const(weight.detach().float().numpy(), "norm_w")
+        normed, total = self.name("norm"), self.name("resid")
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(
+            "SkipSimplifiedLayerNormalization", [x, addend, w], [normed, "", "", total],
+            domain="com.microsoft", epsilon=float(eps)))
+        return normed, total
+
     def gated_mlp(self, x: str, d: int, hidden: int, gate: Operands, up: Operands,
                   down: Operands, tag: str) -> str:
         """down(gelu_erf(gate(x)) * up(x)), the nodes cpu_kernels.NBitsGatedMLP runs."""
@@ -216,7 +228,7 @@ class CpuGraph(nn.Module):
         self.parts = tuple(zip(*module_parts(mods), strict=True))  # (dicts, names, values)
         self._checked = -1  # the _GENERATION at the last passed check
         b = _Builder()
-        h = "h"
+        h: str | tuple[str, str] = "h"  # after a layer: (residual, addend), summed by the next
         d, kv, dh, f32 = cfg.hidden_size, cfg.num_key_value_heads, cfg.head_dim, TensorProto.FLOAT
 
         def vi(name: str, shape: list | None, ty: int = f32) -> Any:
@@ -242,8 +254,10 @@ class CpuGraph(nn.Module):
                    vi("v_new", [end - start, kv, "T", dh])]
         if head_ops is not None:
             inputs.append(vi("rows", ["R"], TensorProto.INT64))
-            x = b.norm(b.op("Gather", [h, "rows"], axis=0), model.model.norm.weight,
-                       cfg.rms_norm_eps)  # (R, D)
+            # the last residual add and the final norm in one node, then the rows wanted
+            assert isinstance(h, tuple)  # a graph has at least one layer
+            x, _ = b.add_norm(*h, model.model.norm.weight, cfg.rms_norm_eps)  # (T, D)
+            x = b.op("Gather", [x, "rows"], axis=0)  # (R, D)
             z = b.nbits(head_ops, d, cfg.vocab_size, x, "lm_head")  # (R, V)
             # model.Grok2.forward: z * output_multiplier_scale, then the final soft cap
             z = b.op("Mul", [z, b.const(np.array(cfg.output_multiplier_scale, np.float32))])
@@ -251,7 +265,8 @@ class CpuGraph(nn.Module):
             b.nodes.append(helper.make_node("Identity", [z], ["logits"]))
             outputs.insert(0, vi("logits", ["R", cfg.vocab_size]))
         else:
-            b.nodes.append(helper.make_node("Identity", [h], ["h_out"]))
+            assert isinstance(h, tuple)
+            b.nodes.append(helper.make_node("Add", list(h), ["h_out"]))  # the last residual
             outputs.insert(0, vi("h_out", ["T", d]))
         self.session = _session_for(b.nodes, b.inits, inputs, outputs, spinning=True)
 
@@ -349,13 +364,14 @@ def _position_nodes(b: _Builder, cfg: Any) -> tuple[str, str, str, str]:
     return pos_rows, temp, mask, b.op("Concat", [cache_len, t], axis=0)
 
 
-def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str, rows: str, cos: str,
-                 sin: str, cap_temp: str, mask: str, split: str, past_k: str, past_v: str
-                 ) -> tuple[str, str, str]:
+def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str | tuple[str, str], rows: str,
+                 cos: str, sin: str, cap_temp: str, mask: str, split: str, past_k: str,
+                 past_v: str) -> tuple[tuple[str, str], str, str]:
     """Append one model.DecoderLayer's nodes to `b`, reading the named values (shapes in the
-    module docstring; `rows` (1, T) int64 positions index the cos/sin tables, `split` is
-    [L, T], past_k/past_v this layer's cached keys/values (K, L, Dh)); returns the names of
-    (h_out, k_new (1, K, T, Dh), v_new (1, K, T, Dh))."""
+    module docstring; `h` the input hidden state (T, D), or the previous layer's (residual,
+    addend) pair whose sum it is; `rows` (1, T) int64 positions index the cos/sin tables,
+    `split` is [L, T], past_k/past_v this layer's cached keys/values (K, L, Dh)); returns
+    ((residual, addend): the names whose sum is h_out, k_new (1, K, T, Dh), v_new)."""
     from onnx import TensorProto, helper
 
     cfg = layer.self_attn.cfg
@@ -368,7 +384,10 @@ def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str, rows: str, cos: str
     f32 = TensorProto.FLOAT
 
     # ---- attention --------------------------------------------------------------------
-    x = b.norm(h, layer.pre_attn_norm.weight, eps)  # (T, D)
+    if isinstance(h, tuple):  # the previous layer's residual and addend: add and norm at once
+        x, h = b.add_norm(*h, layer.pre_attn_norm.weight, eps)  # (T, D) each
+    else:
+        x = b.norm(h, layer.pre_attn_norm.weight, eps)  # (T, D)
     qkv_ops = stack_operands([ops["q"], ops["k"], ops["v"]])
     assert qkv_ops is not None  # one kind, one block size (layer_operands checked)
     qkv = b.nbits(qkv_ops, d, (h_ + 2 * kv) * dh, x, "qkv")  # (T, (H+2K)*Dh)
@@ -399,10 +418,11 @@ def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str, rows: str, cos: str
     o = b.op("Reshape", [o, b.ints([kv, g_, -1, dh])])  # (K, G, T, Dh)
     o = b.op("Reshape", [b.op("Transpose", [o], perm=[2, 0, 1, 3]), b.ints([0, -1])])
     a = b.nbits(ops["o"], h_ * dh, d, o, "o_proj")  # (T, D)
-    h1 = b.op("Add", [h, b.norm(a, layer.post_attn_norm.weight, eps)])
+    # h1 = h + post_attn_norm(a) and its pre-MoE norm in one node
+    m, h1 = b.add_norm(h, b.norm(a, layer.post_attn_norm.weight, eps), layer.pre_moe_norm.weight,
+                       eps)  # (T, D) each
 
     # ---- feed-forward: (shared MLP + routed experts) * combine_scale ---------------------
-    m = b.norm(h1, layer.pre_moe_norm.weight, eps)  # (T, D)
     dense = b.gated_mlp(m, d, inter, ops["gate"], ops["up"], ops["down"], "mlp")
     # router logits / cap in one product (the soft cap's division folded into the fp32
     # weights), then cap * tanh(.) (model.soft_cap)
@@ -450,8 +470,9 @@ def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str, rows: str, cos: str
         routed = b.op("If", [cond], f"routed{e}", then_branch=then_g, else_branch=else_g)
     scale = b.const(np.array(cfg.moe_combine_scale, dtype=np.float32), "combine")
     ff = b.op("Mul", [routed, scale])  # (shared MLP + experts) * combine_scale
-    h_out = b.op("Add", [h1, b.norm(ff, layer.post_moe_norm.weight, eps)])
-    return h_out, k_new, v_new
+    # h_out = h1 + post_moe_norm(ff): left to the consumer (the next layer's first norm, the
+    # final norm, or the graph's h_out), which adds it in its own node
+    return (h1, b.norm(ff, layer.post_moe_norm.weight, eps)), k_new, v_new
 
 
 def head_operands(model: Any, operands: Operand) -> Operands | None:
