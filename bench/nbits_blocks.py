@@ -98,8 +98,9 @@ def main() -> None:
     for b in blocks:
         nbytes = sessions[b][0][1]
         best = min(medians[b])
-        print(f"  block {b:4d}: {nbytes / 1e6:5.1f} MB, median {statistics.median(medians[b]) * 1e3:5.2f}"
-              f" ms, best {best * 1e3:5.2f} ms, {nbytes / best / 1e9:5.1f} GB/s")
+        median = statistics.median(medians[b])
+        print(f"  block {b:4d}: {nbytes / 1e6:5.1f} MB, median {median * 1e3:5.2f} ms, best "
+              f"{best * 1e3:5.2f} ms, {nbytes / best / 1e9:5.1f} GB/s")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ Not run by CI. What it does:
    (Q4_0 / Q8_0 / BF16; sane fp16 block scales): speed does not depend on the values.
 3. Runs ours (`python -m app bench --synthetic`) and `llama-bench` (`-p 0 -n TOKENS` decode,
    `-p PREFILL -n 0` prefill; with --depth N the decode runs after N tokens: llama-bench `-d N`,
-   ours after an N-token prompt) alternately, `--repeats` times each, at every thread count, and
-   prints medians (and, for decode, minima) with the ratio and each side's share of the RAM read bound
-   (best-of-7 read rate at that thread count; bytes per token = every weight read once per
-   token, routed experts at top-k/E).
+   ours after an N-token prompt) alternately, `--repeats` times each, at every thread count,
+   and prints medians (and, for decode, minima) with the ratio and each side's share of the RAM
+   read bound (best-of-7 read rate at that thread count; bytes per token = every weight read
+   once per token, routed experts at top-k/E).
    With --real, ours is one real-size DecoderLayer timed directly (per-layer ms, decode at a
    32-token context and a 512-token prefill); llama.cpp's per-layer figure is the slope
    between its 1- and 2-layer files.
@@ -309,8 +309,8 @@ def mid(exe: Path, work: Path, formats: list[str], threads: list[int], repeats: 
         * cfg["head_dim"] * depth
     print(f"## bench --synthetic shapes ({cfg['num_hidden_layers']} layers, hidden "
           f"{cfg['hidden_size']}); decode -n {tokens} at depth {depth or '32 (ours) / 0'}, "
-          f"prefill {prefill}; medians of {repeats} interleaved run{'s' if repeats > 1 else ''}; load "
-          f"{os.getloadavg()[0]:.1f}")
+          f"prefill {prefill}; medians of {repeats} interleaved "
+          f"run{'s' if repeats > 1 else ''}; load {os.getloadavg()[0]:.1f}")
     print("| format | threads | ours tok/s | llama.cpp tok/s | ours / llama.cpp | ours % of RAM "
           "bound | llama.cpp % | prefill ours / llama.cpp tok/s |")
     print("|---|---|---|---|---|---|---|---|")

@@ -33,8 +33,8 @@ pos[0]), cos_table/sin_table (P, Dh/2) fp32 (model.rope_table, as SGLang builds 
 layer i its cached keys and values past_k{i}/past_v{i} (K, L, Dh) fp32 (views of the float32
 KV cache, not copied when K = 1 makes them contiguous), with the head also rows (R,) int64.
 Outputs h_out (T, D) or logits (R, V), and k_new/v_new (graph layers, K, T, Dh), layer-major,
-that the caller writes into its cache. RoPE rows, length
-temperature and causal mask are computed in the graph once per run. The attention reads the
+that the caller writes into its cache. RoPE rows, length temperature and causal mask are
+computed in the graph once per run. The attention reads the
 cached keys/values where they are and joins only the score columns of the cached and the new
 keys: concatenating keys would copy every layer's cache every token.
 """
@@ -153,10 +153,10 @@ class _Builder:
     def add_norm(self, x: str, addend: str, weight: Tensor, eps: float) -> tuple[str, str]:
         """(RMSNorm(x + addend) with weight w, x + addend) in one node: the residual sum and
         the next norm, fp32 (model.RMSNorm after the residual add)."""
-        w = self.const(weight.detach().float().numpy(), "norm_w")
-        normed, total = self.name("norm"), self.name("resid")
         from onnx import helper
 
+        w = self.const(weight.detach().float().numpy(), "norm_w")
+        normed, total = self.name("norm"), self.name("resid")
         self.nodes.append(helper.make_node(
             "SkipSimplifiedLayerNormalization", [x, addend, w], [normed, "", "", total],
             domain="com.microsoft", epsilon=float(eps)))
@@ -292,8 +292,9 @@ class CpuGraph(nn.Module):
         part passed as a view). Runs the queries in chunks of `chunk` (model.QUERY_CHUNK;
         each attends to the cache so far: exact for causal layers), which bounds the score
         memory as the eager path does. `rope`: model.rope_table's float32 cos/sin (P, Dh/2)
-        on the CPU, P > every position. Little host work on purpose: after a run has streamed the weights
-        through the CPU caches, every host op is several times slower than usual."""
+        on the CPU, P > every position. Little host work on purpose: after a run has streamed
+        the weights through the CPU caches, every host op is several times slower than
+        usual."""
         x = h[0].float().cpu().numpy()  # (T, D); on the CPU already unless offloaded
         t_all = x.shape[0]
         cos, sin = rope
@@ -330,9 +331,8 @@ def _position_nodes(b: _Builder, cfg: Any) -> tuple[str, str, str, str]:
     """The per-forward values every layer shares, from the input `pos` (T,) int64 (the
     absolute positions first..first+T-1) and the KV cache length L = first: pos_rows (1, T)
     for RotaryEmbedding, the attention's soft cap times the length temperature per score row
-    cap_temp (G*T, 1), the causal mask
-    (G*T, S) additive 0/-inf with S = L + T, and [L, T] (2,) int64 (the score columns of
-    the cached and the new keys). As model.py:
+    cap_temp (G*T, 1), the causal mask (G*T, S) additive 0/-inf with S = L + T, and [L, T]
+    (2,) int64 (the score columns of the cached and the new keys). As model.py:
     temperature log2(p)/log2(len) for p > len else 1 (here ln/ln, float32), key s visible to
     query p when s <= p; rows ordered g-major (row g*T + t), as the attention's scores."""
     from onnx import TensorProto
@@ -410,7 +410,8 @@ def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str | tuple[str, str], r
     s = b.op("Concat", [b.op("FusedMatMul", [qh, keys], domain="com.microsoft", transB=1,
                              alpha=alpha) for keys in (past_k, k_new)],
              axis=-1)  # (1, K, G*T, S) fp32 scores / cap, S = L + T
-    s = b.op("Add", [b.op("Mul", [b.op("Tanh", [s]), cap_temp]), mask])  # temperature after the cap
+    s = b.op("Add", [b.op("Mul", [b.op("Tanh", [s]), cap_temp]), mask])  # temperature: after
+    # the cap (SGLang's Triton kernels)
     p = b.op("Softmax", [s], axis=-1)
     p_past, p_new = b.op("Split", [p, split], outputs=2, axis=-1)  # (1, K, G*T, L|T)
     o = b.op("Add", [b.op("MatMul", [p_past, past_v]),
@@ -419,8 +420,8 @@ def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str | tuple[str, str], r
     o = b.op("Reshape", [b.op("Transpose", [o], perm=[2, 0, 1, 3]), b.ints([0, -1])])
     a = b.nbits(ops["o"], h_ * dh, d, o, "o_proj")  # (T, D)
     # h1 = h + post_attn_norm(a) and its pre-MoE norm in one node
-    m, h1 = b.add_norm(h, b.norm(a, layer.post_attn_norm.weight, eps), layer.pre_moe_norm.weight,
-                       eps)  # (T, D) each
+    m, h1 = b.add_norm(h, b.norm(a, layer.post_attn_norm.weight, eps),
+                       layer.pre_moe_norm.weight, eps)  # (T, D) each
 
     # ---- feed-forward: (shared MLP + routed experts) * combine_scale ---------------------
     dense = b.gated_mlp(m, d, inter, ops["gate"], ops["up"], ops["down"], "mlp")
@@ -441,6 +442,7 @@ def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str | tuple[str, str], r
     w_te = b.op("ScatterElements", [b.op("Mul", [probs, zero]), top_id, top_w], axis=1)
     any_e = b.op("Greater", [b.op("ReduceMax", [w_te], axes=[0], keepdims=0), zero])  # (E,)
     conds = b.op("Split", [any_e], outputs=e_, axis=0)  # E x (1,) bool
+    ax1 = b.ints([1])
     routed = dense  # the experts' weighted outputs are added onto the shared MLP's
     for e in range(e_):
         ei = b.const(np.array(e, dtype=np.int64), "e")
@@ -457,7 +459,7 @@ def _layer_nodes(b: _Builder, layer: Any, ops: dict, h: str | tuple[str, str], r
         xe = sub.op("GatherND", [m, rows])  # (n, D)
         ye = sub.gated_mlp(xe, d, moe_inter, ops[f"w1.{e}"], ops[f"w3.{e}"],
                            ops[f"w2.{e}"], f"expert{e}")
-        we = sub.op("Unsqueeze", [sub.op("GatherND", [w_e, rows]), b.ints([1])])  # (n, 1)
+        we = sub.op("Unsqueeze", [sub.op("GatherND", [w_e, rows]), ax1])  # (n, 1)
         out_then = sub.op("ScatterND", [routed, rows, sub.op("Mul", [ye, we])],
                           reduction="add")  # routed[rows] += ye * we
         then_g = helper.make_graph(sub.nodes, f"expert{e}", [],
