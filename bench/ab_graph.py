@@ -1,6 +1,6 @@
 """Two versions of the layer graph (app/engine/cpu_graph.py) decoding side by side in one process.
 
-    git show HEAD~1:app/engine/cpu_graph.py > /tmp/before.py
+    git show HEAD~1:app/engine/cpu_graph.py > /tmp/before.py   # or any commit that changed it
     python bench/ab_graph.py /tmp/before.py app/engine/cpu_graph.py [--quant int4]
                              [--threads 1] [--context 64] [--blocks 12] [--block-tokens 16]
 
@@ -30,12 +30,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `app` from th
 
 
 def load(path: Path, name: str):
-    """The module in `path` (a copy of cpu_graph.py), imported under `name`."""
+    """The module in `path` (a copy of cpu_graph.py), imported under `name`; exits with one
+    line when it cannot be imported or lacks what this script calls."""
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise SystemExit(f"ab_graph.py: cannot import {path}")
+        raise SystemExit(f"ab_graph.py: cannot import {path} (a copy of cpu_graph.py?)")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - any error in someone's copy: name file and error
+        raise SystemExit(f"ab_graph.py: {path} failed to import: {type(e).__name__}: {e}") \
+            from None
+    missing = [f for f in ("build_graphs", "release_freed_memory") if not hasattr(module, f)]
+    if missing:
+        raise SystemExit(f"ab_graph.py: {path} has no {' or '.join(missing)} (not a copy of "
+                         "cpu_graph.py?)")
     return module
 
 
@@ -44,15 +53,15 @@ def main() -> None:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("a", type=Path, help="first cpu_graph.py version")
     ap.add_argument("b", type=Path, help="second cpu_graph.py version")
-    ap.add_argument("--quant", default="int4", choices=("int4", "int8"))
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quant", default="int4", choices=("int4", "int8"), help="weights")
+    ap.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
     ap.add_argument("--context", type=int, default=64, help="cached tokens before decoding")
     ap.add_argument("--blocks", type=int, default=12, help="blocks per model")
     ap.add_argument("--block-tokens", type=int, default=16, help="decoded tokens per block")
     args = ap.parse_args()
     for path in (args.a, args.b):
         if not path.is_file():
-            ap.error(f"{path}: no such file (give two copies of app/engine/cpu_graph.py)")
+            ap.error(f"{path}: not a file (give two copies of app/engine/cpu_graph.py)")
     for name in ("threads", "context", "blocks", "block_tokens"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")

@@ -389,7 +389,8 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=512, help="prompt tokens of the prefill "
                     "runs (-p)")
     ap.add_argument("--depth", type=int, default=0,
-                    help="tokens in the KV cache before the decoded ones (mid-size table)")
+                    help="tokens in the KV cache before the decoded ones (mid-size table; "
+                         "0: ours after 32, llama.cpp after none)")
     ap.add_argument("--real", action="store_true", help="also the real-size per-layer slope")
     ap.add_argument("--no-mid", action="store_true", help="skip the mid-size table")
     args = ap.parse_args()

@@ -39,9 +39,11 @@ def expert(x, w1, w2, w3):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = argparse.ArgumentParser(description="Relative error of int8 and int4 (g128) against "
+                                 "bf16 on one real-size Grok-2 expert.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=8, help="activation rows")
+    ap.add_argument("--seed", type=int, default=0, help="random weights and activations")
     args = ap.parse_args()
     for outlier in (1.0, 3.0, 8.0):
         measure(args.tokens, args.seed, outlier)
