@@ -6,11 +6,13 @@ On real-size Grok-2 expert weights read cold.
 
 Not run by CI. Each block size gets three sessions, each with its own random 8192 -> 16384
 int4 weight (~70-86 MB with scales and zero points: well past the L3 cache, so every call
-streams its weight from RAM), as the engine's per-matmul kernels build them (accuracy level 4:
-int8 activations; sleeping pool threads). The block sizes take turns, `--rounds` rounds of 12
-calls each, and the script prints per block size the bytes of one weight, the median and best
-call time and the best read rate (bytes / best time). Only the speed is measured: the weights
-are random bytes.
+streams its weight from RAM), built by the engine's own cpu_kernels (accuracy level 4: int8
+activations; a sleeping pool of --threads threads). The block sizes take turns, `--rounds`
+rounds of 12 calls each. Per block size it prints the bytes of one weight, the median and
+the best of the rounds' median call times, and the read rate at that best (bytes / best).
+Only the speed is measured: the weights are random bytes. Block sizes above 128 run here, but
+the prepared format's groups stop at 128 (plan.INT4_GROUPS: what PyTorch's int4 kernels, the
+GPU path and the fallback, accept).
 """
 
 from __future__ import annotations
@@ -22,39 +24,28 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `app` from this checkout
 
 K, N = 8192, 16384  # a real-size expert's gate/up projection: hidden -> moe_intermediate
 
 
-def session(block: int, threads: int, seed: int) -> tuple[object, int]:
+def session(block: int, seed: int) -> tuple[object, int]:
     """A MatMulNBits session (1, K) -> (1, N) with random int4 codes, fp32 scales and packed
-    zero points at `block` weights per block; returns (session, bytes of its weight)."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    zero points at `block` weights per block, built by the engine's own cpu_kernels (node,
+    accuracy level, sleeping pool of torch.get_num_threads() threads); returns (session,
+    bytes of its weight)."""
+    from app.engine.cpu_kernels import _nbits_node, _session
 
     rng = np.random.default_rng(seed)
     blocks = K // block
     codes = rng.integers(0, 256, (N, blocks, block // 2), dtype=np.uint8)
     scales = (rng.random(N * blocks, dtype=np.float32) * 0.01).astype(np.float32)
     zeros = np.full(N * ((blocks + 1) // 2), 0x88, np.uint8)  # zero point 8 in both nibbles
-    inits = [numpy_helper.from_array(a, n) for a, n in ((codes, "B"), (scales, "S"),
-                                                         (zeros, "Z"))]
-    node = helper.make_node("MatMulNBits", ["A", "B", "S", "Z"], ["Y"], domain="com.microsoft",
-                            K=K, N=N, bits=4, block_size=block, accuracy_level=4)
-    graph = helper.make_graph([node], "nbits", [helper.make_tensor_value_info(
-        "A", TensorProto.FLOAT, [1, K])], [helper.make_tensor_value_info(
-            "Y", TensorProto.FLOAT, [1, N])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid("com.microsoft", 1)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
-    return sess, codes.nbytes + scales.nbytes + zeros.nbytes
+    inits: list = []
+    node = _nbits_node((4, block, codes, scales, zeros), K, N, "A", "Y", "w", inits)
+    return _session([node], inits, K, N), codes.nbytes + scales.nbytes + zeros.nbytes
 
 
 def _count(n: int, noun: str) -> str:
@@ -78,7 +69,8 @@ def main() -> None:
     if args.threads < 1 or args.rounds < 1:
         ap.error("--threads and --rounds must be at least 1")
     try:
-        sessions = {b: [session(b, args.threads, seed) for seed in range(3)] for b in blocks}
+        torch.set_num_threads(args.threads)  # the sessions' pools take torch's thread count
+        sessions = {b: [session(b, seed) for seed in range(3)] for b in blocks}
     except ImportError:
         sys.exit("onnxruntime and onnx are needed: pip install onnxruntime onnx")
     x = np.random.default_rng(0).standard_normal((1, K)).astype(np.float32)
