@@ -192,8 +192,12 @@ def bench_real_expert(kind: str, bw: Bandwidths, repeat: int = 7) -> dict[str, A
     with torch.inference_mode():
         seconds = best_of(lambda: expert(x), repeat)
     nbytes = 3 * fmt.nbytes(f, d)
+    kernel = quantize.CPU_KERNELS[kind]
+    fused = quantize.gated_mlp_kernel(expert.w1, expert.w3, expert.w2)
+    if kernel == "nbits" and fused is not None and fused.backend == "vnni":
+        kernel = "vnni"  # cpu_int4's kernel runs these int4 weights
     return {"seconds": seconds, "gb_per_s": nbytes / seconds / GB,
-            "fraction_of_read": nbytes / seconds / bw.cpu, "kernel": quantize.CPU_KERNELS[kind]}
+            "fraction_of_read": nbytes / seconds / bw.cpu, "kernel": kernel}
 
 
 def select_cpu_kernels(refresh: bool = False) -> dict[str, str]:
@@ -282,7 +286,8 @@ def bench_model(model: Grok2, plan: Plan, bw: Bandwidths, prompt_lengths=(32, 25
     return result
 
 
-KERNEL_NAMES = {"nbits": "onnxruntime MatMulNBits", "int4pack": "PyTorch int4pack",
+KERNEL_NAMES = {"nbits": "onnxruntime MatMulNBits", "vnni": "AVX512-VNNI int4 (cpu_int4)",
+                "int4pack": "PyTorch int4pack",
                 "int8pack": "PyTorch int8pack", "dequant": "dequantize + bf16 matmul"}
 
 

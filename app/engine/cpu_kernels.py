@@ -170,19 +170,27 @@ def _session_for(nodes: list, inits: list, inputs: list, outputs: list,
 
 
 class NBitsMatMul:
-    """y = x W^T for one quantized weight through onnxruntime's MatMulNBits.
+    """y = x W^T for one quantized weight through onnxruntime's MatMulNBits, or for an int4
+    weight in blocks of 128 through cpu_int4's AVX512-VNNI kernel where that runs (same
+    arithmetic, faster decode: cpu_int4.py).
 
     `ops` = (bits, block, packed (N, K/b, b*bits/8) uint8, scales fp32 (N*K/b,)[, packed
     zero points uint8]; without them 2^(bits-1)). Call with x (M, K) (any float dtype) ->
-    (M, N) fp32."""
+    (M, N) fp32. `backend` says which kernel runs: "vnni" or "mlas"."""
 
     def __init__(self, k: int, n: int, ops: Operands) -> None:
         self.k, self.n = k, n
-        inits: list = []
-        self.session = _session([_nbits_node(ops, k, n, "A", "Y", "w", inits)], inits, k, n)
+        self.int4 = _int4_weight(k, n, ops)
+        self.session = None
+        if self.int4 is None:
+            inits: list = []
+            self.session = _session([_nbits_node(ops, k, n, "A", "Y", "w", inits)], inits, k, n)
+        self.backend = "mlas" if self.int4 is None else "vnni"
         self.kind = ""  # the weights' format ("int4", "int8"), set by the builder
 
     def __call__(self, x: Tensor) -> Tensor:
+        if self.int4 is not None:
+            return torch.from_numpy(self.int4(_numpy(x)))
         return _run(self.session, x)
 
 
@@ -190,21 +198,48 @@ class NBitsGatedMLP:
     """down(gelu_erf(gate(x)) * up(x)) in one onnxruntime graph (three MatMulNBits, the
     erf GELU of com.microsoft, a Mul), fp32 between them (the PyTorch path rounds the
     intermediate to bf16). One call instead of three matmuls and the glue ops: decode runs
-    this for the shared MLP and both routed experts of every layer.
-    Call with x (M, D) -> (M, D) fp32."""
+    this for the shared MLP and both routed experts of every layer. With int4 weights in
+    blocks of 128 where cpu_int4's kernel runs: gate and up as one stacked cpu_int4 matmul,
+    PyTorch's fp32 erf GELU and product, then down (the same arithmetic).
+    Call with x (M, D) -> (M, D) fp32. `backend`: "vnni" or "mlas"."""
 
     def __init__(self, d: int, hidden: int, gate: Operands, up: Operands,
                  down: Operands) -> None:
-        inits: list = []
-        nodes = gated_mlp_nodes(d, hidden, gate, up, down, "A", "Y", "mlp", inits)
-        self.session = _session(nodes, inits, d, d)
+        stacked = stack_operands([gate, up])
+        self.hidden = hidden
+        self.gate_up = None if stacked is None else _int4_weight(d, 2 * hidden, stacked)
+        self.down = None if self.gate_up is None else _int4_weight(hidden, d, down)
+        self.session = None
+        if self.down is None:
+            self.gate_up = None
+            inits: list = []
+            nodes = gated_mlp_nodes(d, hidden, gate, up, down, "A", "Y", "mlp", inits)
+            self.session = _session(nodes, inits, d, d)
+        self.backend = "mlas" if self.session is not None else "vnni"
         self.kind = ""  # the weights' format ("int4", "int8"), set by the builder
 
     def __call__(self, x: Tensor) -> Tensor:
-        return _run(self.session, x)
+        if self.gate_up is None or self.down is None:
+            return _run(self.session, x)
+        gu = torch.from_numpy(self.gate_up(_numpy(x)))  # (M, 2H): gate | up
+        h = torch.nn.functional.gelu(gu[:, :self.hidden]) * gu[:, self.hidden:]  # erf GELU
+        return torch.from_numpy(self.down(h.numpy()))
+
+
+def _int4_weight(k: int, n: int, ops: Operands) -> Any:
+    """A cpu_int4.Int4Weight for these operands when that kernel runs here and reads them
+    (int4, blocks of 128, zero points), else None (onnxruntime's MatMulNBits runs them)."""
+    from app.engine.cpu_int4 import BLOCK, Int4Weight, available, supports
+
+    if not (supports(ops) and k % BLOCK == 0 and available()):
+        return None
+    return Int4Weight(k, n, ops, threads=max(1, torch.get_num_threads()))
+
+
+def _numpy(x: Tensor) -> Any:
+    return (x.detach() if x.requires_grad else x).to(torch.float32).contiguous().numpy()
 
 
 def _run(session: Any, x: Tensor) -> Tensor:
-    a = (x.detach() if x.requires_grad else x).to(torch.float32).contiguous().numpy()
-    out: Any = session.run(None, {"A": a})[0]
+    out: Any = session.run(None, {"A": _numpy(x)})[0]
     return torch.from_numpy(out)

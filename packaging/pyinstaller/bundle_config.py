@@ -34,7 +34,7 @@ LICENSED_DISTS = [
     "torch", "PySide6_Essentials", "shiboken6", "safetensors", "tokenizers", "platformdirs",
     "qasync", "sympy", "mpmath", "networkx", "jinja2", "markupsafe", "filelock", "fsspec",
     "typing_extensions", "numpy", "httpx", "httpx_sse", "httpcore", "h11", "certifi", "idna",
-    "anyio", "sniffio",
+    "anyio", "sniffio", "numba", "llvmlite",
 ]
 
 # Linux: folders of the distribution's own shared libraries. A library PyInstaller collected

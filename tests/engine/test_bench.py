@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from app.cli import main
-from app.engine import bench, cpu_kernels, quantize
+from app.engine import bench, cpu_int4, cpu_kernels, quantize
 from app.engine.plan import GB, Bandwidths, make_plan
 from app.engine.weights import load_model
 
@@ -118,11 +118,14 @@ def test_real_expert_row_reports_fraction_of_read_bound(monkeypatch):
         row = bench.bench_real_expert(kind, bw, repeat=1)
         nbytes = 3 * quantize.Format(kind, 128).nbytes(512, 256)
         assert row["fraction_of_read"] == pytest.approx(nbytes / row["seconds"] / (10 * GB))
-        assert row["kernel"] == quantize.CPU_KERNELS[kind]
-    text = bench.format_result({**_fake_result(), "real_expert": row})
-    assert "real-size expert" in text and "% of the 10.0 GB/s read bound" in text
-    if row["kernel"] == "nbits":  # the kernel by its name, not the setting's
-        assert "onnxruntime MatMulNBits" in text
+        # the setting's kernel, or for int4 in blocks of 128 the cpu_int4 kernel that runs it
+        vnni = kind == "int4" and quantize.CPU_KERNELS[kind] == "nbits" and cpu_int4.available()
+        assert row["kernel"] == ("vnni" if vnni else quantize.CPU_KERNELS[kind])
+        text = bench.format_result({**_fake_result(), "real_expert": row})
+        assert "real-size expert" in text and "% of the 10.0 GB/s read bound" in text
+        names = {"nbits": "onnxruntime MatMulNBits", "vnni": "AVX512-VNNI int4 (cpu_int4)"}
+        if row["kernel"] in names:  # the kernel by its name, not the setting's
+            assert names[row["kernel"]] in text
 
 
 def _fake_result() -> dict:

@@ -1,0 +1,316 @@
+"""CPU int4 matmuls on AVX512-VNNI, compiled at run time by numba (LLVM): decode and prefill.
+
+The same arithmetic as onnxruntime's MatMulNBits at `accuracy_level=4` (MLAS "CompInt8",
+cpu_kernels.py), on the same weights, streamed faster at one row (decode). A real-size expert
+projection (8192 -> 16384, one row), measured in one process against MatMulNBits
+(`python bench/int4_kernels.py`): on two threads ~35 against ~27 GB/s (median), on one ~26
+against ~21; at 64 rows (prefill) MLAS stays ~10-20% faster, both well ahead of llama.cpp.
+
+Weight semantics (exact, as MatMulNBits reads the operands cpu_kernels.int4_operands makes):
+w[n, k] = (q[n, k] - zp[n, b]) * s[n, b], q and zp 4-bit unsigned, s fp32, b = k // 128.
+Activations are quantized per token and block of 128 as MLAS does: scale a = max|x| / 127,
+xq = round_half_even(x * (1/a)) int8 (0 for an all-zero block). Then per output
+
+    y[m, n] = sum_b s[n, b] * a[m, b] * (sum_k q[n, k] * xq[m, k] - zp[n, b] * sum_k xq[m, k])
+
+with the inner sums exact in int32 (VNNI `vpdpbusd`: unsigned 4-bit codes times signed int8)
+and the outer sum in fp32. The integer part equals MLAS's; the fp32 sums differ in order only
+(agreement ~1e-7 relative, tests/test_cpu_int4.py).
+
+Layout: rows in groups of ROWS = 4, each group's blocks interleaved (group, block, row, 64
+bytes), so the four rows a call computes are one sequential stream (separate streams per row
+read ~40% slower); N is padded to a multiple of 4 with zero rows. Scales and zero points
+(one byte each, unpacked) follow the same (group, block, row) order.
+
+Threads: a call splits the row groups over `threads` numba threads (its OpenMP or TBB layer;
+torch.get_num_threads() when the weight is built, as cpu_kernels' sessions take theirs).
+Prefill computes TOKENS = 4 rows of x per pass over a group's weights (in L1/L2 by then).
+
+`available()` is False without numba or without AVX512-VNNI (the kernel emits
+llvm.x86.avx512.vpdpbusd.512), or when GROK_DESKTOP_INT4_KERNEL=mlas; cpu_kernels then uses
+MatMulNBits. The first call in a process compiles the kernels (~2 s: `warm_up`, which
+quantize.build_cpu_kernels calls; numba cannot cache a function that calls these
+intrinsics, so nothing is written to disk).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+ROWS = 4  # weight rows per interleaved group (one sequential stream per kernel call)
+TOKENS = 4  # activation rows per pass over a group's weights (prefill)
+BLOCK = 128  # weights per quantization block (the prepared int4 format's group)
+ENV = "GROK_DESKTOP_INT4_KERNEL"  # "mlas": use onnxruntime's MatMulNBits instead
+
+_AVAILABLE: list[bool] = []
+_KERNELS: list[Any] = []
+
+
+def available() -> bool:
+    """Whether this kernel runs here: numba and llvmlite import, the CPU has AVX512F, BW and
+    VNNI (as LLVM reports the host), and GROK_DESKTOP_INT4_KERNEL is not "mlas". Cached."""
+    if os.environ.get(ENV, "").strip().lower() == "mlas":
+        return False
+    if not _AVAILABLE:
+        try:
+            from llvmlite import binding
+
+            features = binding.get_host_cpu_features()
+            ok = all(features.get(f, False) for f in ("avx512f", "avx512bw", "avx512vnni"))
+            if ok:
+                import numba  # noqa: F401
+        except Exception:  # noqa: BLE001 - not installed, or a build without host queries
+            ok = False
+        _AVAILABLE.append(ok)
+    return _AVAILABLE[0]
+
+
+def supports(ops: tuple) -> bool:
+    """Whether MatMulNBits operands `ops` (cpu_kernels.Operands) are int4 in blocks of 128
+    with zero points: the one form this kernel reads."""
+    return len(ops) == 5 and ops[0] == 4 and ops[1] == BLOCK
+
+
+class Int4Weight:
+    """One int4 weight (N, K) repacked for the kernel; call with x (M, K) float32 numpy ->
+    y = x W^T (M, N) float32 numpy.
+
+    Built from MatMulNBits operands (4, 128, packed (N, K/128, 64) uint8 low nibble first,
+    scales fp32 (N*K/128,), zero points packed two per byte (N * ceil(K/256),)). Raises
+    ValueError for any other form (`supports` says which)."""
+
+    def __init__(self, k: int, n: int, ops: tuple, threads: int | None = None) -> None:
+        if not supports(ops) or k % BLOCK:
+            raise ValueError(f"Int4Weight takes int4 operands in blocks of {BLOCK} "
+                             f"with zero points; got bits={ops[0]}, block={ops[1]}, K={k}")
+        import torch
+
+        _, _, packed, scales, zeros = ops
+        blocks = k // BLOCK
+        codes = np.asarray(packed).reshape(n, blocks, BLOCK // 2)
+        zp_bytes = np.asarray(zeros).reshape(n, -1)
+        zp = np.empty((n, 2 * zp_bytes.shape[1]), np.uint8)
+        zp[:, 0::2], zp[:, 1::2] = zp_bytes & 15, zp_bytes >> 4
+        s = np.asarray(scales, dtype=np.float32).reshape(n, blocks)
+        pad = -n % ROWS
+        if pad:  # zero rows (scale 0): their outputs are dropped
+            codes = np.concatenate([codes, np.zeros((pad, blocks, BLOCK // 2), np.uint8)])
+            s = np.concatenate([s, np.zeros((pad, blocks), np.float32)])
+            zp = np.concatenate([zp, np.zeros((pad, zp.shape[1]), np.uint8)])
+        groups = (n + pad) // ROWS
+        # (group, block, row, 64) etc.: a group's four rows read as one stream
+        self.codes = np.ascontiguousarray(
+            codes.reshape(groups, ROWS, blocks, BLOCK // 2).transpose(0, 2, 1, 3))
+        self.scales = np.ascontiguousarray(s.reshape(groups, ROWS, blocks).transpose(0, 2, 1))
+        self.zeros = np.ascontiguousarray(
+            zp[:, :blocks].reshape(groups, ROWS, blocks).transpose(0, 2, 1))
+        self.k, self.n = k, n
+        self.threads = max(1, threads if threads is not None else torch.get_num_threads())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the repacked weight (codes, scales, zero points)."""
+        return self.codes.nbytes + self.scales.nbytes + self.zeros.nbytes
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import numba
+        import torch
+
+        quantize, quantize_parallel, gemm = kernels()
+        m = x.shape[0]
+        if x.shape != (m, self.k) or x.dtype != np.float32:
+            raise ValueError(f"expected float32 x of shape (M, {self.k}), got {x.dtype} "
+                             f"{x.shape}")
+        x = np.ascontiguousarray(x)
+        blocks = self.k // BLOCK
+        xq = np.empty((m, self.k), np.int8)
+        xscale = np.empty((m, blocks), np.float32)
+        xsum = np.empty((m, blocks), np.float32)
+        torch_threads = torch.get_num_threads()
+        pool = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+        numba.set_num_threads(min(self.threads, pool))
+        (quantize_parallel if m > 1 else quantize)(x, xq, xscale, xsum)
+        y = np.empty((m, self.codes.shape[0] * ROWS), np.float32)
+        gemm(self.codes, self.scales, self.zeros, xq, xscale, xsum, y)
+        if torch.get_num_threads() != torch_threads:
+            # numba's OpenMP layer shares PyTorch's OpenMP runtime, and starting its pool
+            # can reset the calling thread's thread count (seen: 1 -> 2): put it back
+            torch.set_num_threads(torch_threads)
+        return y[:, :self.n] if y.shape[1] != self.n else y
+
+
+def warm_up() -> None:
+    """Compile the kernels now (a tiny weight at one and at two rows), so that the first
+    token does not wait ~2 s for numba. No-op when the kernel does not run here."""
+    if not available():
+        return
+    rng = np.random.default_rng(0)
+    ops = (4, BLOCK, rng.integers(0, 256, (4, 1, BLOCK // 2), dtype=np.uint8),
+           np.ones(4, np.float32), np.zeros(4, np.uint8))
+    weight = Int4Weight(BLOCK, 4, ops, threads=1)
+    for m in (1, 2):
+        weight(np.ones((m, BLOCK), np.float32))
+
+
+def kernels() -> tuple:
+    """(quantize, quantize_parallel, gemm), compiled on first use (numba; ~2 s)."""
+    if not _KERNELS:
+        _KERNELS.append(_build())
+    return _KERNELS[0]
+
+
+def _build() -> tuple:
+    import numba
+    from llvmlite import ir
+    from numba import njit, prange, types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    i8, i32, i64, f32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
+    v64i8, v16i32, v16f = ir.VectorType(i8, 64), ir.VectorType(i32, 16), ir.VectorType(f32, 16)
+
+    def rows_dot(tokens: int) -> Any:
+        """An intrinsic computing ROWS outputs for `tokens` activation rows: args are
+        addresses (int64) of the group's codes, scales and zero points, of the first token's
+        int8 activations (arranged as in quantize), activation scales and sums, and of y[m0,
+        n0]; then the block count and y's row length N."""
+
+        @intrinsic
+        def dot(typingctx: Any, w: Any, s: Any, z: Any, x: Any, sx: Any, xs: Any, y: Any,
+                nblk: Any, n: Any) -> Any:
+            sig = types.void(*([types.int64] * 9))
+
+            def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+                w_a, s_a, z_a, x_a, sx_a, xs_a, y_a, nb_, n_ = args
+                mod = builder.module
+                vnni = cgutils.get_or_insert_function(
+                    mod, ir.FunctionType(v16i32, [v16i32] * 3), "llvm.x86.avx512.vpdpbusd.512")
+                hsum = cgutils.get_or_insert_function(
+                    mod, ir.FunctionType(f32, [f32, v16f]), "llvm.vector.reduce.fadd.v16f32")
+                fma = cgutils.get_or_insert_function(
+                    mod, ir.FunctionType(v16f, [v16f] * 3), "llvm.fma.v16f32")
+
+                def c(v: int) -> Any:
+                    return ir.Constant(i64, v)
+
+                wp = builder.inttoptr(w_a, v64i8.as_pointer())
+                xp = builder.inttoptr(x_a, v64i8.as_pointer())
+                sp = builder.inttoptr(s_a, f32.as_pointer())
+                zp = builder.inttoptr(z_a, i8.as_pointer())
+                sxp = builder.inttoptr(sx_a, f32.as_pointer())
+                xsp = builder.inttoptr(xs_a, f32.as_pointer())
+                yp = builder.inttoptr(y_a, f32.as_pointer())
+                low, four = ir.Constant(v64i8, [15] * 64), ir.Constant(v64i8, [4] * 64)
+                zero_i, zero_f = ir.Constant(v16i32, None), ir.Constant(v16f, None)
+                lanes0 = ir.Constant(v16i32, [0] * 16)
+                # per (row, token): a 16-lane fp32 sum of scaled block dots, and the zero
+                # points' scalar term (promoted to registers by LLVM)
+                acc = [[cgutils.alloca_once_value(builder, zero_f) for _ in range(tokens)]
+                       for _ in range(ROWS)]
+                corr = [[cgutils.alloca_once_value(builder, ir.Constant(f32, 0.0))
+                         for _ in range(tokens)] for _ in range(ROWS)]
+                with cgutils.for_range(builder, nb_) as loop:
+                    b = loop.index
+                    x_even, x_odd, a_s, a_sum = [], [], [], []
+                    for t in range(tokens):
+                        tb = builder.add(builder.mul(c(t), nb_), b)  # token t, block b
+                        x_even.append(builder.bitcast(builder.load(
+                            builder.gep(xp, [builder.mul(tb, c(2))]), align=1), v16i32))
+                        x_odd.append(builder.bitcast(builder.load(
+                            builder.gep(xp, [builder.add(builder.mul(tb, c(2)), c(1))]),
+                            align=1), v16i32))
+                        a_s.append(builder.load(builder.gep(sxp, [tb])))
+                        a_sum.append(builder.load(builder.gep(xsp, [tb])))
+                    for r in range(ROWS):
+                        idx = builder.add(builder.mul(b, c(ROWS)), c(r))
+                        packed = builder.load(builder.gep(wp, [idx]), align=1)  # 128 codes
+                        lo = builder.bitcast(builder.and_(packed, low), v16i32)  # even k
+                        hi = builder.bitcast(builder.lshr(packed, four), v16i32)  # odd k
+                        sw = builder.load(builder.gep(sp, [idx]))
+                        szp = builder.fmul(sw, builder.uitofp(
+                            builder.load(builder.gep(zp, [idx])), f32))
+                        for t in range(tokens):
+                            dot_i = builder.call(vnni, [zero_i, lo, x_even[t]])
+                            dot_i = builder.call(vnni, [dot_i, hi, x_odd[t]])  # (16,) int32
+                            scale = builder.insert_element(
+                                ir.Constant(v16f, ir.Undefined),
+                                builder.fmul(sw, a_s[t]), ir.Constant(i32, 0))
+                            scale = builder.shuffle_vector(
+                                scale, ir.Constant(v16f, ir.Undefined), lanes0)
+                            builder.store(builder.call(fma, [
+                                builder.sitofp(dot_i, v16f), scale,
+                                builder.load(acc[r][t])]), acc[r][t])
+                            builder.store(builder.fadd(builder.load(corr[r][t]), builder.fmul(
+                                szp, builder.fmul(a_s[t], a_sum[t]))), corr[r][t])
+                for r in range(ROWS):
+                    for t in range(tokens):
+                        total = builder.call(hsum, [ir.Constant(f32, 0.0),
+                                                    builder.load(acc[r][t])])
+                        out = builder.gep(yp, [builder.add(builder.mul(c(t), n_), c(r))])
+                        builder.store(builder.fsub(total, builder.load(corr[r][t])), out)
+                return context.get_dummy_value()
+
+            return sig, codegen
+
+        return dot
+
+    dot1, dot_tokens = rows_dot(1), rows_dot(TOKENS)
+
+    def quantize_body(x: Any, xq: Any, sx: Any, xs: Any, i: int) -> None:
+        blocks = x.shape[1] // 128
+        m = i // blocks
+        b = i - m * blocks
+        o = b * 128
+        amax = np.float32(0)
+        for j in range(128):
+            amax = max(amax, abs(x[m, o + j]))
+        scale = amax / np.float32(127)
+        inv = np.float32(1) / scale if amax > 0 else np.float32(0)
+        total = 0
+        for j in range(64):  # block layout: the 64 even-k values, then the 64 odd-k ones
+            q_even = np.int8(np.rint(x[m, o + 2 * j] * inv))
+            q_odd = np.int8(np.rint(x[m, o + 2 * j + 1] * inv))
+            xq[m, o + j] = q_even
+            xq[m, o + 64 + j] = q_odd
+            total += np.int32(q_even) + np.int32(q_odd)
+        sx[m, b] = scale
+        xs[m, b] = np.float32(total)
+
+    body = njit(boundscheck=False)(quantize_body)
+
+    @njit(boundscheck=False)
+    def quantize(x: Any, xq: Any, sx: Any, xs: Any) -> None:
+        for i in range(x.shape[0] * (x.shape[1] // 128)):
+            body(x, xq, sx, xs, i)
+
+    @njit(boundscheck=False, parallel=True)
+    def quantize_parallel(x: Any, xq: Any, sx: Any, xs: Any) -> None:
+        for i in prange(x.shape[0] * (x.shape[1] // 128)):
+            body(x, xq, sx, xs, i)
+
+    @njit(boundscheck=False, parallel=True)
+    def gemm(w: Any, s: Any, z: Any, xq: Any, sx: Any, xs: Any, y: Any) -> None:
+        groups, blocks = s.shape[0], s.shape[1]
+        n = groups * ROWS
+        tokens = xq.shape[0]
+        threads = numba.get_num_threads()
+        w0, s0, z0 = w.ctypes.data, s.ctypes.data, z.ctypes.data
+        x0, sx0, xs0, y0 = xq.ctypes.data, sx.ctypes.data, xs.ctypes.data, y.ctypes.data
+        for t in prange(threads):
+            for g in range(t * groups // threads, (t + 1) * groups // threads):
+                r = g * ROWS
+                wg, sg, zg = w0 + r * blocks * 64, s0 + r * blocks * 4, z0 + r * blocks
+                m = 0
+                while m + TOKENS <= tokens:
+                    dot_tokens(wg, sg, zg, x0 + m * blocks * 128, sx0 + m * blocks * 4,
+                               xs0 + m * blocks * 4, y0 + (m * n + r) * 4, blocks, n)
+                    m += TOKENS
+                while m < tokens:
+                    dot1(wg, sg, zg, x0 + m * blocks * 128, sx0 + m * blocks * 4,
+                         xs0 + m * blocks * 4, y0 + (m * n + r) * 4, blocks, n)
+                    m += 1
+
+    return quantize, quantize_parallel, gemm
