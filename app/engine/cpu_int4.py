@@ -17,10 +17,11 @@ with the inner sums exact in int32 (VNNI `vpdpbusd`: unsigned 4-bit codes times 
 and the outer sum in fp32. The integer part equals MLAS's; the fp32 sums differ in order only
 (agreement ~1e-7 relative, tests/test_cpu_int4.py).
 
-Layout: rows in groups of ROWS = 4, each group's blocks interleaved (group, block, row, 64
-bytes), so the four rows a call computes are one sequential stream (separate streams per row
-read ~40% slower); N is padded to a multiple of 4 with zero rows. Scales and zero points
-(one byte each, unpacked) follow the same (group, block, row) order.
+Layout: rows in groups of ROWS = 4, each group's blocks interleaved (block, row, 64 bytes), so
+the four rows a call computes are one sequential stream (separate streams per row read ~40%
+slower); N is padded to a multiple of 4 with zero rows. Rows longer than CHUNK = 64 blocks are
+stored and summed chunk by chunk (chunk, group, block, row, 64), so a pass's activations stay
+in L1. Scales and zero points (one byte each, unpacked) follow the same order.
 
 Threads: a call splits the row groups over `threads` numba threads (its OpenMP or TBB layer;
 torch.get_num_threads() when the weight is built, as cpu_kernels' sessions take theirs).
@@ -41,6 +42,9 @@ from typing import Any
 import numpy as np
 
 ROWS = 4  # weight rows per interleaved group (one sequential stream per kernel call)
+CHUNK = 64  # blocks per chunk (8192 inputs): a longer row is summed in chunks, so the
+# activations a pass reads stay in L1 (real-size 16384- and 32768-input rows on one thread:
+# ~19 -> ~24 GB/s; the weights are stored chunk-major so each pass is one stream)
 TOKENS = 4  # activation rows per pass over a group's weights (prefill)
 BLOCK = 128  # weights per quantization block (the prepared int4 format's group)
 ENV = "GROK_DESKTOP_INT4_KERNEL"  # "mlas": use onnxruntime's MatMulNBits instead
@@ -101,19 +105,24 @@ class Int4Weight:
             s = np.concatenate([s, np.zeros((pad, blocks), np.float32)])
             zp = np.concatenate([zp, np.zeros((pad, zp.shape[1]), np.uint8)])
         groups = (n + pad) // ROWS
-        # (group, block, row, 64) etc.: a group's four rows read as one stream
-        self.codes = np.ascontiguousarray(
-            codes.reshape(groups, ROWS, blocks, BLOCK // 2).transpose(0, 2, 1, 3))
-        self.scales = np.ascontiguousarray(s.reshape(groups, ROWS, blocks).transpose(0, 2, 1))
-        self.zeros = np.ascontiguousarray(
-            zp[:, :blocks].reshape(groups, ROWS, blocks).transpose(0, 2, 1))
+
+        def interleave(a: np.ndarray) -> np.ndarray:
+            """(N, B, ...) -> flat, ordered (chunk of CHUNK blocks, group, block, row, ...)."""
+            a = a.reshape(groups, ROWS, blocks, *a.shape[2:]).swapaxes(1, 2)
+            return np.concatenate([a[:, c:c + CHUNK].reshape(-1)
+                                   for c in range(0, blocks, CHUNK)])
+
+        self.codes = interleave(codes)
+        self.scales = interleave(s)
+        self.zeros = interleave(zp[:, :blocks])
+        self.groups, self.blocks = groups, blocks
         self.k, self.n = k, n
         self.threads = max(1, threads if threads is not None else torch.get_num_threads())
 
     @property
     def nbytes(self) -> int:
         """Bytes of the repacked weight (codes, scales, zero points)."""
-        return self.codes.nbytes + self.scales.nbytes + self.zeros.nbytes
+        return int(self.codes.nbytes + self.scales.nbytes + self.zeros.nbytes)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         import numba
@@ -133,8 +142,8 @@ class Int4Weight:
         pool = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
         numba.set_num_threads(min(self.threads, pool))
         (quantize_parallel if m > 1 else quantize)(x, xq, xscale, xsum)
-        y = np.empty((m, self.codes.shape[0] * ROWS), np.float32)
-        gemm(self.codes, self.scales, self.zeros, xq, xscale, xsum, y)
+        y = np.zeros((m, self.groups * ROWS), np.float32)  # the chunks add into it
+        gemm(self.codes, self.scales, self.zeros, xq, xscale, xsum, y, self.groups)
         if torch.get_num_threads() != torch_threads:
             # numba's OpenMP layer shares PyTorch's OpenMP runtime, and starting its pool
             # can reset the calling thread's thread count (seen: 1 -> 2): put it back
@@ -173,18 +182,19 @@ def _build() -> tuple:
     v64i8, v16i32, v16f = ir.VectorType(i8, 64), ir.VectorType(i32, 16), ir.VectorType(f32, 16)
 
     def rows_dot(tokens: int) -> Any:
-        """An intrinsic computing ROWS outputs for `tokens` activation rows: args are
-        addresses (int64) of the group's codes, scales and zero points, of the first token's
-        int8 activations (arranged as in quantize), activation scales and sums, and of y[m0,
-        n0]; then the block count and y's row length N."""
+        """An intrinsic adding ROWS outputs' share of `nblk` blocks for `tokens` activation
+        rows: args are addresses (int64) of the (chunk, group)'s codes, scales and zero
+        points, of the first token's int8 activations at the chunk's first block (arranged as
+        in quantize), activation scales and sums, and of y[m0, n0]; then the block count, y's
+        row length N and the activations' blocks per token."""
 
         @intrinsic
         def dot(typingctx: Any, w: Any, s: Any, z: Any, x: Any, sx: Any, xs: Any, y: Any,
-                nblk: Any, n: Any) -> Any:
-            sig = types.void(*([types.int64] * 9))
+                nblk: Any, n: Any, xstride: Any) -> Any:
+            sig = types.void(*([types.int64] * 10))
 
             def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-                w_a, s_a, z_a, x_a, sx_a, xs_a, y_a, nb_, n_ = args
+                w_a, s_a, z_a, x_a, sx_a, xs_a, y_a, nb_, n_, xst_ = args
                 mod = builder.module
                 vnni = cgutils.get_or_insert_function(
                     mod, ir.FunctionType(v16i32, [v16i32] * 3), "llvm.x86.avx512.vpdpbusd.512")
@@ -216,7 +226,7 @@ def _build() -> tuple:
                     b = loop.index
                     x_even, x_odd, a_s, a_sum = [], [], [], []
                     for t in range(tokens):
-                        tb = builder.add(builder.mul(c(t), nb_), b)  # token t, block b
+                        tb = builder.add(builder.mul(c(t), xst_), b)  # token t, block b
                         x_even.append(builder.bitcast(builder.load(
                             builder.gep(xp, [builder.mul(tb, c(2))]), align=1), v16i32))
                         x_odd.append(builder.bitcast(builder.load(
@@ -250,7 +260,8 @@ def _build() -> tuple:
                         total = builder.call(hsum, [ir.Constant(f32, 0.0),
                                                     builder.load(acc[r][t])])
                         out = builder.gep(yp, [builder.add(builder.mul(c(t), n_), c(r))])
-                        builder.store(builder.fsub(total, builder.load(corr[r][t])), out)
+                        builder.store(builder.fadd(builder.load(out), builder.fsub(
+                            total, builder.load(corr[r][t]))), out)  # y += this chunk
                 return context.get_dummy_value()
 
             return sig, codegen
@@ -292,25 +303,30 @@ def _build() -> tuple:
             body(x, xq, sx, xs, i)
 
     @njit(boundscheck=False, parallel=True)
-    def gemm(w: Any, s: Any, z: Any, xq: Any, sx: Any, xs: Any, y: Any) -> None:
-        groups, blocks = s.shape[0], s.shape[1]
+    def gemm(w: Any, s: Any, z: Any, xq: Any, sx: Any, xs: Any, y: Any, groups: int) -> None:
+        blocks = sx.shape[1]
         n = groups * ROWS
         tokens = xq.shape[0]
         threads = numba.get_num_threads()
         w0, s0, z0 = w.ctypes.data, s.ctypes.data, z.ctypes.data
         x0, sx0, xs0, y0 = xq.ctypes.data, sx.ctypes.data, xs.ctypes.data, y.ctypes.data
-        for t in prange(threads):
-            for g in range(t * groups // threads, (t + 1) * groups // threads):
-                r = g * ROWS
-                wg, sg, zg = w0 + r * blocks * 64, s0 + r * blocks * 4, z0 + r * blocks
-                m = 0
-                while m + TOKENS <= tokens:
-                    dot_tokens(wg, sg, zg, x0 + m * blocks * 128, sx0 + m * blocks * 4,
-                               xs0 + m * blocks * 4, y0 + (m * n + r) * 4, blocks, n)
-                    m += TOKENS
-                while m < tokens:
-                    dot1(wg, sg, zg, x0 + m * blocks * 128, sx0 + m * blocks * 4,
-                         xs0 + m * blocks * 4, y0 + (m * n + r) * 4, blocks, n)
-                    m += 1
+        for t in prange(threads):  # each thread: its row groups, chunk after chunk
+            for c0 in range(0, blocks, CHUNK):
+                span = min(CHUNK, blocks - c0)
+                for g in range(t * groups // threads, (t + 1) * groups // threads):
+                    r = g * ROWS
+                    e = (c0 * groups + g * span) * ROWS  # (chunk, group)'s first (block, row)
+                    wg, sg, zg = w0 + e * 64, s0 + e * 4, z0 + e
+                    m = 0
+                    while m + TOKENS <= tokens:
+                        o = m * blocks + c0
+                        dot_tokens(wg, sg, zg, x0 + o * 128, sx0 + o * 4, xs0 + o * 4,
+                                   y0 + (m * n + r) * 4, span, n, blocks)
+                        m += TOKENS
+                    while m < tokens:
+                        o = m * blocks + c0
+                        dot1(wg, sg, zg, x0 + o * 128, sx0 + o * 4, xs0 + o * 4,
+                             y0 + (m * n + r) * 4, span, n, blocks)
+                        m += 1
 
     return quantize, quantize_parallel, gemm

@@ -56,11 +56,13 @@ def reference(x: np.ndarray, ops: tuple) -> np.ndarray:
                      dots - zp[None] * sums[:, None, :])
 
 
-@pytest.mark.parametrize("n,k,m", [(160, 256, 1), (163, 384, 5), (64, 1024, 9), (4, 128, 4)])
+@pytest.mark.parametrize("n,k,m", [(160, 256, 1), (163, 384, 5), (64, 1024, 9), (4, 128, 4),
+                                   (12, 128 * 128, 1), (9, 128 * 67, 6)])
 def test_matches_the_documented_arithmetic_and_matmulnbits(n, k, m):
     """Against the float64 reference of the same arithmetic, and against onnxruntime's
     MatMulNBits (accuracy level 4) on the same operands: both to ~1e-6 (fp32 sums in another
-    order). Shapes cover N not a multiple of 4, an odd number of blocks and token tails."""
+    order). Shapes cover N not a multiple of 4, an odd number of blocks, token tails, and rows
+    summed in chunks of 64 blocks (two full chunks; a full and a partial one)."""
     ops = random_ops(n, k, seed=n + k + m)
     x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
     y = cpu_int4.Int4Weight(k, n, ops, threads=2)(x)
