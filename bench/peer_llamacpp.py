@@ -2,7 +2,8 @@
 
     python bench/peer_llamacpp.py [--llama-bench PATH] [--work DIR] [--formats int4,int8,bf16]
                                   [--threads 1,2] [--repeats 3] [--tokens 64] [--prefill 512]
-                                  [--depth N] [--real] [--no-mid]
+                                  [--depth N] [--real] [--int4-kernels vnni,mlas]
+                                  [--no-mid]
 
 Not run by CI. What it does:
 1. Finds `llama-bench` (--llama-bench, $LLAMA_BENCH, PATH, or an earlier build in --work);
@@ -22,7 +23,10 @@ Not run by CI. What it does:
    once per token, routed experts at top-k/E).
    With --real, ours is one real-size DecoderLayer timed directly (per-layer ms, decode at a
    32-token context and a 512-token prefill); llama.cpp's per-layer figure is the slope
-   between its 1- and 2-layer files.
+   between its 1- and 2-layer files. Its int4 rows run once per `--int4-kernels` entry (default
+   vnni): "vnni" is what the engine picks (app/engine/cpu_int4.py where it runs, else
+   onnxruntime's MatMulNBits), "mlas" forces MatMulNBits (GROK_DESKTOP_INT4_KERNEL=mlas); the
+   kernel that ran is printed in the row.
 GGUF files live in --work (default /tmp/peer_llamacpp) and are deleted after use. A real-size
 int4 layer is about 2.3 GB (file) plus as much again for our repacked copy in memory.
 """
@@ -47,6 +51,7 @@ sys.path.insert(0, str(ROOT))  # `app` from this checkout
 
 SDIST = "llama-cpp-python==0.3.36"
 FORMATS = {"int4": "Q4_0", "int8": "Q8_0", "bf16": "BF16"}
+INT4_ENV = "GROK_DESKTOP_INT4_KERNEL"  # app/engine/cpu_int4.ENV: "mlas" forces MatMulNBits
 GGUF_CONTEXT = 8192  # the context length written into the GGUF files (write_gguf)
 HEAD = {"int4": "Q8_0", "int8": "Q8_0", "bf16": "BF16"}  # ours: the output head is int8 at most
 REAL = {"hidden_size": 8192, "num_attention_heads": 64, "num_key_value_heads": 8,
@@ -223,11 +228,13 @@ def run_ours_mid(fmt: str, threads: int, tokens: int, prefill: int,
     return r["decode_tokens_per_s"], r["prefill"][-1]["tokens_per_s"], r
 
 
-def run_ours_real_layer(fmt: str, threads: int, repeats: int, prefill: int) -> tuple[float, float]:
-    """(decode ms, prefill ms) of one real-size DecoderLayer with random quantized weights."""
+def run_ours_real_layer(fmt: str, threads: int, repeats: int, prefill: int
+                        ) -> tuple[float, float, str]:
+    """(decode ms, prefill ms, the int4 kernel that ran: "vnni", "mlas" or "") of one real-size
+    DecoderLayer with random quantized weights."""
     import torch
 
-    from app.engine import bench, quantize
+    from app.engine import bench, cpu_int4, quantize
     from app.engine.config import Grok2Config
     from app.engine.model import DecoderLayer, KVCache, cpu_gemv, torch_threads
     from app.engine.plan import weight_format
@@ -270,7 +277,8 @@ def run_ours_real_layer(fmt: str, threads: int, repeats: int, prefill: int) -> t
             with cpu_gemv(True):
                 layer(x, torch.tensor([32 + i]), cache)
             decode.append(time.perf_counter() - start)
-    return statistics.median(decode[1:]) * 1e3, min(pre) * 1e3
+    kernel = ("vnni" if cpu_int4.available() else "mlas") if fmt == "int4" else ""
+    return statistics.median(decode[1:]) * 1e3, min(pre) * 1e3, kernel
 
 
 def read_bound(threads: int) -> float:
@@ -340,7 +348,7 @@ def mid(exe: Path, work: Path, formats: list[str], threads: list[int], repeats: 
 
 
 def real(exe: Path, work: Path, formats: list[str], threads: list[int], repeats: int,
-         prefill: int) -> None:
+         prefill: int, int4_kernels: list[str]) -> None:
     cfg = dict(REAL, num_local_experts=8, num_experts_per_tok=2)
     print(f"\n## real-size slice (per layer; llama.cpp: slope of 1 vs 2 layers); prefill "
           f"{prefill}; load {os.getloadavg()[0]:.1f}")
@@ -352,25 +360,36 @@ def real(exe: Path, work: Path, formats: list[str], threads: list[int], repeats:
         try:
             for n, p in paths.items():
                 write_gguf(p, cfg, n, fmt)
+            kernels = int4_kernels if fmt == "int4" else [""]
             for t in threads:
-                ours_d, ours_p, th_d, th_p = [], [], [], []
+                ours: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in kernels}
+                ran: dict[str, str] = {}
+                th_d, th_p = [], []
                 for _ in range(repeats):
-                    code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); "
-                            "from bench.peer_llamacpp import run_ours_real_layer as f; "
-                            f"print(json.dumps(f({fmt!r}, {t}, 3, {prefill})))")
-                    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
-                                         capture_output=True, text=True).stdout
-                    d, p = json.loads(out.strip().splitlines()[-1])
-                    ours_d.append(d)
-                    ours_p.append(p)
+                    for k in kernels:  # ours with each int4 kernel, then llama.cpp
+                        env = {n: v for n, v in os.environ.items() if n != INT4_ENV}
+                        if k == "mlas":
+                            env[INT4_ENV] = "mlas"
+                        code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); "
+                                "from bench.peer_llamacpp import run_ours_real_layer as f; "
+                                f"print(json.dumps(f({fmt!r}, {t}, 3, {prefill})))")
+                        out = subprocess.run([sys.executable, "-c", code], check=True,
+                                             cwd=ROOT, capture_output=True, text=True,
+                                             env=env).stdout
+                        d, p, ran[k] = json.loads(out.strip().splitlines()[-1])
+                        ours[k][0].append(d)
+                        ours[k][1].append(p)
                     g1, g2 = (run_llama_bench(exe, paths[n], t, 0, 16) for n in (1, 2))
                     th_d.append(1e3 / g2 - 1e3 / g1)
                     p1, p2 = (run_llama_bench(exe, paths[n], t, prefill, 0) for n in (1, 2))
                     th_p.append(prefill / p2 * 1e3 - prefill / p1 * 1e3)  # ms per layer
-                od, td = statistics.median(ours_d), statistics.median(th_d)
-                op, tp = statistics.median(ours_p), statistics.median(th_p)
-                print(f"| {fmt} vs {FORMATS[fmt]} | {t} | {od:.1f} / {td:.1f} | {td / od:.2f}x | "
-                      f"{prefill / op * 1e3:.1f} / {prefill / tp * 1e3:.1f} |", flush=True)
+                td, tp = statistics.median(th_d), statistics.median(th_p)
+                for k in kernels:
+                    od, op = statistics.median(ours[k][0]), statistics.median(ours[k][1])
+                    label = f"{fmt} ({ran[k]})" if ran[k] else fmt
+                    print(f"| {label} vs {FORMATS[fmt]} | {t} | {od:.1f} / {td:.1f} | "
+                          f"{td / od:.2f}x | {prefill / op * 1e3:.1f} / "
+                          f"{prefill / tp * 1e3:.1f} |", flush=True)
         finally:
             for p in paths.values():
                 p.unlink(missing_ok=True)
@@ -392,6 +411,9 @@ def main() -> None:
                     help="tokens in the KV cache before the decoded ones (mid-size table; "
                          "0: ours after 32, llama.cpp after none)")
     ap.add_argument("--real", action="store_true", help="also the real-size per-layer slope")
+    ap.add_argument("--int4-kernels", default="vnni", help="comma-separated, of vnni, mlas: "
+                    "the int4 kernels the real-size rows run ours with (vnni: the engine's "
+                    "choice; mlas: onnxruntime's MatMulNBits)")
     ap.add_argument("--no-mid", action="store_true", help="skip the mid-size table")
     args = ap.parse_args()
     # every argument checked before anything is built, written or run
@@ -410,6 +432,10 @@ def main() -> None:
     for name in ("repeats", "tokens", "prefill"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be at least 1, not {getattr(args, name)}")
+    int4_kernels = [k.strip() for k in args.int4_kernels.split(",") if k.strip()]
+    if not int4_kernels or set(int4_kernels) - {"vnni", "mlas"}:
+        ap.error(f"--int4-kernels takes a comma-separated list of vnni, mlas; got "
+                 f"{args.int4_kernels!r}")
     if args.depth < 0:
         ap.error(f"--depth must be 0 or more tokens, not {args.depth}")
     if max(args.depth, 32) + args.tokens > GGUF_CONTEXT or args.prefill > GGUF_CONTEXT:
@@ -422,7 +448,7 @@ def main() -> None:
         mid(exe, work, formats, threads, args.repeats, args.tokens, args.prefill, args.depth)
     if args.real:
         real(exe, work, [f for f in formats if f != "bf16"], threads, args.repeats,
-             args.prefill)
+             args.prefill, int4_kernels)
 
 
 if __name__ == "__main__":

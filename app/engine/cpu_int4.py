@@ -1,10 +1,11 @@
 """CPU int4 matmuls on AVX512-VNNI, compiled at run time by numba (LLVM): decode and prefill.
 
 The same arithmetic as onnxruntime's MatMulNBits at `accuracy_level=4` (MLAS "CompInt8",
-cpu_kernels.py), on the same weights, streamed faster at one row (decode). A real-size expert
-projection (8192 -> 16384, one row), measured in one process against MatMulNBits
-(`python bench/int4_kernels.py`): on two threads ~35 against ~27 GB/s (median), on one ~26
-against ~21; at 64 rows (prefill) MLAS stays ~10-20% faster, both well ahead of llama.cpp.
+cpu_kernels.py), on the same weights, streamed faster at one row (decode). Real-size expert
+projections at one row, measured in one process against MatMulNBits
+(`python bench/int4_kernels.py`): on two threads ~32-33 against ~23-24 GB/s (medians), on one
+~24-25 against ~19-20; at 64 rows (prefill, compute-bound) MLAS is ~15% faster, both well
+ahead of llama.cpp.
 
 Weight semantics (exact, as MatMulNBits reads the operands cpu_kernels.int4_operands makes):
 w[n, k] = (q[n, k] - zp[n, b]) * s[n, b], q and zp 4-bit unsigned, s fp32, b = k // 128.
@@ -14,8 +15,9 @@ xq = round_half_even(x * (1/a)) int8 (0 for an all-zero block). Then per output
     y[m, n] = sum_b s[n, b] * a[m, b] * (sum_k q[n, k] * xq[m, k] - zp[n, b] * sum_k xq[m, k])
 
 with the inner sums exact in int32 (VNNI `vpdpbusd`: unsigned 4-bit codes times signed int8)
-and the outer sum in fp32. The integer part equals MLAS's; the fp32 sums differ in order only
-(agreement ~1e-7 relative, tests/test_cpu_int4.py).
+and the outer sum in fp32 (within ~5e-7 relative of a float64 evaluation of this formula,
+tests/engine/test_cpu_int4.py). MatMulNBits agrees to ~3e-7 at one row; its multi-row path
+(16 rows and more of 8192-input weights) departs from the formula by ~1e-4.
 
 Layout: rows in groups of ROWS = 4, each group's blocks interleaved (block, row, 64 bytes), so
 the four rows a call computes are one sequential stream (separate streams per row read ~40%
