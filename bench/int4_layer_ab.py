@@ -7,9 +7,10 @@ Not run by CI. Builds the same real-size layer as `peer_llamacpp.py --real` (hid
 once on the kernel the engine picks (app/engine/cpu_int4.py where it runs) and once with
 GROK_DESKTOP_INT4_KERNEL=mlas (onnxruntime's MatMulNBits), then decodes one token at a time on
 each in turns (`--rounds` rounds of `--steps` tokens, the order alternating), so both see the
-same machine. Prints each one's median, 10th percentile and minimum per layer and token, after
-one round of warm-up. Separate runs of this VM drift 10-20% at two threads (memory bandwidth
-shared with other machines); this resolves a few percent. Needs ~10 GB of RAM.
+same machine. Prints each one's median, 10th percentile (from 10 samples up) and minimum per
+layer and token, after one round of warm-up. Separate runs of this VM drift 10-20% at two
+threads (memory bandwidth shared with other machines); this resolves a few percent. Needs
+~12 GB of RAM at the peak.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `app` from this checkout
 
 KERNELS = ("vnni", "mlas")
+NAMES = {"vnni": "vnni (cpu_int4 where it runs)", "mlas": "mlas (MatMulNBits)"}
 
 
 def build(kernel: str, threads: int) -> tuple:
@@ -115,8 +117,9 @@ def main() -> None:
           f"{args.steps} tokens (ms per layer and token):")
     for kernel, ts in times.items():
         ts.sort()
-        print(f"  {kernel}: median {statistics.median(ts) * 1e3:.1f}, 10th percentile "
-              f"{ts[len(ts) // 10] * 1e3:.1f}, min {ts[0] * 1e3:.1f}")
+        p10 = f", 10th percentile {ts[len(ts) // 10] * 1e3:.1f}" if len(ts) >= 10 else ""
+        print(f"  {NAMES[kernel]}: median {statistics.median(ts) * 1e3:.1f}{p10}, "
+              f"min {ts[0] * 1e3:.1f}")
 
 
 if __name__ == "__main__":

@@ -433,9 +433,13 @@ def main() -> None:
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be at least 1, not {getattr(args, name)}")
     int4_kernels = [k.strip() for k in args.int4_kernels.split(",") if k.strip()]
-    if not int4_kernels or set(int4_kernels) - {"vnni", "mlas"}:
-        ap.error(f"--int4-kernels takes a comma-separated list of vnni, mlas; got "
+    if not int4_kernels or set(int4_kernels) - {"vnni", "mlas"} \
+            or len(set(int4_kernels)) != len(int4_kernels):
+        ap.error(f"--int4-kernels takes a comma-separated list of vnni, mlas, each once; got "
                  f"{args.int4_kernels!r}")
+    if int4_kernels != ["vnni"] and not (args.real and "int4" in formats):
+        ap.error("--int4-kernels applies to the real-size int4 rows: add --real, with int4 "
+                 "in --formats")
     if args.depth < 0:
         ap.error(f"--depth must be 0 or more tokens, not {args.depth}")
     if max(args.depth, 32) + args.tokens > GGUF_CONTEXT or args.prefill > GGUF_CONTEXT:

@@ -31,17 +31,20 @@ Prefill computes TOKENS = 4 rows of x per pass over a group's weights (in L1/L2 
 
 `available()` is False without numba or without AVX512-VNNI (the kernel emits
 llvm.x86.avx512.vpdpbusd.512), or when GROK_DESKTOP_INT4_KERNEL=mlas; cpu_kernels then uses
-MatMulNBits. The first call in a process compiles the kernels (~2 s: `warm_up`, which
-quantize.build_cpu_kernels calls; numba cannot cache a function that calls these
-intrinsics, so nothing is written to disk).
+MatMulNBits. The kernels are compiled once per process, before the first weight is built
+(`ready`, ~2 s; numba cannot cache a function that calls these intrinsics, so nothing is
+written to disk); if that fails, int4 stays on MatMulNBits.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 ROWS = 4  # weight rows per interleaved group (one sequential stream per kernel call)
 CHUNK = 64  # blocks per chunk (8192 inputs): a longer row is summed in chunks, so the
@@ -52,6 +55,7 @@ BLOCK = 128  # weights per quantization block (the prepared int4 format's group)
 ENV = "GROK_DESKTOP_INT4_KERNEL"  # "mlas": use onnxruntime's MatMulNBits instead
 
 _AVAILABLE: list[bool] = []
+_READY: list[bool] = []
 _KERNELS: list[Any] = []
 
 
@@ -72,6 +76,23 @@ def available() -> bool:
             ok = False
         _AVAILABLE.append(ok)
     return _AVAILABLE[0]
+
+
+def ready() -> bool:
+    """available(), and the kernels compiled and ran a tiny product (warm_up, ~2 s, once per
+    process). A failure there (say, a bundle whose llvmlite cannot load its LLVM) is logged
+    once and answers False, so int4 stays on MatMulNBits rather than failing the load."""
+    if not available():
+        return False
+    if not _READY:
+        try:
+            warm_up()
+            _READY.append(True)
+        except Exception as exc:  # noqa: BLE001 - any compile or load failure: fall back
+            log.warning("the AVX512-VNNI int4 kernel did not compile (%s: %s); int4 runs on "
+                        "onnxruntime's MatMulNBits", type(exc).__name__, exc)
+            _READY.append(False)
+    return _READY[0]
 
 
 def supports(ops: tuple) -> bool:
@@ -155,7 +176,8 @@ class Int4Weight:
 
 def warm_up() -> None:
     """Compile the kernels now (a tiny weight at one and at two rows), so that the first
-    token does not wait ~2 s for numba. No-op when the kernel does not run here."""
+    token does not wait ~2 s for numba (`ready` calls it before the first weight is built).
+    No-op when the kernel does not run here; raises what numba raises if compiling fails."""
     if not available():
         return
     rng = np.random.default_rng(0)

@@ -227,11 +227,12 @@ class NBitsGatedMLP:
 
 
 def _int4_weight(k: int, n: int, ops: Operands) -> Any:
-    """A cpu_int4.Int4Weight for these operands when that kernel runs here and reads them
-    (int4, blocks of 128, zero points), else None (onnxruntime's MatMulNBits runs them)."""
-    from app.engine.cpu_int4 import BLOCK, Int4Weight, available, supports
+    """A cpu_int4.Int4Weight for these operands when that kernel runs here (compiled: the
+    first call compiles it) and reads them (int4, blocks of 128, zero points), else None
+    (onnxruntime's MatMulNBits runs them)."""
+    from app.engine.cpu_int4 import BLOCK, Int4Weight, ready, supports
 
-    if not (supports(ops) and k % BLOCK == 0 and available()):
+    if not (supports(ops) and k % BLOCK == 0 and ready()):  # ready(): compiled (once)
         return None
     return Int4Weight(k, n, ops, threads=max(1, torch.get_num_threads()))
 

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from app.engine.cpu_graph import build_graphs, release_freed_memory
-from app.engine.cpu_int4 import warm_up as warm_up_int4
 from app.engine.cpu_kernels import (
     NBitsGatedMLP,
     NBitsMatMul,
@@ -350,33 +349,28 @@ def build_cpu_kernels(model: nn.Module,
             fused.update(id(m) for top in covered for m in top.modules())
             if progress:
                 progress("preparing CPU kernels", 0, len(mods))
-    vnni = False  # whether some kernel built runs on cpu_int4's kernel (compiled below)
     for i, (name, mod) in enumerate(mods):
         trio, qkv = _gated_trio(mod), _qkv_trio(mod)
-        kernel: Any = None
         if id(mod) in fused:
             pass  # inside a layer graph: its per-matmul kernels are built if ever needed
-        elif trio is not None and (kernel := gated_mlp_kernel(*trio)) is not None:
+        elif trio is not None and gated_mlp_kernel(*trio) is not None:
             built += 1
             fused.update(id(m) for m in trio)
-        elif qkv is not None and (kernel := qkv_kernel(*qkv)) is not None:
+        elif qkv is not None and qkv_kernel(*qkv) is not None:
             built += 1
             fused.update(id(m) for m in qkv)
         elif _nbits_ready(mod) and id(mod) not in fused:
             assert isinstance(mod, QuantLinear)
-            kernel = nbits_kernel(mod)
-            built += kernel is not None
-            torch_matmuls += kernel is None
+            ok = nbits_kernel(mod) is not None
+            built += ok
+            torch_matmuls += not ok
         elif isinstance(mod, QuantLinear | nn.Linear) and id(mod) not in fused \
                 and mod.weight.device.type == "cpu" and not name.endswith("block_sparse_moe.gate"):
             torch_matmuls += 1  # a CPU matmul PyTorch runs (the router's is tiny)
-        vnni |= getattr(kernel, "backend", "") == "vnni"
         if progress and built:
             progress("preparing CPU kernels", i + 1, len(mods))
     if built:
         release_freed_memory()  # the build's temporary copies (cpu_graph.release_freed_memory)
-    if vnni:
-        warm_up_int4()  # compile cpu_int4's kernels now (~2 s), not at the first token
     if hasattr(model, "torch_threads"):  # a Grok2: glue ops on one thread beside onnxruntime
         model.torch_threads = 1 if built and not torch_matmuls else None  # type: ignore[assignment]
     return built

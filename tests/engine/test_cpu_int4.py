@@ -4,6 +4,7 @@ and chosen only where it runs and reads the weights."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,10 @@ from app.engine import cpu_int4, cpu_kernels, quantize
 from app.engine.plan import Format
 from app.engine.quantize import QuantLinear
 
-pytestmark = pytest.mark.skipif(not cpu_int4.available(),
-                                reason="needs numba and an AVX512-VNNI CPU")
+pytestmark = pytest.mark.skipif(
+    not cpu_int4.available(),
+    reason=f"{cpu_int4.ENV}=mlas turns cpu_int4 off" if os.environ.get(cpu_int4.ENV)
+    else "needs numba and an AVX512-VNNI CPU")
 
 
 def random_ops(n: int, k: int, seed: int = 0) -> tuple:
@@ -170,15 +173,38 @@ def test_engine_picks_it_for_int4_128_only_and_the_variable_forces_mlas(monkeypa
     assert (y - mlas(x)).abs().max() <= 1e-5 * y.abs().max()
 
 
-def test_build_compiles_before_the_first_token(monkeypatch):
-    """quantize.build_cpu_kernels compiles the kernels when it built one on them, so the first
-    token does not wait for numba."""
+def test_compiled_before_the_first_weight_is_built(monkeypatch):
+    """The kernels compile when the first weight on them is built (quantize.build_cpu_kernels
+    at load), so the first token does not wait for numba."""
     monkeypatch.setitem(quantize.CPU_KERNELS, "int4", "nbits")
     monkeypatch.setattr(cpu_int4, "_KERNELS", [])
+    monkeypatch.setattr(cpu_int4, "_READY", [])
     torch.manual_seed(0)
     model = torch.nn.Sequential(QuantLinear.from_weight(torch.randn(64, 256), Format("int4", 128)))
     assert quantize.build_cpu_kernels(model) == 1
     assert cpu_int4._KERNELS, "not compiled at build time"
+    assert quantize.nbits_kernel(model[0]).backend == "vnni"
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="onnxruntime not installed")
+def test_a_kernel_that_does_not_compile_falls_back_to_matmulnbits(monkeypatch, caplog):
+    """If numba fails to compile the kernel (a broken install, a bundle without llvmlite's
+    library), the weights run on MatMulNBits with one logged warning, not a failed load."""
+    def broken() -> tuple:
+        raise OSError("libllvmlite.so: cannot open shared object file")
+
+    monkeypatch.setattr(cpu_int4, "_KERNELS", [])
+    monkeypatch.setattr(cpu_int4, "_READY", [])
+    monkeypatch.setattr(cpu_int4, "_build", broken)
+    ops = random_ops(64, 256)
+    with caplog.at_level("WARNING"):
+        kernel = cpu_kernels.NBitsMatMul(256, 64, ops)
+        again = cpu_kernels.NBitsMatMul(256, 64, ops)
+    assert kernel.backend == again.backend == "mlas"
+    warnings = [r for r in caplog.records if "did not compile" in r.getMessage()]
+    assert len(warnings) == 1 and "libllvmlite.so" in warnings[0].getMessage()
+    x = torch.randn(2, 256)
+    assert torch.isfinite(kernel(x)).all()
 
 
 def test_a_call_leaves_pytorchs_thread_count_alone():
