@@ -98,7 +98,8 @@ def test_control_file_has_the_fields_dpkg_needs(deb_meta):
     assert fields["Version"] == deb_meta.debian_version(app.__version__)
     assert fields["Installed-Size"] == "1234"
     # shared libraries from dpkg-shlibdeps, then a colour emoji font (emoji in replies, PDFs)
-    assert fields["Depends"] == "libc6 (>= 2.34), fonts-noto-color-emoji"
+    # and GNU OpenMP (numba's threading layer; dpkg-shlibdeps cannot map its file name)
+    assert fields["Depends"] == "libc6 (>= 2.34), fonts-noto-color-emoji, libgomp1"
     assert app.APP_NAME in fields["Description"]
     assert text.endswith("\n") and " ." in text.splitlines()
     with pytest.raises(SystemExit, match="unknown variant"):
@@ -223,6 +224,23 @@ def test_bundle_walk_reads_real_elf_files(bundle_libs, tmp_path):
     if shutil.which("dpkg"):
         packages = bundle_libs.system_packages(["libc.so.6"], where)
         assert packages["libc.so.6"] in {"libc6", "libc6:amd64"}
+
+
+def test_system_library_named_by_file_is_found_beside_the_others(bundle_libs, tmp_path,
+                                                                  monkeypatch):
+    """A DT_NEEDED that names a file rather than a soname (numba's OpenMP pool needs
+    libgomp.so.1.0.0, which `ldconfig -p` does not list) is looked for in the folders of the
+    system's libraries and gets its package; a name found nowhere stays unknown; llvmlite's
+    library, opened with ctypes, is a root (not an orphan)."""
+    (tmp_path / "libc.so.6").write_text("")
+    (tmp_path / "libgomp.so.1.0.0").write_text("")
+    monkeypatch.setattr(bundle_libs, "owning_package", lambda path: f"pkg:{Path(path).name}")
+    where = {"libc.so.6": str(tmp_path / "libc.so.6")}
+    packages = bundle_libs.system_packages(["libc.so.6", "libgomp.so.1.0.0", "libnone.so.9"],
+                                           where)
+    assert packages == {"libc.so.6": "pkg:libc.so.6",
+                        "libgomp.so.1.0.0": "pkg:libgomp.so.1.0.0", "libnone.so.9": None}
+    assert bundle_libs.is_root(bundle_libs.Elf("_internal/llvmlite/binding/libllvmlite.so"))
 
 
 # --- desktop entry ---------------------------------------------------------------------------

@@ -31,8 +31,10 @@ from pathlib import Path
 
 # Libraries that are opened with dlopen()/ctypes rather than linked: roots of the walk.
 # libpython: PyInstaller's bootloader; libtorch_global_deps: torch/__init__.py (ctypes.CDLL);
-# libonnxruntime_providers_shared: onnxruntime dlopens it when it sets up execution providers.
-DLOPENED = ["libpython3*.so*", "libtorch_global_deps.so*", "libonnxruntime_providers_shared.so*"]
+# libonnxruntime_providers_shared: onnxruntime dlopens it when it sets up execution providers;
+# libllvmlite: llvmlite.binding opens it with ctypes (numba's compiler, app/engine/cpu_int4.py).
+DLOPENED = ["libpython3*.so*", "libtorch_global_deps.so*", "libonnxruntime_providers_shared.so*",
+            "libllvmlite.so*"]
 
 
 @dataclass
@@ -168,7 +170,17 @@ def system_packages(sonames: Iterable[str],
                     where: Mapping[str, str] | None = None) -> dict[str, str | None]:
     """soname -> Debian package (None: not installed on this machine, or not from a package)."""
     where = ldconfig_paths() if where is None else where
-    return {name: owning_package(where[name]) if name in where else None for name in sonames}
+    dirs = list(dict.fromkeys(os.path.dirname(p) for p in where.values()))
+
+    def path_of(name: str) -> str | None:
+        # a DT_NEEDED may name a file rather than a soname (numba's OpenMP pool needs
+        # libgomp.so.1.0.0): then look for it where the system's libraries are
+        if name in where:
+            return where[name]
+        return next((p for d in dirs if os.path.exists(p := os.path.join(d, name))), None)
+
+    found = {name: path_of(name) for name in sonames}
+    return {name: owning_package(p) if p else None for name, p in found.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,11 @@ from app.gui.xcb_check import packages as xcb_packages
 
 MAINTAINER = "Grok Desktop developers <grok-desktop@users.noreply.github.com>"
 # Packages the app needs beyond the shared libraries dpkg-shlibdeps finds: a colour emoji
-# font, so emoji in replies and PDF exports are not empty boxes on a fresh Debian.
-EXTRA_DEPENDS = ("fonts-noto-color-emoji",)
+# font, so emoji in replies and PDF exports are not empty boxes on a fresh Debian; GNU
+# OpenMP for numba's threading layer (app/engine/cpu_int4.py: its omppool links the file
+# name libgomp.so.1.0.0, which dpkg-shlibdeps cannot map to a package; without it numba
+# falls back to its single-caller workqueue layer).
+EXTRA_DEPENDS = ("fonts-noto-color-emoji", "libgomp1")
 # Runtime packages Qt needs, in Depends whatever the scan of the bundle finds: the X11/xcb
 # libraries of Qt's xcb platform plugin, the list the app checks before it starts the GUI
 # (app/gui/xcb_check.py; the scan finds them too and adds versions, but names them only if

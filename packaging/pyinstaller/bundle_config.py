@@ -92,6 +92,9 @@ DROP_PATTERNS = [
     "libXau.so*", "libXdmcp.so*", "libXext.so*", "libXrender.so*", "libgtk-3.so*",
     "libgdk-3.so*", "libXcomposite.so*", "libXcursor.so*", "libXdamage.so*", "libXfixes.so*",
     "libXi.so*", "libXinerama.so*", "libXrandr.so*", "libatspi.so*", "libepoxy.so*",
+    # numba's TBB threading layer needs libtbb.so.12, which is not bundled: numba then takes
+    # its OpenMP layer (app/engine/cpu_int4.py)
+    "numba/np/ufunc/tbbpool*",
 ]
 # torch_shm_manager: `import torch` checks that it exists
 KEEP_PATTERNS = ["PySide6/Qt/translations/qtbase_*", "torch/bin/torch_shm_manager"]
