@@ -32,44 +32,17 @@ def build(kernel: str, threads: int) -> tuple:
     """(layer, its KV cache, the backends its fused kernels report) for one int4 kernel."""
     import torch
 
-    from app.engine import bench, cpu_int4, quantize
-    from app.engine.config import Grok2Config
-    from app.engine.model import DecoderLayer, KVCache
-    from app.engine.plan import weight_format
-    from bench.peer_llamacpp import REAL
+    from app.engine import cpu_int4, quantize
+    from app.engine.model import KVCache
+    from bench.peer_llamacpp import real_layer
 
     if kernel == "mlas":
         os.environ[cpu_int4.ENV] = "mlas"
     else:
         os.environ.pop(cpu_int4.ENV, None)
-    torch.set_num_threads(threads)
-    cfg = Grok2Config.from_dict(dict(REAL, num_hidden_layers=1))
-    with torch.device("meta"):
-        layer = DecoderLayer(cfg, 0)
-    for name, mod in list(layer.named_modules()):
-        if isinstance(mod, torch.nn.Linear):
-            f = weight_format(f"model.layers.0.{name}", mod.out_features, mod.in_features,
-                              "int4")
-            new: torch.nn.Module
-            if f.kind in ("int4", "int8"):
-                new = bench.random_quant_linear(mod.out_features, mod.in_features, f)
-            else:
-                new = torch.nn.Linear(mod.in_features, mod.out_features, bias=False,
-                                      dtype=torch.bfloat16)
-                torch.nn.init.normal_(new.weight, std=0.02)
-            quantize.set_module(layer, name, new)
-    for name, p in list(layer.named_parameters()):
-        if p.is_meta:
-            owner, _, attr = name.rpartition(".")
-            setattr(layer.get_submodule(owner), attr,
-                    torch.nn.Parameter(torch.ones(p.shape, dtype=torch.bfloat16), False))
-    quantize.build_cpu_kernels(layer)
-    trios = [m for m in layer.modules() if hasattr(m, "w1") or hasattr(m, "gate_proj")]
-    backends = set()
-    for m in trios:
-        names = ("w1", "w3", "w2") if hasattr(m, "w1") else ("gate_proj", "up_proj", "down_proj")
-        fused = quantize.gated_mlp_kernel(*(getattr(m, n) for n in names))
-        backends.add(getattr(fused, "backend", "PyTorch"))
+    layer, cfg = real_layer("int4", threads)
+    trios = [t for t in map(quantize._gated_trio, layer.modules()) if t is not None]
+    backends = {getattr(quantize.gated_mlp_kernel(*t), "backend", "PyTorch") for t in trios}
     return layer, KVCache(cfg, 1, 4096, torch.bfloat16, "cpu"), backends
 
 

@@ -228,15 +228,14 @@ def run_ours_mid(fmt: str, threads: int, tokens: int, prefill: int,
     return r["decode_tokens_per_s"], r["prefill"][-1]["tokens_per_s"], r
 
 
-def run_ours_real_layer(fmt: str, threads: int, repeats: int, prefill: int
-                        ) -> tuple[float, float, str]:
-    """(decode ms, prefill ms, the int4 kernel that ran: "vnni", "mlas" or "") of one real-size
-    DecoderLayer with random quantized weights."""
+def real_layer(fmt: str, threads: int) -> tuple:
+    """(one real-size DecoderLayer with random weights in `fmt`, its Grok2Config), its CPU
+    kernels built at `threads` threads (the int4 kernel as cpu_int4.ENV says)."""
     import torch
 
-    from app.engine import bench, cpu_int4, quantize
+    from app.engine import bench, quantize
     from app.engine.config import Grok2Config
-    from app.engine.model import DecoderLayer, KVCache, cpu_gemv, torch_threads
+    from app.engine.model import DecoderLayer
     from app.engine.plan import weight_format
 
     torch.set_num_threads(threads)
@@ -260,6 +259,19 @@ def run_ours_real_layer(fmt: str, threads: int, repeats: int, prefill: int
             setattr(layer.get_submodule(owner), attr,
                     torch.nn.Parameter(torch.ones(p.shape, dtype=torch.bfloat16), False))
     quantize.build_cpu_kernels(layer)
+    return layer, cfg
+
+
+def run_ours_real_layer(fmt: str, threads: int, repeats: int, prefill: int
+                        ) -> tuple[float, float, str]:
+    """(decode ms, prefill ms, the int4 kernel that ran: "vnni", "mlas" or "") of one real-size
+    DecoderLayer with random quantized weights."""
+    import torch
+
+    from app.engine import cpu_int4
+    from app.engine.model import KVCache, cpu_gemv, torch_threads
+
+    layer, cfg = real_layer(fmt, threads)
     cache = KVCache(cfg, 1, prefill + 64, torch.bfloat16, "cpu")
     h = torch.randn(1, prefill, cfg.hidden_size, dtype=torch.bfloat16)
     decode, pre = [], []
