@@ -205,10 +205,12 @@ class NBitsGatedMLP:
 
     def __init__(self, d: int, hidden: int, gate: Operands, up: Operands,
                  down: Operands) -> None:
-        stacked = stack_operands([gate, up])
         self.hidden = hidden
-        self.gate_up = None if stacked is None else _int4_weight(d, 2 * hidden, stacked)
-        self.down = None if self.gate_up is None else _int4_weight(hidden, d, down)
+        self.gate_up = self.down = None
+        if _int4_reads(d, gate) and _int4_reads(d, up) and _int4_reads(hidden, down):
+            stacked = stack_operands([gate, up])  # a copy: only when it will be used
+            self.gate_up = None if stacked is None else _int4_weight(d, 2 * hidden, stacked)
+            self.down = None if self.gate_up is None else _int4_weight(hidden, d, down)
         self.session = None
         if self.down is None:
             self.gate_up = None
@@ -226,13 +228,20 @@ class NBitsGatedMLP:
         return torch.from_numpy(self.down(h.numpy()))
 
 
-def _int4_weight(k: int, n: int, ops: Operands) -> Any:
-    """A cpu_int4.Int4Weight for these operands when that kernel runs here (compiled: the
-    first call compiles it) and reads them (int4, blocks of 128, zero points), else None
-    (onnxruntime's MatMulNBits runs them)."""
-    from app.engine.cpu_int4 import BLOCK, Int4Weight, ready, supports
+def _int4_reads(k: int, ops: Operands) -> bool:
+    """Whether cpu_int4's kernel runs here (compiled: the first call compiles it, once) and
+    reads these operands of a K = k weight (int4, blocks of 128, zero points)."""
+    from app.engine.cpu_int4 import BLOCK, ready, supports
 
-    if not (supports(ops) and k % BLOCK == 0 and ready()):  # ready(): compiled (once)
+    return supports(ops) and k % BLOCK == 0 and ready()
+
+
+def _int4_weight(k: int, n: int, ops: Operands) -> Any:
+    """A cpu_int4.Int4Weight for these operands when `_int4_reads` them, else None
+    (onnxruntime's MatMulNBits runs them)."""
+    from app.engine.cpu_int4 import Int4Weight
+
+    if not _int4_reads(k, ops):
         return None
     return Int4Weight(k, n, ops, threads=max(1, torch.get_num_threads()))
 
