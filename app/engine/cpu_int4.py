@@ -157,10 +157,9 @@ class Int4Weight:
             raise ValueError(f"expected float32 x of shape (M, {self.k}), got {x.dtype} "
                              f"{x.shape}")
         x = np.ascontiguousarray(x)
-        blocks = self.k // BLOCK
         xq = np.empty((m, self.k), np.int8)
-        xscale = np.empty((m, blocks), np.float32)
-        xsum = np.empty((m, blocks), np.float32)
+        xscale = np.empty((m, self.blocks), np.float32)
+        xsum = np.empty((m, self.blocks), np.float32)
         torch_threads = torch.get_num_threads()
         pool = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
         numba.set_num_threads(min(self.threads, pool))
