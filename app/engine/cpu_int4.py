@@ -107,7 +107,8 @@ class Int4Weight:
 
     Built from MatMulNBits operands (4, 128, packed (N, K/128, 64) uint8 low nibble first,
     scales fp32 (N*K/128,), zero points packed two per byte (N * ceil(K/256),)). Raises
-    ValueError for any other form (`supports` says which)."""
+    ValueError for any other form (`supports` says which), and a call raises ValueError for x
+    that is not float32 of shape (M, K)."""
 
     def __init__(self, k: int, n: int, ops: tuple, threads: int | None = None) -> None:
         if not supports(ops) or k % BLOCK:
