@@ -60,6 +60,7 @@ def main() -> None:
     try:
         import torch
 
+        from app.engine import cpu_int4
         from app.engine.model import cpu_gemv, torch_threads
     except ImportError as exc:
         sys.exit(f"cannot import the engine ({exc}): pip install -e . first")
@@ -69,7 +70,7 @@ def main() -> None:
         layers[kernel] = (layer, cache)
         print(f"built the {kernel} layer: gated MLPs on {', '.join(sorted(backends))}",
               flush=True)
-    os.environ.pop("GROK_DESKTOP_INT4_KERNEL", None)
+    os.environ.pop(cpu_int4.ENV, None)
     hidden = next(iter(layers.values()))[0].self_attn.cfg.hidden_size
     prompt = torch.randn(1, 32, hidden, dtype=torch.bfloat16)
     times: dict[str, list[float]] = {k: [] for k in KERNELS}

@@ -143,11 +143,6 @@ class Int4Weight:
         self.k, self.n = k, n
         self.threads = max(1, threads if threads is not None else torch.get_num_threads())
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the repacked weight (codes, scales, zero points)."""
-        return int(self.codes.nbytes + self.scales.nbytes + self.zeros.nbytes)
-
     def __call__(self, x: np.ndarray) -> np.ndarray:
         import numba
         import torch
