@@ -1,5 +1,8 @@
 """How much of a mid-size decode token is not matmul, on the layer-graph path.
 
+(Where cpu_step's compiled decode runs, the engine decodes with it, not the graph: this
+script turns it off to measure the graph; bench/step_share.py measures the step.)
+
     python bench/graph_share.py [--quant int4] [--threads 1] [--tokens 64] [--context 32]
 
 Builds the mid-size bench model (`bench --synthetic` shapes, random weights) with its CPU
@@ -83,6 +86,7 @@ def build(quant: str, profile_dir: str | None):
     graphs = model.graphs()
     if len(graphs) != 1 or not graphs[0].head:
         raise SystemExit("this model did not become one graph (onnxruntime missing?)")
+    graphs[0].step = None  # decode on the graph too (not cpu_step: bench/step_share.py)
     return model, graphs[0]
 
 

@@ -29,8 +29,8 @@ SHAPES = ((16384, 8192), (8192, 16384))  # (N, K): an expert's gate/up, then its
 
 
 def weights(n: int, k: int, count: int, seed: int) -> list[tuple]:
-    """`count` pairs (cpu_int4.Int4Weight, MatMulNBits session) of random int4 weights."""
-    from app.engine.cpu_int4 import Int4Weight
+    """`count` pairs (cpu_int4.PackedWeight, MatMulNBits session) of random int4 weights."""
+    from app.engine.cpu_int4 import PackedWeight
     from app.engine.cpu_kernels import _nbits_node, _session
 
     rng = np.random.default_rng(seed)
@@ -42,7 +42,7 @@ def weights(n: int, k: int, count: int, seed: int) -> list[tuple]:
                rng.integers(0, 256, n * ((blocks + 1) // 2), dtype=np.uint8))
         inits: list = []
         session = _session([_nbits_node(ops, k, n, "A", "Y", "w", inits)], inits, k, n)
-        out.append((Int4Weight(k, n, ops), session))
+        out.append((PackedWeight(k, n, ops), session))
     return out
 
 

@@ -269,6 +269,9 @@ class CpuGraph(nn.Module):
             b.nodes.append(helper.make_node("Add", list(h), ["h_out"]))  # the last residual
             outputs.insert(0, vi("h_out", ["T", d]))
         self.session = _session_for(b.nodes, b.inits, inputs, outputs, spinning=True)
+        self.step = _decode_step(model, start, end, ops, head_ops)
+        self._views: tuple | None = None  # decode_token's (cache.k, numpy views)
+        self.rope_args = (cfg.head_dim, float(cfg.rope_theta), cfg.max_position_embeddings)
 
     def current(self) -> bool:
         """Whether the model still holds the weight tensors and modules this graph was built
@@ -299,8 +302,11 @@ class CpuGraph(nn.Module):
         t_all = x.shape[0]
         cos, sin = rope
         assert cache.k.dtype == torch.float32  # Grok2.forward runs eagerly otherwise
-        feeds = {"cos_table": cos.numpy(), "sin_table": sin.numpy()}
         cache_k, cache_v = cache.k[:, 0].numpy(), cache.v[:, 0].numpy()  # (layers, K, M, Dh)
+        if t_all == 1 and self.step is not None:  # decode: one compiled call (cpu_step.py)
+            out = self.step(x[0], first, cache_k, cache_v, cos.numpy(), sin.numpy())
+            return torch.from_numpy(out)[None, None]  # (1, 1, V) or (1, 1, D)
+        feeds = {"cos_table": cos.numpy(), "sin_table": sin.numpy()}
         outs = []
         for i in range(0, t_all, chunk):
             j = min(t_all, i + chunk)
@@ -320,11 +326,59 @@ class CpuGraph(nn.Module):
             outs = outs[-1:]
         return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs))[None]
 
+    def decode_token(self, input_ids: Tensor, first: int, cache: Any, embedding: Tensor,
+                     scale: float) -> Tensor | None:
+        """The whole model for one token id (input_ids (1, 1) int64 on the CPU, at position
+        `first`) in one cpu_step call, embedding included: logits (1, 1, V) float32, soft-
+        capped. For a graph of every layer and the head whose step can read `embedding`
+        (the model's bf16 (V, D) table; times `scale`); else None (call forward). The
+        cache's numpy views and the RoPE table (model.rope_table) are kept between tokens:
+        after a token has streamed the weights through the CPU caches, every Python-side op
+        costs tens of microseconds (~0.35 ms a token went to such ops before)."""
+        step = self.step
+        if step is None or not self.head or self.start != 0:
+            return None
+        if step.embedding is not embedding and not step.embed_from(embedding, scale):
+            return None
+        views = self._views
+        if views is None or views[0] is not cache.k or first >= views[4].shape[0]:
+            from app.engine.model import rope_table, table_length
+
+            dh, theta, positions = self.rope_args
+            cos, sin = rope_table(dh, theta, table_length(first + 1, positions),
+                                  torch.device("cpu"))
+            views = self._views = (cache.k, cache.k[:, 0].numpy(), cache.v[:, 0].numpy(),
+                                   cos.numpy(), sin.numpy())
+        out = step.token(input_ids.numpy(), first, *views[1:])
+        return torch.from_numpy(out.reshape(1, 1, -1))
+
     def extra_repr(self) -> str:
         head = " + final norm, output head, soft cap" if self.head else ""
+        step = ("; decode: one numba call (cpu_step, AVX512-VNNI)" if self.step is not None
+                else "")
         return (f"layers {self.start}..{self.end - 1}{head}: one onnxruntime graph (norms, "
                 f"q/k/v, RoPE, attention, o, shared MLP, router, {self.experts} experts per "
-                f"layer); {self.kind} MatMulNBits, fp32 between")
+                f"layer); {self.kind} MatMulNBits, fp32 between{step}")
+
+
+def _decode_step(model: Any, start: int, end: int, ops: list[dict],
+                 head_ops: Operands | None) -> Any:
+    """A cpu_step.DecodeStep of these layers (compiled and run once on a scratch cache, so
+    the first token does not wait for numba), or None where cpu_int4's kernels do not run
+    or some matrix is not in a form they read: decode then runs the graph too."""
+    from app.engine import cpu_step
+
+    if not cpu_step.available():
+        return None
+    try:
+        step = cpu_step.DecodeStep(model, start, end, ops, head_ops, torch.get_num_threads())
+    except ValueError:
+        return None
+    cfg = model.config
+    scratch = np.zeros((end, cfg.num_key_value_heads, 1, cfg.head_dim), np.float32)
+    table = np.zeros((1, cfg.head_dim // 2), np.float32)
+    step(np.zeros(cfg.hidden_size, np.float32), 0, scratch, scratch.copy(), table, table)
+    return step
 
 
 def _position_nodes(b: _Builder, cfg: Any) -> tuple[str, str, str, str]:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,7 @@ TOKENS = 4  # activation rows per pass over a group's weights (prefill)
 BLOCK = 128  # weights per quantization block (the prepared int4 format's group)
 ENV = "GROK_DESKTOP_INT4_KERNEL"  # "mlas": use onnxruntime's MatMulNBits instead
 
+_LOCAL = threading.local()  # per Python thread: the numba thread count last set by use_threads
 _AVAILABLE: list[bool] = []
 _READY: list[bool] = []
 _KERNELS: list[Any] = []
@@ -95,59 +97,89 @@ def ready() -> bool:
     return _READY[0]
 
 
+def use_threads(n: int) -> None:
+    """numba.set_num_threads(n) (at most numba's pool) for the calling thread, skipped when it
+    is what this function last set on this thread: numba's count is per thread, and with the
+    caches cold after a token's weights have streamed through them the call costs ~20 us."""
+    if getattr(_LOCAL, "threads", None) != n:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+        _LOCAL.threads = n
+
+
 def supports(ops: tuple) -> bool:
     """Whether MatMulNBits operands `ops` (cpu_kernels.Operands) are int4 in blocks of 128
-    with zero points: the one form this kernel reads."""
+    with zero points: the form the per-matmul path (cpu_kernels) hands this kernel."""
     return len(ops) == 5 and ops[0] == 4 and ops[1] == BLOCK
 
 
-class Int4Weight:
-    """One int4 weight (N, K) repacked for the kernel; call with x (M, K) float32 numpy ->
-    y = x W^T (M, N) float32 numpy.
+def packs(ops: tuple) -> bool:
+    """supports(ops), or int8 operands in blocks of 128 without zero points (cpu_kernels.
+    int8_operands: codes q + 128, zero point 128): the forms PackedWeight and cpu_step read."""
+    return supports(ops) or (len(ops) == 4 and ops[0] == 8 and ops[1] == BLOCK)
 
-    Built from MatMulNBits operands (4, 128, packed (N, K/128, 64) uint8 low nibble first,
-    scales fp32 (N*K/128,), zero points packed two per byte (N * ceil(K/256),)). Raises
-    ValueError for any other form (`supports` says which), and a call raises ValueError for x
+
+def pack(k: int, n: int, ops: tuple) -> tuple:
+    """Repack MatMulNBits operands of an (N, K) weight for the kernel: (codes uint8, scales
+    float32, zero points uint8 (one per row and block), groups = ceil(N / 4), blocks = K / 128,
+    bits), the three arrays flat in the kernel's order (module docstring: chunk, group, block,
+    row). int4 codes stay two per byte (64 bytes a block, low nibble the even k); int8 codes
+    (q + 128, 128 bytes a block) are reordered within each block to the even k, then the odd
+    k, as the activations are. Raises ValueError unless packs(ops) and K % 128 == 0."""
+    if not packs(ops) or k % BLOCK:
+        raise ValueError(f"the VNNI kernel takes int4 (with zero points) or int8 operands in "
+                         f"blocks of {BLOCK}; got bits={ops[0]}, block={ops[1]}, K={k}")
+    bits, blocks = ops[0], k // BLOCK
+    if bits == 4:
+        codes = np.asarray(ops[2]).reshape(n, blocks, BLOCK // 2)
+        zp_bytes = np.asarray(ops[4]).reshape(n, -1)
+        zp = np.empty((n, 2 * zp_bytes.shape[1]), np.uint8)
+        zp[:, 0::2], zp[:, 1::2] = zp_bytes & 15, zp_bytes >> 4
+        zp = zp[:, :blocks]
+    else:
+        c = np.asarray(ops[2]).reshape(n, blocks, BLOCK)
+        codes = np.concatenate([c[..., 0::2], c[..., 1::2]], axis=-1)
+        zp = np.full((n, blocks), 128, np.uint8)
+    s = np.asarray(ops[3], dtype=np.float32).reshape(n, blocks)
+    pad = -n % ROWS
+    if pad:  # zero rows (scale 0): their outputs are dropped
+        codes = np.concatenate([codes, np.zeros((pad, *codes.shape[1:]), np.uint8)])
+        s = np.concatenate([s, np.zeros((pad, blocks), np.float32)])
+        zp = np.concatenate([zp, np.zeros((pad, blocks), np.uint8)])
+    groups = (n + pad) // ROWS
+
+    def interleave(a: np.ndarray) -> np.ndarray:
+        """(N, B, ...) -> flat, ordered (chunk of CHUNK blocks, group, block, row, ...)."""
+        a = a.reshape(groups, ROWS, blocks, *a.shape[2:]).swapaxes(1, 2)
+        return np.concatenate([a[:, c:c + CHUNK].reshape(-1)
+                               for c in range(0, blocks, CHUNK)])
+
+    return interleave(codes), interleave(s), interleave(zp), groups, blocks, bits
+
+
+class PackedWeight:
+    """One int4 (or int8) weight (N, K) repacked for the kernel; call with x (M, K) float32
+    numpy -> y = x W^T (M, N) float32 numpy.
+
+    Built from MatMulNBits operands: int4 (4, 128, packed (N, K/128, 64) uint8 low nibble
+    first, scales fp32 (N*K/128,), zero points packed two per byte (N * ceil(K/256),)), or
+    int8 (8, 128, codes q + 128 (N, K/128, 128) uint8, scales fp32 (N*K/128,)). Raises
+    ValueError for any other form (`packs` says which), and a call raises ValueError for x
     that is not float32 of shape (M, K)."""
 
     def __init__(self, k: int, n: int, ops: tuple, threads: int | None = None) -> None:
-        if not supports(ops) or k % BLOCK:
-            raise ValueError(f"Int4Weight takes int4 operands in blocks of {BLOCK} "
-                             f"with zero points; got bits={ops[0]}, block={ops[1]}, K={k}")
         import torch
 
-        _, _, packed, scales, zeros = ops
-        blocks = k // BLOCK
-        codes = np.asarray(packed).reshape(n, blocks, BLOCK // 2)
-        zp_bytes = np.asarray(zeros).reshape(n, -1)
-        zp = np.empty((n, 2 * zp_bytes.shape[1]), np.uint8)
-        zp[:, 0::2], zp[:, 1::2] = zp_bytes & 15, zp_bytes >> 4
-        s = np.asarray(scales, dtype=np.float32).reshape(n, blocks)
-        pad = -n % ROWS
-        if pad:  # zero rows (scale 0): their outputs are dropped
-            codes = np.concatenate([codes, np.zeros((pad, blocks, BLOCK // 2), np.uint8)])
-            s = np.concatenate([s, np.zeros((pad, blocks), np.float32)])
-            zp = np.concatenate([zp, np.zeros((pad, zp.shape[1]), np.uint8)])
-        groups = (n + pad) // ROWS
-
-        def interleave(a: np.ndarray) -> np.ndarray:
-            """(N, B, ...) -> flat, ordered (chunk of CHUNK blocks, group, block, row, ...)."""
-            a = a.reshape(groups, ROWS, blocks, *a.shape[2:]).swapaxes(1, 2)
-            return np.concatenate([a[:, c:c + CHUNK].reshape(-1)
-                                   for c in range(0, blocks, CHUNK)])
-
-        self.codes = interleave(codes)
-        self.scales = interleave(s)
-        self.zeros = interleave(zp[:, :blocks])
-        self.groups, self.blocks = groups, blocks
+        self.codes, self.scales, self.zeros, self.groups, self.blocks, self.bits = pack(
+            k, n, ops)
         self.k, self.n = k, n
         self.threads = max(1, threads if threads is not None else torch.get_num_threads())
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        import numba
         import torch
 
-        quantize, quantize_parallel, gemm = kernels()
+        quantize, quantize_parallel, gemm = kernels()[:3]
         m = x.shape[0]
         if x.shape != (m, self.k) or x.dtype != np.float32:
             raise ValueError(f"expected float32 x of shape (M, {self.k}), got {x.dtype} "
@@ -157,11 +189,11 @@ class Int4Weight:
         xscale = np.empty((m, self.blocks), np.float32)
         xsum = np.empty((m, self.blocks), np.float32)
         torch_threads = torch.get_num_threads()
-        pool = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
-        numba.set_num_threads(min(self.threads, pool))
+        use_threads(self.threads)
         (quantize_parallel if m > 1 else quantize)(x, xq, xscale, xsum)
         y = np.zeros((m, self.groups * ROWS), np.float32)  # the chunks add into it
-        gemm(self.codes, self.scales, self.zeros, xq, xscale, xsum, y, self.groups)
+        gemm(self.codes, self.scales, self.zeros, xq, xscale, xsum, y, self.groups,
+             self.bits)
         if torch.get_num_threads() != torch_threads:
             # numba's OpenMP layer shares PyTorch's OpenMP runtime, and starting its pool
             # can reset the calling thread's thread count (seen: 1 -> 2): put it back
@@ -178,13 +210,14 @@ def warm_up() -> None:
     rng = np.random.default_rng(0)
     ops = (4, BLOCK, rng.integers(0, 256, (4, 1, BLOCK // 2), dtype=np.uint8),
            np.ones(4, np.float32), np.zeros(4, np.uint8))
-    weight = Int4Weight(BLOCK, 4, ops, threads=1)
+    weight = PackedWeight(BLOCK, 4, ops, threads=1)
     for m in (1, 2):
         weight(np.ones((m, BLOCK), np.float32))
 
 
 def kernels() -> tuple:
-    """(quantize, quantize_parallel, gemm), compiled on first use (numba; ~2 s)."""
+    """(quantize, quantize_parallel, gemm, quantize_block, group_dot), compiled on first use
+    (numba; ~2 s). quantize_block and group_dot are for other numba code (cpu_step.py)."""
     if not _KERNELS:
         _KERNELS.append(_build())
     return _KERNELS[0]
@@ -200,9 +233,9 @@ def _build() -> tuple:
     i8, i32, i64, f32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
     v64i8, v16i32, v16f = ir.VectorType(i8, 64), ir.VectorType(i32, 16), ir.VectorType(f32, 16)
 
-    def rows_dot(tokens: int) -> Any:
+    def rows_dot(tokens: int, bits: int) -> Any:
         """An intrinsic adding ROWS outputs' share of `nblk` blocks for `tokens` activation
-        rows: args are addresses (int64) of the (chunk, group)'s codes, scales and zero
+        rows of `bits`-bit codes (4: 64 bytes a block and row, 8: 128): args are addresses (int64) of the (chunk, group)'s codes, scales and zero
         points, of the first token's int8 activations at the chunk's first block (arranged as
         in quantize), activation scales and sums, and of y[m0, n0]; then the block count, y's
         row length N and the activations' blocks per token."""
@@ -255,9 +288,16 @@ def _build() -> tuple:
                         a_sum.append(builder.load(builder.gep(xsp, [tb])))
                     for r in range(ROWS):
                         idx = builder.add(builder.mul(b, c(ROWS)), c(r))
-                        packed = builder.load(builder.gep(wp, [idx]), align=1)  # 128 codes
-                        lo = builder.bitcast(builder.and_(packed, low), v16i32)  # even k
-                        hi = builder.bitcast(builder.lshr(packed, four), v16i32)  # odd k
+                        if bits == 4:
+                            packed = builder.load(builder.gep(wp, [idx]), align=1)  # 128 codes
+                            lo = builder.bitcast(builder.and_(packed, low), v16i32)  # even k
+                            hi = builder.bitcast(builder.lshr(packed, four), v16i32)  # odd k
+                        else:  # 8 bits: the even k's 64 codes, then the odd k's
+                            two = builder.mul(idx, c(2))
+                            lo = builder.bitcast(builder.load(builder.gep(wp, [two]), align=1),
+                                                 v16i32)
+                            hi = builder.bitcast(builder.load(builder.gep(
+                                wp, [builder.add(two, c(1))]), align=1), v16i32)
                         sw = builder.load(builder.gep(sp, [idx]))
                         szp = builder.fmul(sw, builder.uitofp(
                             builder.load(builder.gep(zp, [idx])), f32))
@@ -287,7 +327,8 @@ def _build() -> tuple:
 
         return dot
 
-    dot1, dot_tokens = rows_dot(1), rows_dot(TOKENS)
+    dot1, dot_tokens = rows_dot(1, 4), rows_dot(TOKENS, 4)
+    dot1_8, dot_tokens_8 = rows_dot(1, 8), rows_dot(TOKENS, 8)
 
     def quantize_body(x: Any, xq: Any, sx: Any, xs: Any, i: int) -> None:
         blocks = x.shape[1] // 128
@@ -321,31 +362,48 @@ def _build() -> tuple:
         for i in prange(x.shape[0] * (x.shape[1] // 128)):
             body(x, xq, sx, xs, i)
 
-    @njit(boundscheck=False, parallel=True)
-    def gemm(w: Any, s: Any, z: Any, xq: Any, sx: Any, xs: Any, y: Any, groups: int) -> None:
-        blocks = sx.shape[1]
+    @njit(boundscheck=False)
+    def group_dot(w0: int, s0: int, z0: int, x0: int, sx0: int, xs0: int, y0: int,
+                  groups: int, blocks: int, bits: int, tokens: int, g0: int, g1: int) -> None:
+        """Row groups g0..g1-1 of one packed weight (addresses w0, s0, z0) for `tokens`
+        activation rows (x0, sx0, xs0 as quantize leaves them), added into y (address y0,
+        tokens x groups * ROWS float32), chunk after chunk."""
         n = groups * ROWS
-        tokens = xq.shape[0]
+        width = 16 * bits  # bytes a block and row
+        for c0 in range(0, blocks, CHUNK):
+            span = min(CHUNK, blocks - c0)
+            for g in range(g0, g1):
+                r = g * ROWS
+                e = (c0 * groups + g * span) * ROWS  # (chunk, group)'s first (block, row)
+                wg, sg, zg = w0 + e * width, s0 + e * 4, z0 + e
+                m = 0
+                while m + TOKENS <= tokens:
+                    o = m * blocks + c0
+                    if bits == 4:
+                        dot_tokens(wg, sg, zg, x0 + o * 128, sx0 + o * 4, xs0 + o * 4,
+                                   y0 + (m * n + r) * 4, span, n, blocks)
+                    else:
+                        dot_tokens_8(wg, sg, zg, x0 + o * 128, sx0 + o * 4, xs0 + o * 4,
+                                     y0 + (m * n + r) * 4, span, n, blocks)
+                    m += TOKENS
+                while m < tokens:
+                    o = m * blocks + c0
+                    if bits == 4:
+                        dot1(wg, sg, zg, x0 + o * 128, sx0 + o * 4, xs0 + o * 4,
+                             y0 + (m * n + r) * 4, span, n, blocks)
+                    else:
+                        dot1_8(wg, sg, zg, x0 + o * 128, sx0 + o * 4, xs0 + o * 4,
+                               y0 + (m * n + r) * 4, span, n, blocks)
+                    m += 1
+
+    @njit(boundscheck=False, parallel=True)
+    def gemm(w: Any, s: Any, z: Any, xq: Any, sx: Any, xs: Any, y: Any, groups: int,
+             bits: int) -> None:
         threads = numba.get_num_threads()
         w0, s0, z0 = w.ctypes.data, s.ctypes.data, z.ctypes.data
         x0, sx0, xs0, y0 = xq.ctypes.data, sx.ctypes.data, xs.ctypes.data, y.ctypes.data
         for t in prange(threads):  # each thread: its row groups, chunk after chunk
-            for c0 in range(0, blocks, CHUNK):
-                span = min(CHUNK, blocks - c0)
-                for g in range(t * groups // threads, (t + 1) * groups // threads):
-                    r = g * ROWS
-                    e = (c0 * groups + g * span) * ROWS  # (chunk, group)'s first (block, row)
-                    wg, sg, zg = w0 + e * 64, s0 + e * 4, z0 + e
-                    m = 0
-                    while m + TOKENS <= tokens:
-                        o = m * blocks + c0
-                        dot_tokens(wg, sg, zg, x0 + o * 128, sx0 + o * 4, xs0 + o * 4,
-                                   y0 + (m * n + r) * 4, span, n, blocks)
-                        m += TOKENS
-                    while m < tokens:
-                        o = m * blocks + c0
-                        dot1(wg, sg, zg, x0 + o * 128, sx0 + o * 4, xs0 + o * 4,
-                             y0 + (m * n + r) * 4, span, n, blocks)
-                        m += 1
+            group_dot(w0, s0, z0, x0, sx0, xs0, y0, groups, sx.shape[1], bits, xq.shape[0],
+                      t * groups // threads, (t + 1) * groups // threads)
 
-    return quantize, quantize_parallel, gemm
+    return quantize, quantize_parallel, gemm, body, group_dot

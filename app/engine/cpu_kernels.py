@@ -237,13 +237,13 @@ def _int4_reads(k: int, ops: Operands) -> bool:
 
 
 def _int4_weight(k: int, n: int, ops: Operands) -> Any:
-    """A cpu_int4.Int4Weight for these operands when `_int4_reads` them, else None
+    """A cpu_int4.PackedWeight for these operands when `_int4_reads` them, else None
     (onnxruntime's MatMulNBits runs them)."""
-    from app.engine.cpu_int4 import Int4Weight
+    from app.engine.cpu_int4 import PackedWeight
 
     if not _int4_reads(k, ops):
         return None
-    return Int4Weight(k, n, ops, threads=max(1, torch.get_num_threads()))
+    return PackedWeight(k, n, ops, threads=max(1, torch.get_num_threads()))
 
 
 def _numpy(x: Tensor) -> Any:

@@ -17,7 +17,7 @@ import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -437,10 +437,15 @@ class Grok2(nn.Module):
         # Set by quantize.build_cpu_kernels: onnxruntime graphs of whole decoder layers
         # (cpu_graph.py, CPU-resident quantized layers); they show in print(model).
         self.cpu_graphs: nn.ModuleList | None = None
+        self._graph_list: tuple[Any, list[CpuGraph]] = (None, [])  # graphs()' memo
 
     def graphs(self) -> list[CpuGraph]:
-        """The onnxruntime graphs of whole layers (cpu_graph.py), first layer first."""
-        return [g for g in self.cpu_graphs or () if isinstance(g, CpuGraph)]
+        """The onnxruntime graphs of whole layers (cpu_graph.py), first layer first (the
+        list is kept while cpu_graphs is the same ModuleList)."""
+        held = self.cpu_graphs
+        if self._graph_list[0] is not held:
+            self._graph_list = (held, [g for g in held or () if isinstance(g, CpuGraph)])
+        return self._graph_list[1]
 
     def setup_cache(self, max_len: int, batch: int = 1) -> KVCache:
         layer = self.model.layers[0]
@@ -470,6 +475,14 @@ class Grok2(nn.Module):
                        or not all(g.current() for g in graphs)):
             graphs = []  # batches, uncached forwards, replaced weights, a cache set up before
             # the graphs were built (bf16): the eager layers
+        if (len(graphs) == 1 and input_ids.shape[1] == 1 and graphs[0].start == 0
+                and graphs[0].head and input_ids.device.type == "cpu"):
+            # decode: embedding and all layers in one compiled call where it runs (and
+            # nothing else here: after a token, every host op costs tens of microseconds)
+            logits = graphs[0].decode_token(input_ids, first, cache, emb.weight,
+                                            cfg.embedding_multiplier_scale)
+            if logits is not None:
+                return logits  # (1, 1, V)
         rope: tuple[Tensor, Tensor] | None = None
         if graphs:
             rope = rope_table(cfg.head_dim, float(cfg.rope_theta), table_length(

@@ -36,18 +36,32 @@ def random_ops(n: int, k: int, seed: int = 0) -> tuple:
     return 4, 128, codes, scales, zeros
 
 
+def random_int8_ops(n: int, k: int, seed: int = 0) -> tuple:
+    """MatMulNBits int8 operands in blocks of 128 (cpu_kernels.int8_operands' form: codes
+    q + 128, the row's scale repeated per block, zero point 128)."""
+    rng = np.random.default_rng(seed)
+    blocks = k // 128
+    codes = rng.integers(0, 256, (n, blocks, 128), dtype=np.uint8)
+    scales = np.repeat((rng.random(n) + 0.5) * 0.01, blocks).astype(np.float32)
+    return 8, 128, codes, scales
+
+
 def reference(x: np.ndarray, ops: tuple) -> np.ndarray:
     """The documented arithmetic in float64 from the operands: activations quantized per
     block of 128 (a = max|x| / 127, round half to even of x * (1/a) in float32), then
     sum_b s * a * (sum q * xq - zp * sum xq)."""
-    _, _, codes, scales, zeros = ops
+    codes, scales = ops[2], ops[3]
     n, blocks = codes.shape[:2]
-    q = np.empty((n, blocks, 128), np.float64)
-    q[..., 0::2], q[..., 1::2] = codes & 15, codes >> 4
-    zp = np.empty((n, 2 * zeros.size // n), np.float64)
-    zb = zeros.reshape(n, -1)
-    zp[:, 0::2], zp[:, 1::2] = zb & 15, zb >> 4
-    zp = zp[:, :blocks]
+    if ops[0] == 8:  # int8: codes q + 128, zero point 128
+        q = codes.astype(np.float64)
+        zp = np.full((n, blocks), 128.0)
+    else:
+        q = np.empty((n, blocks, 128), np.float64)
+        q[..., 0::2], q[..., 1::2] = codes & 15, codes >> 4
+        zp = np.empty((n, 2 * ops[4].size // n), np.float64)
+        zb = ops[4].reshape(n, -1)
+        zp[:, 0::2], zp[:, 1::2] = zb & 15, zb >> 4
+        zp = zp[:, :blocks]
     s = scales.reshape(n, blocks).astype(np.float64)
     xb = x.reshape(x.shape[0], blocks, 128)
     a = (np.abs(xb).max(-1) / np.float32(127)).astype(np.float32)  # (M, B)
@@ -59,16 +73,18 @@ def reference(x: np.ndarray, ops: tuple) -> np.ndarray:
                      dots - zp[None] * sums[:, None, :])
 
 
+@pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("n,k,m", [(160, 256, 1), (163, 384, 5), (64, 1024, 9), (4, 128, 4),
                                    (12, 128 * 128, 1), (9, 128 * 67, 6)])
-def test_matches_the_documented_arithmetic_and_matmulnbits(n, k, m):
+def test_matches_the_documented_arithmetic_and_matmulnbits(n, k, m, bits):
     """Against the float64 reference of the same arithmetic, and against onnxruntime's
     MatMulNBits (accuracy level 4) on the same operands: both to ~1e-6 (fp32 sums in another
     order). Shapes cover N not a multiple of 4, an odd number of blocks, token tails, and rows
-    summed in chunks of 64 blocks (two full chunks; a full and a partial one)."""
-    ops = random_ops(n, k, seed=n + k + m)
+    summed in chunks of 64 blocks (two full chunks; a full and a partial one). int4 with zero
+    points, and int8 (what cpu_step reads for the output head and int8 models)."""
+    ops = (random_ops if bits == 4 else random_int8_ops)(n, k, seed=n + k + m)
     x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
-    y = cpu_int4.Int4Weight(k, n, ops, threads=2)(x)
+    y = cpu_int4.PackedWeight(k, n, ops, threads=2)(x)
     assert y.shape == (m, n) and y.dtype == np.float32
     ref = reference(x, ops)
     assert np.abs(y - ref).max() <= 2e-6 * np.abs(ref).max()
@@ -82,13 +98,14 @@ def test_matches_the_documented_arithmetic_and_matmulnbits(n, k, m):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(1, 24), blocks=st.integers(1, 5), m=st.integers(1, 10),
-       seed=st.integers(0, 2**16))
-def test_any_shape_matches_the_reference(n, blocks, m, seed):
-    """Every (N, K, M) small enough to enumerate tails: row padding, block count, token tile."""
+       seed=st.integers(0, 2**16), bits=st.sampled_from([4, 8]))
+def test_any_shape_matches_the_reference(n, blocks, m, seed, bits):
+    """Every (N, K, M) small enough to enumerate tails: row padding, block count, token tile;
+    int4 and int8."""
     k = 128 * blocks
-    ops = random_ops(n, k, seed)
+    ops = (random_ops if bits == 4 else random_int8_ops)(n, k, seed)
     x = np.random.default_rng(seed).standard_normal((m, k)).astype(np.float32) * 3
-    y = cpu_int4.Int4Weight(k, n, ops, threads=2)(x)
+    y = cpu_int4.PackedWeight(k, n, ops, threads=2)(x)
     ref = reference(x, ops)
     assert np.abs(y - ref).max() <= 2e-6 * max(np.abs(ref).max(), 1e-30)
 
@@ -102,7 +119,7 @@ def test_close_to_the_dequantized_weights():
     assert ops is not None
     x = torch.randn(5, 256)
     exact = x.double() @ q.dequantized(torch.float64).T
-    y = torch.from_numpy(cpu_int4.Int4Weight(256, 160, ops)(x.numpy()))
+    y = torch.from_numpy(cpu_int4.PackedWeight(256, 160, ops)(x.numpy()))
     assert (y.double() - exact).norm() / exact.norm() < 0.02
 
 
@@ -113,7 +130,7 @@ def test_zero_activations_give_zero():
     x = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
     x[0] = 0
     x[1, :128] = 0
-    y = cpu_int4.Int4Weight(256, 8, ops)(x)
+    y = cpu_int4.PackedWeight(256, 8, ops)(x)
     assert np.all(np.isfinite(y)) and np.all(y[0] == 0)
     ref = reference(x, ops)
     assert np.abs(y[1] - ref[1]).max() <= 2e-6 * np.abs(ref[1]).max()
@@ -124,22 +141,26 @@ def test_same_bits_on_any_thread_count():
     (the offload bit-identity tests rely on a kernel being deterministic)."""
     ops = random_ops(100, 512, seed=3)
     x = np.random.default_rng(3).standard_normal((6, 512)).astype(np.float32)
-    one = cpu_int4.Int4Weight(512, 100, ops, threads=1)(x)
-    two = cpu_int4.Int4Weight(512, 100, ops, threads=2)(x)
+    one = cpu_int4.PackedWeight(512, 100, ops, threads=1)(x)
+    two = cpu_int4.PackedWeight(512, 100, ops, threads=2)(x)
     assert np.array_equal(one, two)
 
 
 def test_other_forms_and_bad_input_are_refused():
-    """Int4Weight reads int4 in blocks of 128 with zero points only, and float32 (M, K)."""
+    """PackedWeight reads int4 with zero points and int8 without, in blocks of 128, and
+    float32 (M, K); the per-matmul path (supports) hands it int4 only."""
     rng = np.random.default_rng(0)
-    int8 = (8, 128, rng.integers(0, 256, (4, 1, 128), dtype=np.uint8), np.ones(4, np.float32))
+    int8 = random_int8_ops(4, 128)
+    assert cpu_int4.packs(int8) and not cpu_int4.supports(int8)
     block64 = (4, 64, rng.integers(0, 256, (4, 2, 32), dtype=np.uint8), np.ones(8, np.float32),
                np.zeros(4, np.uint8))
-    for ops in (int8, block64):
-        assert not cpu_int4.supports(ops)
+    int8_64 = (8, 64, rng.integers(0, 256, (4, 2, 64), dtype=np.uint8), np.ones(8, np.float32))
+    int8_zp = (*int8, np.zeros(4, np.uint8))
+    for ops in (block64, int8_64, int8_zp):
+        assert not cpu_int4.supports(ops) and not cpu_int4.packs(ops)
         with pytest.raises(ValueError, match="blocks of 128"):
-            cpu_int4.Int4Weight(128, 4, ops)
-    w = cpu_int4.Int4Weight(128, 4, random_ops(4, 128))
+            cpu_int4.PackedWeight(128, 4, ops)
+    w = cpu_int4.PackedWeight(128, 4, random_ops(4, 128))
     with pytest.raises(ValueError, match=r"shape \(M, 128\)"):
         w(np.ones((1, 256), np.float32))
     with pytest.raises(ValueError, match="float32"):
@@ -218,7 +239,7 @@ def test_a_call_leaves_pytorchs_thread_count_alone():
         "rng = np.random.default_rng(0)\n"
         "ops = (4, 128, rng.integers(0, 256, (64, 2, 64), dtype=np.uint8),\n"
         "       np.ones(128, np.float32), np.zeros(64, np.uint8))\n"
-        "w = cpu_int4.Int4Weight(256, 64, ops)\n"
+        "w = cpu_int4.PackedWeight(256, 64, ops)\n"
         "for m in (64, 1, 5):\n"
         "    w(np.ones((m, 256), np.float32))\n"
         "    assert torch.get_num_threads() == 1, torch.get_num_threads()\n"

@@ -1,0 +1,210 @@
+"""The compiled decode step (app/engine/cpu_step.py): the layer graph's arithmetic for one
+token, so its logits and KV cache are the graph's to float32 rounding and it tracks the
+float64 reference exactly as well; it runs only where it should, and refuses what it must."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from app.engine import cpu_int4, cpu_kernels, cpu_step, quantize
+from app.engine.quantize import build_cpu_kernels, quantize_model
+from app.engine.weights import load_model
+from tests.engine.conftest import write_weights_only
+from tests.engine.reference import reference_forward
+from tests.engine.test_cpu_graph import IDS, _dequantized_state_dict
+
+pytestmark = [
+    pytest.mark.skipif(not cpu_kernels.available(), reason="onnxruntime not installed"),
+    pytest.mark.skipif(
+        not cpu_int4.available(),
+        reason=f"{cpu_int4.ENV}=mlas turns cpu_int4 off" if os.environ.get(cpu_int4.ENV)
+        else "needs numba and an AVX512-VNNI CPU"),
+]
+
+# every matmul input a multiple of 128 (the kernel's block): hidden 128, q heads 4 x 32
+DIMS = {"hidden_size": 128, "num_attention_heads": 4, "head_dim": 32,
+        "intermediate_size": 256, "moe_intermediate_size": 128}
+
+
+@pytest.fixture(autouse=True)
+def _nbits(monkeypatch):
+    monkeypatch.setitem(quantize.CPU_KERNELS, "int4", "nbits")
+    monkeypatch.setitem(quantize.CPU_KERNELS, "int8", "nbits")
+
+
+def _folder(tmp_path, kv_heads: int = 2, seed: int = 0):
+    return write_weights_only(tmp_path / f"m{kv_heads}-{seed}", seed=seed,
+                              num_key_value_heads=kv_heads, **DIMS)
+
+
+def _model(folder, quant: str):
+    m = quantize_model(load_model(folder, dtype=torch.bfloat16), quant)
+    build_cpu_kernels(m)
+    return m
+
+
+def _run(m, ids: list[int], prefill: int, step: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (T, V) float64 of a prefill then one token at a time, and the KV cache's keys,
+    with the graph's decode step on or off."""
+    g = m.graphs()[0]
+    saved = g.step
+    if not step:
+        g.step = None
+    try:
+        m.setup_cache(max_len=64)
+        x = torch.tensor([ids])
+        with torch.inference_mode():
+            parts = [m(x[:, :prefill], start_pos=0)]
+            parts += [m(x[:, t:t + 1], start_pos=t) for t in range(prefill, len(ids))]
+    finally:
+        g.step = saved
+    return torch.cat(parts, dim=1)[0].double(), m.cache.k.clone()
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+@pytest.mark.parametrize("quant", ["int4", "int8"])
+def test_decode_step_is_the_graph_to_float32_rounding(tmp_path, quant, kv_heads):
+    """Prefill on the graph, then every decode token through the step: the logits and the
+    cached keys are the graph's to ~1e-6 (measured 2.6e-7 to 4e-7 relative), except that
+    now and then a rounding difference moves one int8 activation to the next integer
+    (measured once in 12 models: 6e-4); against the float64 reference on the same
+    dequantized weights the step is as close as the graph."""
+    folder = _folder(tmp_path, kv_heads)
+    m = _model(folder, quant)
+    g = m.graphs()[0]
+    assert g.step is not None and "decode: one numba call" in str(m)
+    before = g.step.clock.copy()
+    got, keys = _run(m, IDS, prefill=6, step=True)
+    steps = g.step.clock - before
+    assert steps[1] > steps[0] > 0  # the step ran (cycles in it, most in its products)
+    graph, graph_keys = _run(m, IDS, prefill=6, step=False)
+    assert ((got - graph).norm() / graph.norm()).item() < 1e-3
+    assert (keys - graph_keys).abs().max().item() <= 1e-3 * graph_keys.abs().max().item()
+    assert torch.equal(got.argmax(-1), graph.argmax(-1))
+    want = reference_forward(_dequantized_state_dict(folder, m), m.config, IDS)
+    err_step = ((got - want).norm() / want.norm()).item()
+    err_graph = ((graph - want).norm() / want.norm()).item()
+    assert err_step <= err_graph * 1.02 + 1e-6, (err_step, err_graph)
+
+
+def _cache_copies(m):
+    m.setup_cache(max_len=32)
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal(m.cache.k[:, 0].shape).astype(np.float32)
+    return k, k[::-1].copy()
+
+
+def test_token_ids_embed_as_pytorch_does_and_threads_do_not_change_bits(tmp_path):
+    """The step from a token id (embedding in the step, bf16 product rounded half to even)
+    gives the very bits of the step from PyTorch's emb(ids) * scale; on one or two threads
+    the same bits (each output is summed by one thread); the cache is written at the
+    position only."""
+    m = _model(_folder(tmp_path), "int4")
+    step = m.graphs()[0].step
+    cfg = m.config
+    emb = m.model.embed_tokens.weight
+    assert step.embed_from(emb, cfg.embedding_multiplier_scale)
+    from app.engine.model import rope_table
+
+    cos, sin = (t.numpy() for t in rope_table(cfg.head_dim, float(cfg.rope_theta), 64,
+                                               torch.device("cpu")))
+    k0, v0 = _cache_copies(m)
+    for token in (0, 5, 250, cfg.vocab_size - 1):
+        h = (emb[token] * cfg.embedding_multiplier_scale).float().numpy()
+        outs = []
+        for threads, by_id in ((2, True), (2, False), (1, True)):
+            k, v = k0.copy(), v0.copy()
+            step.threads = threads
+            if by_id:
+                out = step.token(np.array([[token]]), 9, k, v, cos, sin)
+            else:
+                out = step(h, 9, k, v, cos, sin)
+            unchanged = np.ones(k.shape[2], bool)
+            unchanged[9] = False
+            assert np.array_equal(k[:, :, unchanged], k0[:, :, unchanged])
+            assert not np.array_equal(k[:, :, 9], k0[:, :, 9])
+            outs.append(out)
+        assert outs[0].shape == (cfg.vocab_size,)
+        assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
+def test_bad_positions_and_ids_are_refused_and_leave_the_cache_alone(tmp_path):
+    """Past the cache: the eager path's message, through the model; an id outside the
+    vocabulary: one line naming it. Nothing is written in either case."""
+    m = _model(_folder(tmp_path), "int4")
+    m.setup_cache(max_len=8)
+    x = torch.tensor([IDS[:9]])
+    with torch.inference_mode():
+        m(x[:, :8], start_pos=0)
+        before = m.cache.k.clone()
+        with pytest.raises(ValueError, match="context of 9 tokens exceeds the cache's 8"):
+            m(x[:, 8:9], start_pos=8)
+    assert torch.equal(m.cache.k, before)
+    step = m.graphs()[0].step
+    k, v = m.cache.k[:, 0].numpy(), m.cache.v[:, 0].numpy()
+    table = np.zeros((8, m.config.head_dim // 2), np.float32)
+    with pytest.raises(ValueError, match="token id 300 is outside the vocabulary"):
+        step.token(np.array([[300]]), 3, k, v, table, table)
+    assert torch.equal(m.cache.k, before)
+
+
+def test_replaced_weights_are_seen(tmp_path):
+    """A replaced layer weight makes the graph stale: the forward runs eagerly (the eager
+    model's bits), never the step's stale copy; a replaced embedding is read anew."""
+    folder = _folder(tmp_path)
+    m, eager = _model(folder, "int8"), quantize_model(
+        load_model(folder, dtype=torch.bfloat16), "int8")
+    build_cpu_kernels(eager, layer_graphs=False)
+    for model in (m, eager):
+        norm = model.model.layers[1].post_moe_norm
+        norm.weight = torch.nn.Parameter(norm.weight.detach() * 1.5)
+    for model in (m, eager):
+        model.setup_cache(max_len=16)
+    x = torch.tensor([IDS[:6]])
+    with torch.inference_mode():
+        for model in (m, eager):
+            model(x[:, :5], start_pos=0)
+        assert torch.equal(m(x[:, 5:6], start_pos=5), eager(x[:, 5:6], start_pos=5))
+    fresh = _model(folder, "int8")
+    step = fresh.graphs()[0].step
+    fresh.setup_cache(max_len=16)
+    with torch.inference_mode():
+        fresh(x[:, :5], start_pos=0)
+        first = fresh(x[:, 5:6], start_pos=5)
+        emb = fresh.model.embed_tokens
+        emb.weight = torch.nn.Parameter(emb.weight.detach().flip(0))
+        second = fresh(x[:, 5:6], start_pos=5)
+    assert step.embedding is emb.weight and not torch.equal(first, second)
+
+
+def test_the_variable_that_forces_matmulnbits_turns_the_step_off(tmp_path, monkeypatch):
+    monkeypatch.setenv(cpu_int4.ENV, "mlas")
+    m = _model(_folder(tmp_path), "int4")
+    assert m.graphs()[0].step is None and "numba" not in str(m)
+
+
+def test_layers_whose_inputs_are_not_multiples_of_128_keep_the_graph(ckpt):
+    """The tiny test model (hidden 64): no step, the graph decodes."""
+    m = _model(ckpt, "int4")
+    assert m.graphs() and m.graphs()[0].step is None
+
+
+def test_gelu_exp_and_tanh_are_accurate():
+    """The step's own erf GELU (Abramowitz & Stegun 7.1.28), exp and tanh, against float64:
+    GELU within 0.5 |g| 3e-7 plus float32 rounding, exp within 1e-9 relative, tanh 1e-9."""
+    f = cpu_step.kernels()
+    rng = np.random.default_rng(0)
+    g = np.concatenate([rng.standard_normal(4000) * 3, [0, 1e-6, -1e-6, 5, -5, 10, -10, 40,
+                                                        -40, 1e-30]]).astype(np.float32)
+    gu = np.concatenate([g, np.ones_like(g)])
+    out = np.empty((1, g.size), np.float32)
+    f.gelu_mul(gu, g.size, out)
+    want = torch.nn.functional.gelu(torch.from_numpy(g).double()).numpy()
+    assert np.all(np.abs(out[0] - want) <= 0.5 * np.abs(g) * 3e-7 + np.abs(want) * 6e-8 + 1e-40)
+    for x in np.concatenate([np.linspace(-80, 80, 2001), [0.0, 1e-12, -1e-12, 700, -700]]):
+        assert abs(f.exp(x) - np.exp(x)) <= 1e-9 * np.exp(x)
+        assert abs(f.tanh(x) - np.tanh(x)) <= 1e-9
