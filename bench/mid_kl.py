@@ -8,7 +8,9 @@ random prompt: `--prefill` tokens at once, then the rest one token at a time wit
 as in a chat. At every position: KL(bf16 || quantized) in nats of the next-token
 distributions, and whether the greedy tokens agree. Quantized paths: "eager" (PyTorch between
 onnxruntime's matmuls, bf16 rounding between ops) and "graph" (whole layers as onnxruntime
-graphs, app/engine/cpu_graph.py, float32 between). The budget a faster quantized path must
+graphs, app/engine/cpu_graph.py, float32 between, for prefill and decode) and "step" (the
+graphs' prefill, then each token through app/engine/cpu_step.py's compiled decode, which is
+what the engine runs where it can). The budget a faster quantized path must
 keep: its mean KL at most 10% above the eager path's (the last column says whether it does).
 Random weights give nearly flat distributions, so at int4 the greedy tokens agree at only about
 a third of the positions for either path; the KL is the figure to compare.
@@ -68,10 +70,18 @@ def main() -> None:
     for quant in ("int4", "int8"):
         model = synthetic_model(cfg, quant, seed=args.seed)
         eager_kl = None
-        for path in ("eager", "graph"):
-            build_cpu_kernels(model, layer_graphs=path == "graph")
-            if path == "graph" and model.cpu_graphs is None:
-                print(f"| {quant} | graph | (no graph: onnxruntime missing) | | | |")
+        for path in ("eager", "graph", "step"):
+            build_cpu_kernels(model, layer_graphs=path != "eager")
+            if path != "eager" and model.cpu_graphs is None:
+                print(f"| {quant} | {path} | (no graph: onnxruntime missing) | | | |")
+                continue
+            steps = [g for g in model.graphs() if g.step is not None]
+            if path == "graph":  # decode on the graph too, not on cpu_step
+                for g in steps:
+                    g.step = None
+            elif not steps:
+                print(f"| {quant} | step | (no compiled decode step here: cpu_step.py) "
+                      "| | | |")
                 continue
             q = logprobs(model, ids, args.prefill)
             kl = (p.exp() * (p - q)).sum(-1)

@@ -37,6 +37,7 @@ import numpy as np
 
 from app.engine import cpu_int4
 
+ATTENTION_SPAN = 256  # cached keys per attention part (parts spread over the threads)
 PER_LAYER = 4  # matrices before the experts' (qkv, o, gate|up, down); then 2 per expert
 _STEP: list[Any] = []
 
@@ -346,51 +347,79 @@ def _build() -> Any:
             logits[e] = acc
 
     @njit(boundscheck=False, error_model="numpy", fastmath={"reassoc", "contract"})
+    def attend_span(q: Any, ck: Any, cv: Any, lay: int, kh: int, j0: int, j1: int, dh: int,
+                    alpha: float, cap_temp: float, scores: Any, acc: Any, stats: Any) -> None:
+        """One kv head's G queries q (G*Dh,) against its cached keys j0..j1-1 of cache layer
+        `lay`: scores q.k * alpha, cap * temperature * tanh(.); per query its largest score
+        m and sum l of exp(score - m) (stats (G, 2) float64) and acc (G*Dh,) = sum of
+        exp(score - m) v. Each key and value is read once for the G queries; every inner loop
+        is over contiguous float32, so it vectorizes."""
+        g_ = stats.shape[0]
+        n = j1 - j0
+        for j in range(n):
+            key = ck[lay, kh, j0 + j]  # (Dh,)
+            for g in range(g_):
+                dot = np.float32(0.0)
+                for c in range(dh):
+                    dot += q[g * dh + c] * key[c]
+                scores[g, j] = dot
+        for g in range(g_):
+            row = scores[g]
+            for j in range(n):
+                row[j] = np.float32(tanh(row[j] * alpha)) * np.float32(cap_temp)
+            top = row[0]
+            for j in range(1, n):
+                top = max(top, row[j])
+            total = 0.0
+            for j in range(n):
+                e = np.float32(exp(row[j] - top))
+                row[j] = e
+                total += e
+            stats[g, 0], stats[g, 1] = top, total
+        acc[:] = 0.0
+        for j in range(n):
+            value = cv[lay, kh, j0 + j]  # (Dh,)
+            for g in range(g_):
+                pj = scores[g, j]
+                for c in range(dh):
+                    acc[g * dh + c] += pj * value[c]
+
+    @njit(boundscheck=False, error_model="numpy", parallel=True)
     def attend(qkv: Any, pos: int, lay: int, ck: Any, cv: Any, heads: int, kv: int, dh: int,
                alpha: float, cap_temp: float, out: Any) -> None:
         """Attention of one token's q (heads in qkv, head h = kv head * G + g) to keys and
         values 0..pos of cache layer `lay` (RoPE'd keys written already): scores q.k * alpha
         (1/(sqrt(Dh) * cap)), cap * temperature * tanh(.), softmax, sum of p * v -> out
-        (1, H*Dh). Each cached key and value is read once for its G query heads; every loop
-        is over contiguous float32, so it vectorizes."""
+        (1, H*Dh). The keys are taken in spans of ATTENTION_SPAN, spread over the threads,
+        and the spans' partial softmaxes merged in span order (as flash-decoding does): the
+        split depends on the position only, so the bits do not depend on the thread count."""
         g_ = heads // kv
         span = pos + 1
-        scores = np.empty((g_, span), np.float32)
-        acc = np.empty(g_ * dh, np.float32)
+        parts = (span + ATTENTION_SPAN - 1) // ATTENTION_SPAN
+        accs = np.empty((kv, parts, g_ * dh), np.float32)
+        stats = np.empty((kv, parts, g_, 2), np.float64)
+        for i in prange(kv * parts):
+            kh, c = i // parts, i % parts
+            j0 = c * ATTENTION_SPAN
+            scores = np.empty((g_, ATTENTION_SPAN), np.float32)
+            attend_span(qkv[kh * g_ * dh:(kh + 1) * g_ * dh], ck, cv, lay, kh, j0,
+                        min(span, j0 + ATTENTION_SPAN), dh, alpha, cap_temp, scores,
+                        accs[kh, c], stats[kh, c])
         for kh in range(kv):
-            q = qkv[kh * g_ * dh:(kh + 1) * g_ * dh]  # (G*Dh,) this kv head's queries
-            for j in range(span):
-                key = ck[lay, kh, j]  # (Dh,)
-                for g in range(g_):
-                    dot = np.float32(0.0)
-                    for c in range(dh):
-                        dot += q[g * dh + c] * key[c]
-                    scores[g, j] = dot
             for g in range(g_):
-                row = scores[g]
-                for j in range(span):
-                    row[j] = np.float32(tanh(row[j] * alpha)) * np.float32(cap_temp)
-                top = row[0]
-                for j in range(1, span):
-                    top = max(top, row[j])
+                top = stats[kh, 0, g, 0]
+                for c in range(1, parts):
+                    top = max(top, stats[kh, c, g, 0])
                 total = 0.0
-                for j in range(span):
-                    e = np.float32(exp(row[j] - top))
-                    row[j] = e
-                    total += e
-                inv = np.float32(1.0 / total)
-                for j in range(span):
-                    row[j] *= inv
-            acc[:] = 0.0
-            for j in range(span):
-                value = cv[lay, kh, j]  # (Dh,)
-                for g in range(g_):
-                    pj = scores[g, j]
-                    for c in range(dh):
-                        acc[g * dh + c] += pj * value[c]
-            o0 = kh * g_ * dh
-            for c in range(g_ * dh):
-                out[0, o0 + c] = acc[c]
+                for c in range(parts):
+                    total += stats[kh, c, g, 1] * exp(stats[kh, c, g, 0] - top)
+                o0 = (kh * g_ + g) * dh
+                for i in range(dh):
+                    out[0, o0 + i] = 0.0
+                for c in range(parts):
+                    weight = np.float32(exp(stats[kh, c, g, 0] - top) / total)
+                    for i in range(dh):
+                        out[0, o0 + i] += weight * accs[kh, c, g * dh + i]
 
     @njit(boundscheck=False, error_model="numpy")
     def decode(h: Any, pos: int, first_layer: int, w: Any, s: Any, z: Any, mats: Any,

@@ -91,8 +91,32 @@ def test_decode_step_is_the_graph_to_float32_rounding(tmp_path, quant, kv_heads)
     assert err_step <= err_graph * 1.02 + 1e-6, (err_step, err_graph)
 
 
+def test_a_long_context_is_the_graph_too(tmp_path):
+    """Past ATTENTION_SPAN cached keys the step splits them into spans and merges their
+    softmaxes: decoding after a 600-token prompt gives the graph's logits to float32
+    rounding (measured 3.6e-7 relative)."""
+    assert cpu_step.ATTENTION_SPAN < 300
+    m = _model(_folder(tmp_path, kv_heads=1), "int4")
+    ids = np.random.default_rng(3).integers(0, m.config.vocab_size, 606).tolist()
+    results = []
+    for on in (True, False):
+        g = m.graphs()[0]
+        saved = g.step
+        if not on:
+            g.step = None
+        m.setup_cache(max_len=640)
+        x = torch.tensor([ids])
+        with torch.inference_mode():
+            m(x[:, :600], start_pos=0)
+            results.append(torch.cat([m(x[:, t:t + 1], start_pos=t)
+                                      for t in range(600, 606)], dim=1)[0].double())
+        g.step = saved
+    step, graph = results
+    assert ((step - graph).norm() / graph.norm()).item() < 1e-4
+
+
 def _cache_copies(m):
-    m.setup_cache(max_len=32)
+    m.setup_cache(max_len=640)
     rng = np.random.default_rng(0)
     k = rng.standard_normal(m.cache.k[:, 0].shape).astype(np.float32)
     return k, k[::-1].copy()
@@ -101,8 +125,9 @@ def _cache_copies(m):
 def test_token_ids_embed_as_pytorch_does_and_threads_do_not_change_bits(tmp_path):
     """The step from a token id (embedding in the step, bf16 product rounded half to even)
     gives the very bits of the step from PyTorch's emb(ids) * scale; on one or two threads
-    the same bits (each output is summed by one thread); the cache is written at the
-    position only."""
+    the same bits (each output is summed by one thread, the attention's key spans depend on
+    the position only), at a short and a long context (three spans of keys); the cache is
+    written at the position only."""
     m = _model(_folder(tmp_path), "int4")
     step = m.graphs()[0].step
     cfg = m.config
@@ -110,23 +135,23 @@ def test_token_ids_embed_as_pytorch_does_and_threads_do_not_change_bits(tmp_path
     assert step.embed_from(emb, cfg.embedding_multiplier_scale)
     from app.engine.model import rope_table
 
-    cos, sin = (t.numpy() for t in rope_table(cfg.head_dim, float(cfg.rope_theta), 64,
+    cos, sin = (t.numpy() for t in rope_table(cfg.head_dim, float(cfg.rope_theta), 1024,
                                                torch.device("cpu")))
     k0, v0 = _cache_copies(m)
-    for token in (0, 5, 250, cfg.vocab_size - 1):
+    for token, pos in ((0, 9), (5, 600), (250, 9), (cfg.vocab_size - 1, 600)):
         h = (emb[token] * cfg.embedding_multiplier_scale).float().numpy()
         outs = []
         for threads, by_id in ((2, True), (2, False), (1, True)):
             k, v = k0.copy(), v0.copy()
             step.threads = threads
             if by_id:
-                out = step.token(np.array([[token]]), 9, k, v, cos, sin)
+                out = step.token(np.array([[token]]), pos, k, v, cos, sin)
             else:
-                out = step(h, 9, k, v, cos, sin)
+                out = step(h, pos, k, v, cos, sin)
             unchanged = np.ones(k.shape[2], bool)
-            unchanged[9] = False
+            unchanged[pos] = False
             assert np.array_equal(k[:, :, unchanged], k0[:, :, unchanged])
-            assert not np.array_equal(k[:, :, 9], k0[:, :, 9])
+            assert not np.array_equal(k[:, :, pos], k0[:, :, pos])
             outs.append(out)
         assert outs[0].shape == (cfg.vocab_size,)
         assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
