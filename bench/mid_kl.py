@@ -79,7 +79,7 @@ def main() -> None:
             if path == "graph":  # decode on the graph too, not on cpu_step
                 for g in steps:
                     g.step = None
-            elif not steps:
+            elif path == "step" and not steps:
                 print(f"| {quant} | step | (no compiled decode step here: cpu_step.py) "
                       "| | | |")
                 continue

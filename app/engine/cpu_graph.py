@@ -60,11 +60,11 @@ from app.engine.cpu_kernels import (
 
 # Bumped whenever any nn.Module registers (assigns) a parameter, buffer or submodule: the
 # loader and the placement transforms replace weights that way (CpuGraph.current).
-_GENERATION = [0]
+GENERATION = [0]
 
 
 def _bump(*_: Any) -> None:
-    _GENERATION[0] += 1
+    GENERATION[0] += 1
 
 
 torch.nn.modules.module.register_module_parameter_registration_hook(_bump)
@@ -226,7 +226,7 @@ class CpuGraph(nn.Module):
         if self.head:
             mods += [model.model.norm, model.lm_head]
         self.parts = tuple(zip(*module_parts(mods), strict=True))  # (dicts, names, values)
-        self._checked = -1  # the _GENERATION at the last passed check
+        self._checked = -1  # the GENERATION at the last passed check
         b = _Builder()
         h: str | tuple[str, str] = "h"  # after a layer: (residual, addend), summed by the next
         d, kv, dh, f32 = cfg.hidden_size, cfg.num_key_value_heads, cfg.head_dim, TensorProto.FLOAT
@@ -279,12 +279,12 @@ class CpuGraph(nn.Module):
         buffer or submodule since the last check (a counter bumped by PyTorch's global
         registration hooks), nothing was replaced and the answer stands; else identity
         checks of every part."""
-        if _GENERATION[0] == self._checked:
+        if GENERATION[0] == self._checked:
             return True
         tables, names, values = self.parts
         ok = all(map(operator.is_, map(dict.get, tables, names), values))
         if ok:
-            self._checked = _GENERATION[0]
+            self._checked = GENERATION[0]
         return ok
 
     def forward(self, h: Tensor, first: int, cache: Any, rope: tuple[Tensor, Tensor],
@@ -378,6 +378,10 @@ def _decode_step(model: Any, start: int, end: int, ops: list[dict],
     scratch = np.zeros((end, cfg.num_key_value_heads, 1, cfg.head_dim), np.float32)
     table = np.zeros((1, cfg.head_dim // 2), np.float32)
     step(np.zeros(cfg.hidden_size, np.float32), 0, scratch, scratch.copy(), table, table)
+    emb = model.model.embed_tokens.weight
+    if head_ops is not None and start == 0 and step.embed_from(
+            emb, cfg.embedding_multiplier_scale):  # decode_token's compile, too
+        step.token(np.zeros((1, 1), np.int64), 0, scratch, scratch.copy(), table, table)
     return step
 
 

@@ -115,6 +115,32 @@ def test_a_long_context_is_the_graph_too(tmp_path):
     assert ((step - graph).norm() / graph.norm()).item() < 1e-4
 
 
+def test_layers_split_over_graphs_each_get_a_step(tmp_path, monkeypatch):
+    """With room for one layer per graph: two graphs, each with its own step (the second
+    hands its hidden state to the head's own kernel), whose logits are those of the same two
+    graphs without steps (measured 2e-7 relative)."""
+    from app.engine import cpu_graph
+
+    folder = _folder(tmp_path)
+    layer_bytes = cpu_graph._bytes(cpu_graph.layer_operands(
+        _model(folder, "int8").model.layers[0], quantize.graph_operands))
+    monkeypatch.setattr(cpu_graph, "MAX_GRAPH_BYTES", layer_bytes)
+    m = _model(folder, "int8")
+    graphs = m.graphs()
+    assert [(g.start, g.end, g.head) for g in graphs] == [(0, 1, False), (1, 2, False)]
+    assert all(g.step is not None for g in graphs)
+    before = [g.step.clock[1] for g in graphs]
+    split, _ = _run(m, IDS, prefill=6, step=True)
+    assert all(g.step.clock[1] > b for g, b in zip(graphs, before, strict=True))
+    steps = [g.step for g in graphs]
+    for g in graphs:
+        g.step = None
+    graph, _ = _run(m, IDS, prefill=6, step=True)
+    for g, step in zip(graphs, steps, strict=True):
+        g.step = step
+    assert ((split - graph).norm() / graph.norm()).item() < 1e-5
+
+
 def _cache_copies(m):
     m.setup_cache(max_len=640)
     rng = np.random.default_rng(0)
@@ -233,3 +259,28 @@ def test_gelu_exp_and_tanh_are_accurate():
     for x in np.concatenate([np.linspace(-80, 80, 2001), [0.0, 1e-12, -1e-12, 700, -700]]):
         assert abs(f.exp(x) - np.exp(x)) <= 1e-9 * np.exp(x)
         assert abs(f.tanh(x) - np.tanh(x)) <= 1e-9
+
+
+def test_the_decode_shortcut_follows_a_new_cache_and_new_weights(tmp_path):
+    """Grok2.forward's shortcut to the step (kept after the first decode token passed its
+    checks) is dropped when anything registers a tensor or module: a new cache is read, not
+    the old one, and replaced weights are seen (the same bits as a fresh model's)."""
+    folder = _folder(tmp_path)
+    m, fresh = _model(folder, "int4"), _model(folder, "int4")
+    _run(m, IDS, prefill=6, step=True)
+    assert m._decode_fast is not None
+    other = IDS[::-1]
+    got, _ = _run(m, other, prefill=6, step=True)  # setup_cache: a new cache
+    assert m._decode_fast[1] is m.cache
+    want, _ = _run(fresh, other, prefill=6, step=True)
+    assert torch.equal(got, want)
+    for model in (m, fresh):
+        emb = model.model.embed_tokens
+        emb.weight = torch.nn.Parameter(emb.weight.detach() * 0.5)
+    model_cache = m.cache
+    with torch.inference_mode():
+        x = torch.tensor([[IDS[3]]])
+        fresh.setup_cache(max_len=64)
+        fresh.cache.k.copy_(model_cache.k)
+        fresh.cache.v.copy_(model_cache.v)
+        assert torch.equal(m(x, start_pos=20), fresh(x, start_pos=20))
