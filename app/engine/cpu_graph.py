@@ -368,7 +368,7 @@ def _decode_step(model: Any, start: int, end: int, ops: list[dict],
     or some matrix is not in a form they read: decode then runs the graph too."""
     from app.engine import cpu_step
 
-    if not cpu_step.available():
+    if not cpu_step.readable(model.config, ops, head_ops) or not cpu_step.available():
         return None
     try:
         step = cpu_step.DecodeStep(model, start, end, ops, head_ops, torch.get_num_threads())

@@ -43,8 +43,26 @@ _STEP: list[Any] = []
 
 
 def available() -> bool:
-    """Whether a step can be built here: cpu_int4's kernels compile and run (cpu_int4.ready)."""
+    """Whether a step can be built here: cpu_int4's kernels compile and run (cpu_int4.ready;
+    the first call compiles them, ~2-3 s)."""
     return cpu_int4.ready()
+
+
+def readable(cfg: Any, ops: list[dict], head_ops: tuple | None) -> bool:
+    """Whether every matrix of these layers (cpu_graph.layer_operands dicts) and the head is
+    in a form the step's kernels read (cpu_int4.packs: int4 with zero points or int8, blocks
+    of 128) with inputs a multiple of 128, on a CPU where they can run (cpu_int4.available).
+    Cheap: nothing is compiled or copied, so a model that cannot use the step (the tiny demo
+    model, hidden 64) pays nothing for it."""
+    if not cpu_int4.available():
+        return False
+    inputs = (cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.intermediate_size,
+              cfg.moe_intermediate_size)
+    if any(k % cpu_int4.BLOCK for k in inputs):
+        return False
+    parts = [o for layer in ops for o in layer.values()]
+    parts += [head_ops] if head_ops is not None else []
+    return all(o is not None and cpu_int4.packs(o) for o in parts)
 
 
 class DecodeStep:

@@ -284,3 +284,12 @@ def test_the_decode_shortcut_follows_a_new_cache_and_new_weights(tmp_path):
         fresh.cache.k.copy_(model_cache.k)
         fresh.cache.v.copy_(model_cache.v)
         assert torch.equal(m(x, start_pos=20), fresh(x, start_pos=20))
+
+
+def test_a_model_that_cannot_use_the_step_compiles_nothing(ckpt, monkeypatch):
+    """The tiny model (hidden 64) gets no step, and building it does not even compile the
+    kernels (readable says no first: cpu_step.available() is never asked)."""
+    asked = []
+    monkeypatch.setattr(cpu_step, "available", lambda: asked.append(1) or True)
+    m = _model(ckpt, "int4")
+    assert m.graphs() and m.graphs()[0].step is None and not asked
