@@ -271,7 +271,6 @@ class CpuGraph(nn.Module):
         self.session = _session_for(b.nodes, b.inits, inputs, outputs, spinning=True)
         self.step = _decode_step(model, start, end, ops, head_ops)
         self._views: tuple | None = None  # decode_token's (cache.k, numpy views)
-        self.rope_args = (cfg.head_dim, float(cfg.rope_theta), cfg.max_position_embeddings)
 
     def current(self) -> bool:
         """Whether the model still holds the weight tensors and modules this graph was built
@@ -327,28 +326,28 @@ class CpuGraph(nn.Module):
         return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs))[None]
 
     def decode_token(self, input_ids: Tensor, first: int, cache: Any, embedding: Tensor,
-                     scale: float) -> Tensor | None:
+                     scale: float, rope: tuple[Tensor, Tensor] | None = None
+                     ) -> Tensor | None:
         """The whole model for one token id (input_ids (1, 1) int64 on the CPU, at position
         `first`) in one cpu_step call, embedding included: logits (1, 1, V) float32, soft-
         capped. For a graph of every layer and the head whose step can read `embedding`
         (the model's bf16 (V, D) table; times `scale`); else None (call forward). The
-        cache's numpy views and the RoPE table (model.rope_table) are kept between tokens:
-        after a token has streamed the weights through the CPU caches, every Python-side op
-        costs tens of microseconds (~0.35 ms a token went to such ops before)."""
+        cache's numpy views and model.rope_table's cos/sin (`rope`, (P, Dh/2) float32, P >
+        first) are kept between tokens: after a token has streamed the weights through the
+        CPU caches, every Python-side op costs tens of microseconds (~0.35 ms a token went
+        to such ops before). Without `rope`, None also when the kept table does not reach
+        `first` or belongs to another cache."""
         step = self.step
         if step is None or not self.head or self.start != 0:
             return None
         if step.embedding is not embedding and not step.embed_from(embedding, scale):
             return None
         views = self._views
-        if views is None or views[0] is not cache.k or first >= views[4].shape[0]:
-            from app.engine.model import rope_table, table_length
-
-            dh, theta, positions = self.rope_args
-            cos, sin = rope_table(dh, theta, table_length(first + 1, positions),
-                                  torch.device("cpu"))
+        if views is None or views[0] is not cache.k or first >= views[3].shape[0]:
+            if rope is None:
+                return None
             views = self._views = (cache.k, cache.k[:, 0].numpy(), cache.v[:, 0].numpy(),
-                                   cos.numpy(), sin.numpy())
+                                   rope[0].numpy(), rope[1].numpy())
         out = step.token(input_ids.numpy(), first, *views[1:])
         return torch.from_numpy(out.reshape(1, 1, -1))
 
@@ -366,12 +365,12 @@ def _decode_step(model: Any, start: int, end: int, ops: list[dict],
     """A cpu_step.DecodeStep of these layers (compiled and run once on a scratch cache, so
     the first token does not wait for numba), or None where cpu_int4's kernels do not run
     or some matrix is not in a form they read: decode then runs the graph too."""
-    from app.engine import cpu_step
+    from app.engine.cpu_step import DecodeStep, available, readable
 
-    if not cpu_step.readable(model.config, ops, head_ops) or not cpu_step.available():
+    if not readable(model.config, ops, head_ops) or not available():
         return None
     try:
-        step = cpu_step.DecodeStep(model, start, end, ops, head_ops, torch.get_num_threads())
+        step = DecodeStep(model, start, end, ops, head_ops, torch.get_num_threads())
     except ValueError:
         return None
     cfg = model.config

@@ -35,7 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from app.engine import cpu_int4
+# names from cpu_int4, not `from app.engine import cpu_int4`: that names the package, which
+# imports the engine, which imports this module (tests/test_layering.py: no import cycles)
+from app.engine.cpu_int4 import BLOCK, ROWS, pack, packs, ready, use_threads
+from app.engine.cpu_int4 import available as int4_available
+from app.engine.cpu_int4 import kernels as int4_kernels
 
 ATTENTION_SPAN = 256  # cached keys per attention part (parts spread over the threads)
 PER_LAYER = 4  # matrices before the experts' (qkv, o, gate|up, down); then 2 per expert
@@ -45,7 +49,7 @@ _STEP: list[Any] = []
 def available() -> bool:
     """Whether a step can be built here: cpu_int4's kernels compile and run (cpu_int4.ready;
     the first call compiles them, ~2-3 s)."""
-    return cpu_int4.ready()
+    return ready()
 
 
 def readable(cfg: Any, ops: list[dict], head_ops: tuple | None) -> bool:
@@ -54,15 +58,15 @@ def readable(cfg: Any, ops: list[dict], head_ops: tuple | None) -> bool:
     of 128) with inputs a multiple of 128, on a CPU where they can run (cpu_int4.available).
     Cheap: nothing is compiled or copied, so a model that cannot use the step (the tiny demo
     model, hidden 64) pays nothing for it."""
-    if not cpu_int4.available():
+    if not int4_available():
         return False
     inputs = (cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.intermediate_size,
               cfg.moe_intermediate_size)
-    if any(k % cpu_int4.BLOCK for k in inputs):
+    if any(k % BLOCK for k in inputs):
         return False
     parts = [o for layer in ops for o in layer.values()]
     parts += [head_ops] if head_ops is not None else []
-    return all(o is not None and cpu_int4.packs(o) for o in parts)
+    return all(o is not None and packs(o) for o in parts)
 
 
 class DecodeStep:
@@ -102,15 +106,15 @@ class DecodeStep:
         if head_ops is not None:
             mats.append((d, cfg.vocab_size, head_ops))
         for k, _, o in mats:
-            if o is None or not cpu_int4.packs(o) or k % cpu_int4.BLOCK:
+            if o is None or not packs(o) or k % BLOCK:
                 raise ValueError("a matrix of this layer group is not in a form cpu_int4 packs")
         # sizes first, so the packed copies are written into one array each (the peak is
         # those arrays and one matrix's temporary repack, not twice the weights)
         table = np.zeros((len(mats), 6), np.int64)
         w_total = s_total = 0
         for i, (k, n, o) in enumerate(mats):
-            groups, blocks, bits = -(-n // cpu_int4.ROWS), k // cpu_int4.BLOCK, o[0]
-            cells = groups * cpu_int4.ROWS * blocks  # (row, block) pairs, rows padded
+            groups, blocks, bits = -(-n // ROWS), k // BLOCK, o[0]
+            cells = groups * ROWS * blocks  # (row, block) pairs, rows padded
             table[i] = (w_total, s_total, s_total, groups, blocks, bits)
             w_total += cells * 16 * bits
             s_total += cells
@@ -118,7 +122,7 @@ class DecodeStep:
         self.scales = np.empty(s_total, np.float32)
         self.zeros = np.empty(s_total, np.uint8)
         for i, (k, n, o) in enumerate(mats):
-            codes, scales, zeros, *_ = cpu_int4.pack(k, n, o)
+            codes, scales, zeros, *_ = pack(k, n, o)
             w0, s0 = int(table[i, 0]), int(table[i, 1])
             self.codes[w0:w0 + codes.size] = codes
             self.scales[s0:s0 + scales.size] = scales
@@ -202,7 +206,7 @@ class DecodeStep:
                              f"{cache_k.shape[2]}")
         out = np.empty(self.out_size, np.float32)
         torch_threads = torch.get_num_threads()
-        cpu_int4.use_threads(self.threads)
+        use_threads(self.threads)
         compiled = kernels()
         args = (pos, self.start, self.codes, self.scales, self.zeros, self.mats, self.params,
                 self.offsets, self.ints, self.floats, cache_k, cache_v, cos, sin, out,
@@ -233,8 +237,8 @@ def _build() -> Any:
     from numba.core import cgutils
     from numba.extending import intrinsic
 
-    quantize_block, group_dot = cpu_int4.kernels()[3:]
-    rows = cpu_int4.ROWS
+    quantize_block, group_dot = int4_kernels()[3:]
+    rows = ROWS
 
     def lowered(codegen_of: Any) -> Any:
         """numba.extending.intrinsic, typed Any for the type checker (called in njit code)."""

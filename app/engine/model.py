@@ -487,23 +487,24 @@ class Grok2(nn.Module):
                        or not all(g.current() for g in graphs)):
             graphs = []  # batches, uncached forwards, replaced weights, a cache set up before
             # the graphs were built (bf16): the eager layers
+        rope: tuple[Tensor, Tensor] | None = None
+        if graphs:
+            rope = rope_table(cfg.head_dim, float(cfg.rope_theta), table_length(
+                first + input_ids.shape[1], cfg.max_position_embeddings), torch.device("cpu"))
         if (len(graphs) == 1 and input_ids.shape[1] == 1 and graphs[0].start == 0
                 and graphs[0].head and input_ids.device.type == "cpu"):
             # decode: embedding and all layers in one compiled call where it runs (and
             # nothing else here: after a token, every host op costs tens of microseconds)
             logits = graphs[0].decode_token(input_ids, first, cache, emb.weight,
-                                            cfg.embedding_multiplier_scale)
+                                            cfg.embedding_multiplier_scale, rope)
             if logits is not None:
                 # the graph, cache and embedding just passed every check: until any module
                 # registers a parameter, buffer or submodule (GENERATION moves), the next
-                # decode token may skip them (above)
+                # decode token may skip them (above; decode_token answers None there when
+                # its RoPE table does not reach the position)
                 self._decode_fast = (graphs[0], cache, emb.weight,
                                      cfg.embedding_multiplier_scale, GENERATION[0])
                 return logits  # (1, 1, V)
-        rope: tuple[Tensor, Tensor] | None = None
-        if graphs:
-            rope = rope_table(cfg.head_dim, float(cfg.rope_theta), table_length(
-                first + input_ids.shape[1], cfg.max_position_embeddings), torch.device("cpu"))
         # One graph runs the whole model: skip AttentionInputs and the thread contexts (after
         # a run has streamed the weights, every host op between runs costs several times more)
         if len(graphs) == 1 and graphs[0].start == 0 and graphs[0].head:
