@@ -17,6 +17,7 @@ attention, router, GELU, and the Python around the call).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -54,16 +55,21 @@ def decode(model, step, tokens: int, context: int) -> tuple[list[float], int, in
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quant", choices=("int4", "int8"), default="int4")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--context", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--quant", choices=("int4", "int8"), default="int4",
+                    help="weight format of the mid-size model")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (at most the cores)")
+    ap.add_argument("--tokens", type=int, default=64, help="decode tokens per round")
+    ap.add_argument("--context", type=int, default=32, help="prompt tokens before decoding")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of --tokens tokens")
     args = ap.parse_args()
     for name, low in (("threads", 1), ("tokens", 1), ("context", 1), ("rounds", 1)):
         if getattr(args, name) < low:
             ap.error(f"--{name} must be {low} or more")
+    cores = os.cpu_count() or 1
+    if args.threads > cores:
+        ap.error(f"--threads {args.threads} is more than this machine's {cores} cores")
     torch.set_num_threads(args.threads)
     if not cpu_step.available():
         raise SystemExit("cpu_step does not run here (needs numba and an AVX512-VNNI CPU, "

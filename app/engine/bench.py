@@ -278,8 +278,10 @@ def bench_model(model: Grok2, plan: Plan, bw: Bandwidths, prompt_lengths=(32, 25
         "resident_cpu_bytes": resident_bytes(),  # now, after the run (None: not Linux)
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else 0,
         "threads": torch.get_num_threads(),  # CPU threads of the matmuls (torch, onnxruntime)
-        # onnxruntime graphs of whole layers (cpu_graph.py): [first, last] layer, head or not
-        "cpu_graphs": [[g.start, g.end - 1, g.head] for g in model.graphs()],
+        # onnxruntime graphs of whole layers (cpu_graph.py): [first, last] layer, head or not,
+        # decode on cpu_step's compiled call or not
+        "cpu_graphs": [[g.start, g.end - 1, g.head, g.step is not None]
+                       for g in model.graphs()],
         "bandwidths": {"gpu": bw.gpu, "cpu": bw.cpu, "pcie": bw.pcie,
                        "measured": list(bw.measured)},
     })
@@ -296,9 +298,11 @@ def format_result(r: dict) -> str:
     lines = [f"Quantization {r['plan']}, {r['threads']} CPU thread{plural}"]
     graphs = r.get("cpu_graphs")
     if graphs:
-        parts = [f"layers {a}..{b}" + (" + final norm, output head" if head else "")
-                 for a, b, head in graphs]
-        lines.append(f"  CPU layers as onnxruntime graphs: {', '.join(parts)}")
+        parts = [f"layers {g[0]}..{g[1]}" + (" + final norm, output head" if g[2] else "")
+                 for g in graphs]
+        step = " (decode: one numba call, cpu_step)" if all(g[3:4] == [True] for g in graphs) \
+            else ""
+        lines.append(f"  CPU layers as onnxruntime graphs: {', '.join(parts)}{step}")
     for p in r["prefill"]:
         lines.append(f"  prefill {p['tokens']:>6} tokens: {p['tokens_per_s']:8.1f} tokens/s "
                      f"({p['seconds']:.2f} s)")

@@ -42,6 +42,7 @@ keys: concatenating keys would copy every layer's cache every token.
 from __future__ import annotations
 
 import itertools
+import logging
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,8 @@ from app.engine.cpu_kernels import (
     gated_mlp_nodes,
     stack_operands,
 )
+
+log = logging.getLogger(__name__)
 
 # Bumped whenever any nn.Module registers (assigns) a parameter, buffer or submodule: the
 # loader and the placement transforms replace weights that way (CpuGraph.current).
@@ -367,7 +370,7 @@ def _decode_step(model: Any, start: int, end: int, ops: list[dict],
     or some matrix is not in a form they read: decode then runs the graph too."""
     from app.engine.cpu_step import DecodeStep, available, readable
 
-    if not readable(model.config, ops, head_ops) or not available():
+    if not readable(model.config, ops, head_ops) or not available() or _STEP_FAILED:
         return None
     try:
         step = DecodeStep(model, start, end, ops, head_ops, torch.get_num_threads())
@@ -376,12 +379,22 @@ def _decode_step(model: Any, start: int, end: int, ops: list[dict],
     cfg = model.config
     scratch = np.zeros((end, cfg.num_key_value_heads, 1, cfg.head_dim), np.float32)
     table = np.zeros((1, cfg.head_dim // 2), np.float32)
-    step(np.zeros(cfg.hidden_size, np.float32), 0, scratch, scratch.copy(), table, table)
-    emb = model.model.embed_tokens.weight
-    if head_ops is not None and start == 0 and step.embed_from(
-            emb, cfg.embedding_multiplier_scale):  # decode_token's compile, too
-        step.token(np.zeros((1, 1), np.int64), 0, scratch, scratch.copy(), table, table)
+    try:  # compile now (a few seconds), not at the first token
+        step(np.zeros(cfg.hidden_size, np.float32), 0, scratch, scratch.copy(), table, table)
+        emb = model.model.embed_tokens.weight
+        if head_ops is not None and start == 0 and step.embed_from(
+                emb, cfg.embedding_multiplier_scale):  # decode_token's compile, too
+            step.token(np.zeros((1, 1), np.int64), 0, scratch, scratch.copy(), table, table)
+    except Exception as exc:  # noqa: BLE001 - any compile failure: decode on the graph
+        log.warning("the compiled decode step did not build (%s: %s); decoding runs the "
+                    "onnxruntime graph", type(exc).__name__, exc)
+        _STEP_FAILED.append(True)
+        return None
+    step.clock[:] = 0  # the warm-up's cycles are not a token's
     return step
+
+
+_STEP_FAILED: list[bool] = []  # a step failed to compile in this process: none is tried again
 
 
 def _position_nodes(b: _Builder, cfg: Any) -> tuple[str, str, str, str]:

@@ -72,14 +72,19 @@ def readable(cfg: Any, ops: list[dict], head_ops: tuple | None) -> bool:
 class DecodeStep:
     """Layers start..end-1 of a Grok2 (and, with head_ops, the final norm, output head and
     logit soft cap) for one token, from the MatMulNBits operands cpu_graph.layer_operands gives
-    (`ops`, one dict per layer) and head_ops (cpu_graph.head_operands or None).
+    (`ops`, one dict per layer) and head_ops (cpu_graph.head_operands or None). Building it
+    raises ValueError when some operand is not a form cpu_int4 packs (int4 in blocks of 128
+    with zero points, int8 in blocks of 128; `readable` says so beforehand): callers then keep
+    the graph. `threads`: numba threads of every call (at most numba's pool), fixed here as
+    the graph's onnxruntime threads are.
 
-    Call with h (D,) float32 numpy (the input hidden state), the token's position, the float32
-    KV cache as numpy (layers, K, max_len, Dh) keys and values (this group's layers are written
-    at `pos`, positions 0..pos-1 read), and model.rope_table's cos/sin (P, Dh/2) float32 with
-    P > pos -> logits (V,) float32 (soft-capped) with the head, else the output hidden state
-    (D,) float32. Raises ValueError when some operand is not a form cpu_int4 packs (int4 in
-    blocks of 128 with zero points, int8 in blocks of 128): callers then keep the graph."""
+    Call with h (D,) float32 numpy (the input hidden state), the token's position pos, the
+    float32 KV cache as C-contiguous numpy (layers, K, max_len, Dh) keys and values (this
+    group's layers are written at `pos`, positions 0..pos-1 read), and model.rope_table's
+    cos/sin (P, Dh/2) float32 with P > pos -> logits (V,) float32 (soft-capped) with the head,
+    else the output hidden state (D,) float32. A call raises ValueError for a position outside
+    the cache (one line, as the eager path's) and for arrays of another shape, dtype or layout
+    (checked before the compiled code reads them; nothing is written then)."""
 
     def __init__(self, model: Any, start: int, end: int, ops: list[dict],
                  head_ops: tuple | None, threads: int) -> None:
@@ -148,6 +153,10 @@ class DecodeStep:
         params.append(model.model.norm.weight.detach().float().numpy().reshape(-1))
         self.params = np.concatenate(params).astype(np.float32)
         self.offsets = offsets
+        # the compiled step's sizes and constants, read by index in decode(): ints =
+        # [layers, D, H, K, Dh, dense hidden, expert hidden, E, top-k, temperature length,
+        # has head, V]; floats = [norm eps, 1 / (sqrt(Dh) * attention cap), attention cap,
+        # router cap, final cap, combine scale, output multiplier]
         self.ints = np.array([end - start, d, h, kv, dh, inter, moe_inter, e_,
                               cfg.num_experts_per_tok, cfg.attn_temperature_len,
                               int(head_ops is not None), cfg.vocab_size], np.int64)
@@ -165,11 +174,44 @@ class DecodeStep:
         self.embedding: Any = None  # embed_from
         self.embed_bits: np.ndarray | None = None
         self.embed_scale = 1.0
+        self._checked: tuple = (None,) * 4  # the cache and RoPE arrays _check passed
 
     def __call__(self, h: np.ndarray, pos: int, cache_k: np.ndarray, cache_v: np.ndarray,
                  cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-        return self._run(np.ascontiguousarray(h, np.float32), None, pos, cache_k, cache_v,
-                         cos, sin)
+        h = np.ascontiguousarray(h, np.float32)
+        if h.shape != (int(self.ints[1]),):
+            raise ValueError(f"the hidden state must be ({self.ints[1]},), got {h.shape}")
+        return self._run(h, None, pos, cache_k, cache_v, cos, sin)
+
+    def _check(self, pos: int, cache_k: np.ndarray, cache_v: np.ndarray, cos: np.ndarray,
+               sin: np.ndarray) -> None:
+        """ValueError unless the position is inside the cache and the RoPE tables, and the
+        arrays are what the compiled code indexes without bounds checks. Arrays that passed
+        are not checked again (after a token, each Python op costs microseconds)."""
+        if not 0 <= pos < cache_k.shape[2]:
+            raise ValueError(f"context of {pos + 1} tokens exceeds the cache's "
+                             f"{cache_k.shape[2]}" if pos >= 0 else
+                             f"position {pos} is negative")
+        last = self._checked
+        if not (last[0] is cache_k and last[1] is cache_v and last[2] is cos
+                and last[3] is sin):
+            layers, kv, dh = (self.start + int(self.ints[0]), int(self.ints[3]),
+                              int(self.ints[4]))
+            for name, c in (("keys", cache_k), ("values", cache_v)):
+                if (c.dtype != np.float32 or not c.flags.c_contiguous or c.ndim != 4
+                        or c.shape[0] < layers or c.shape[1:] != (kv, cache_k.shape[2], dh)):
+                    raise ValueError(f"the cached {name} must be C-contiguous float32 (>= "
+                                     f"{layers}, {kv}, max_len, {dh}), got {c.dtype} "
+                                     f"{c.shape}")
+            for name, t in (("cos", cos), ("sin", sin)):
+                if (t.dtype != np.float32 or not t.flags.c_contiguous or t.ndim != 2
+                        or t.shape != cos.shape or t.shape[1] != dh // 2):
+                    raise ValueError(f"the RoPE {name} table must be C-contiguous float32 "
+                                     f"(P, {dh // 2}), got {t.dtype} {t.shape}")
+            self._checked = (cache_k, cache_v, cos, sin)
+        if pos >= cos.shape[0]:
+            raise ValueError(f"the RoPE table has {cos.shape[0]} positions; position {pos} "
+                             "needs more")
 
     def embed_from(self, weight: Any, scale: float) -> bool:
         """Let `token` look up the hidden state itself from the embedding `weight` (V, D) (a
@@ -191,6 +233,9 @@ class DecodeStep:
         """As a call, for token ids (1, 1) int64 (embedded in the step; embed_from first).
         Raises ValueError for an id outside the vocabulary."""
         assert self.embed_bits is not None
+        if ids.shape != (1, 1) or ids.dtype.kind not in "iu":
+            raise ValueError(f"token ids must be integers of shape (1, 1), got {ids.dtype} "
+                             f"{ids.shape}")
         token = int(ids[0, 0])
         if not 0 <= token < self.embed_bits.shape[0]:
             raise ValueError(f"token id {token} is outside the vocabulary "
@@ -201,9 +246,7 @@ class DecodeStep:
              cache_v: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
         import torch
 
-        if pos >= cache_k.shape[2]:
-            raise ValueError(f"context of {pos + 1} tokens exceeds the cache's "
-                             f"{cache_k.shape[2]}")
+        self._check(pos, cache_k, cache_v, cos, sin)
         out = np.empty(self.out_size, np.float32)
         torch_threads = torch.get_num_threads()
         use_threads(self.threads)
@@ -241,7 +284,8 @@ def _build() -> Any:
     rows = ROWS
 
     def lowered(codegen_of: Any) -> Any:
-        """numba.extending.intrinsic, typed Any for the type checker (called in njit code)."""
+        """numba.extending.intrinsic (a function whose body is LLVM IR, inlined into the
+        compiled code that calls it), typed Any for the type checker."""
         return intrinsic(codegen_of)
 
     @lowered
@@ -455,7 +499,7 @@ def _build() -> Any:
         eps, alpha, attn_cap, router_cap, final_cap, combine, out_mult = (
             floats[0], floats[1], floats[2], floats[3], floats[4], floats[5], floats[6])
         half = dh // 2
-        per_layer = 4 + 2 * experts
+        per_layer = PER_LAYER + 2 * experts
         # length temperature (model.length_temperature, as the graph: ln / ln, float32)
         temp = 1.0
         if pos > temp_len:

@@ -73,9 +73,12 @@ def test_bench_names_the_layers_run_as_onnxruntime_graphs(ckpt, monkeypatch):
     quantize.build_cpu_kernels(model)
     plan = make_plan(model.config, "int8", 0, 64 * GB, context=64)
     r = bench.bench_model(model, plan, Bandwidths(cpu=10 * GB), (8,), decode_tokens=2)
-    assert r["cpu_graphs"] == [[0, 1, True]]
+    assert r["cpu_graphs"] == [[0, 1, True, False]]  # hidden 64: no compiled decode step
     text = bench.format_result(r)
     assert "CPU layers as onnxruntime graphs: layers 0..1 + final norm, output head" in text
+    assert "cpu_step" not in text
+    stepped = bench.format_result({**r, "cpu_graphs": [[0, 1, True, True]]})
+    assert "output head (decode: one numba call, cpu_step)" in stepped
 
 
 def test_synthetic_model_has_grok_proportions():

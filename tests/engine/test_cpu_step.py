@@ -293,3 +293,62 @@ def test_a_model_that_cannot_use_the_step_compiles_nothing(ckpt, monkeypatch):
     monkeypatch.setattr(cpu_step, "available", lambda: asked.append(1) or True)
     m = _model(ckpt, "int4")
     assert m.graphs() and m.graphs()[0].step is None and not asked
+
+
+def test_wrong_arrays_and_negative_positions_are_refused_before_anything_runs(tmp_path):
+    """The compiled code indexes without bounds checks, so a call checks first: a negative
+    position, a cache of the wrong dtype, layer count or layout, a RoPE table too short or
+    of another width, a hidden state of another size, float token ids: one ValueError each,
+    nothing written."""
+    m = _model(_folder(tmp_path), "int4")
+    step = m.graphs()[0].step
+    cfg = m.config
+    step.embed_from(m.model.embed_tokens.weight, cfg.embedding_multiplier_scale)
+    k0, v0 = _cache_copies(m)
+    table = np.zeros((640, cfg.head_dim // 2), np.float32)
+    h = np.zeros(cfg.hidden_size, np.float32)
+    ids = np.array([[5]])
+    bad = [
+        (dict(pos=-1), "position -1 is negative"),
+        (dict(k=k0.astype(np.float64)), "cached keys must be C-contiguous float32"),
+        (dict(k=k0[:1]), r"cached keys must be .* \(>= 2,"),
+        (dict(v=np.asfortranarray(v0)), "cached values must be C-contiguous"),
+        (dict(cos=table[:9], sin=table[:9]), "the RoPE table has 9 positions"),
+        (dict(cos=table[:, :4]), "RoPE cos table must be"),
+        (dict(h=np.zeros(cfg.hidden_size + 1, np.float32)), "the hidden state must be"),
+        (dict(ids=np.array([[5.7]])), "token ids must be integers"),
+    ]
+    for change, message in bad:
+        args = dict(pos=20, k=k0.copy(), v=v0.copy(), cos=table, sin=table, h=h, ids=ids)
+        args.update(change)
+        with pytest.raises(ValueError, match=message):
+            if "h" in change:
+                step(args["h"], args["pos"], args["k"], args["v"], args["cos"], args["sin"])
+            else:
+                step.token(args["ids"], args["pos"], args["k"], args["v"], args["cos"],
+                           args["sin"])
+        assert np.array_equal(args["k"], k0) or "k" in change
+    with torch.inference_mode():  # through the model: the same one line
+        m.setup_cache(max_len=16)
+        m(torch.tensor([IDS[:3]]), start_pos=0)
+        with pytest.raises(ValueError, match="position -1 is negative"):
+            m(torch.tensor([[5]]), start_pos=-1)
+
+
+def test_a_step_that_does_not_compile_leaves_decoding_on_the_graph(tmp_path, monkeypatch,
+                                                                   caplog):
+    """A compile failure (say, a numba that cannot lower this code) is one warning; the
+    graph decodes; the model loads."""
+    from app.engine import cpu_graph
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no lowering for this")
+
+    monkeypatch.setattr(cpu_step.DecodeStep, "_run", broken)
+    monkeypatch.setattr(cpu_graph, "_STEP_FAILED", [])
+    with caplog.at_level("WARNING"):
+        m = _model(_folder(tmp_path), "int4")
+    assert m.graphs()[0].step is None
+    assert "the compiled decode step did not build (RuntimeError: no lowering" in caplog.text
+    logits, _ = _run(m, IDS, prefill=6, step=True)
+    assert torch.isfinite(logits).all()
