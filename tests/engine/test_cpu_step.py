@@ -309,17 +309,18 @@ def test_wrong_arrays_and_negative_positions_are_refused_before_anything_runs(tm
     h = np.zeros(cfg.hidden_size, np.float32)
     ids = np.array([[5]])
     bad = [
-        (dict(pos=-1), "position -1 is negative"),
-        (dict(k=k0.astype(np.float64)), "cached keys must be C-contiguous float32"),
-        (dict(k=k0[:1]), r"cached keys must be .* \(>= 2,"),
-        (dict(v=np.asfortranarray(v0)), "cached values must be C-contiguous"),
-        (dict(cos=table[:9], sin=table[:9]), "the RoPE table has 9 positions"),
-        (dict(cos=table[:, :4]), "RoPE cos table must be"),
-        (dict(h=np.zeros(cfg.hidden_size + 1, np.float32)), "the hidden state must be"),
-        (dict(ids=np.array([[5.7]])), "token ids must be integers"),
+        ({"pos": -1}, "position -1 is negative"),
+        ({"k": k0.astype(np.float64)}, "cached keys must be C-contiguous float32"),
+        ({"k": k0[:1]}, r"cached keys must be .* \(>= 2,"),
+        ({"v": np.asfortranarray(v0)}, "cached values must be C-contiguous"),
+        ({"cos": table[:9], "sin": table[:9]}, "the RoPE table has 9 positions"),
+        ({"cos": table[:, :4]}, "RoPE cos table must be"),
+        ({"h": np.zeros(cfg.hidden_size + 1, np.float32)}, "the hidden state must be"),
+        ({"ids": np.array([[5.7]])}, "token ids must be integers"),
     ]
     for change, message in bad:
-        args = dict(pos=20, k=k0.copy(), v=v0.copy(), cos=table, sin=table, h=h, ids=ids)
+        args = {"pos": 20, "k": k0.copy(), "v": v0.copy(), "cos": table, "sin": table, "h": h,
+                "ids": ids}
         args.update(change)
         with pytest.raises(ValueError, match=message):
             if "h" in change:
