@@ -1,4 +1,6 @@
 """CPU int4 matmuls on AVX512-VNNI, compiled at run time by numba (LLVM): decode and prefill.
+(The same kernel reads int8 codes, q + 128 with zero point 128 in the formula below: the
+output head and int8 layers of cpu_step.py's compiled decode.)
 
 The same arithmetic as onnxruntime's MatMulNBits at `accuracy_level=4` (MLAS "CompInt8",
 cpu_kernels.py), on the same weights, streamed faster at one row (decode). Real-size expert
