@@ -461,20 +461,27 @@ def _build() -> Any:
         values 0..pos of cache layer `lay` (RoPE'd keys written already): scores q.k * alpha
         (1/(sqrt(Dh) * cap)), cap * temperature * tanh(.), softmax, sum of p * v -> out
         (1, H*Dh). The keys are taken in spans of ATTENTION_SPAN, spread over the threads,
-        and the spans' partial softmaxes merged in span order (as flash-decoding does): the
-        split depends on the position only, so the bits do not depend on the thread count."""
+        and the spans' partial softmaxes merged in span order (as flash-decoding does); when
+        there are fewer spans than threads (short contexts), each span's query heads are also
+        split into two halves, each half reading the span's keys. Neither split changes any
+        head's arithmetic (the spans depend on the position only), so the bits do not depend
+        on the thread count."""
         g_ = heads // kv
         span = pos + 1
         parts = (span + ATTENTION_SPAN - 1) // ATTENTION_SPAN
+        halves = 2 if kv * parts < numba.get_num_threads() and g_ % 2 == 0 else 1
+        gs = g_ // halves  # query heads per task
         accs = np.empty((kv, parts, g_ * dh), np.float32)
         stats = np.empty((kv, parts, g_, 2), np.float64)
-        for i in prange(kv * parts):
-            kh, c = i // parts, i % parts
-            j0 = c * ATTENTION_SPAN
-            scores = np.empty((g_, ATTENTION_SPAN), np.float32)
-            attend_span(qkv[kh * g_ * dh:(kh + 1) * g_ * dh], ck, cv, lay, kh, j0,
+        for i in prange(kv * parts * halves):
+            kh, rest = i // (parts * halves), i % (parts * halves)
+            c, half = rest // halves, rest % halves
+            j0, g0 = c * ATTENTION_SPAN, half * gs
+            scores = np.empty((gs, ATTENTION_SPAN), np.float32)
+            q0 = (kh * g_ + g0) * dh
+            attend_span(qkv[q0:q0 + gs * dh], ck, cv, lay, kh, j0,
                         min(span, j0 + ATTENTION_SPAN), dh, alpha, cap_temp, scores,
-                        accs[kh, c], stats[kh, c])
+                        accs[kh, c, g0 * dh:(g0 + gs) * dh], stats[kh, c, g0:g0 + gs])
         for kh in range(kv):
             for g in range(g_):
                 top = stats[kh, 0, g, 0]
