@@ -187,10 +187,10 @@ def test_float_models_never_get_a_graph(ckpt):
     assert build_cpu_kernels(m) == 0 and m.cpu_graphs is None
 
 
-def test_decoding_past_the_cache_raises_one_clear_error(ckpt):
-    """A token beyond the cache's length is refused with the eager path's message (the graph
-    writes the cache through numpy views: nothing may land outside it)."""
-    m = _model(ckpt, "int4", True)
+def refuses_decoding_past_the_cache(m) -> None:
+    """Fill an 8-position cache, then ask for a 9th token: the eager path's one-line message,
+    and the cache untouched (the graph and cpu_step write it through numpy views: nothing
+    may land outside it)."""
     m.setup_cache(max_len=8)
     x = torch.tensor([IDS[:9]])
     with torch.inference_mode():
@@ -199,3 +199,8 @@ def test_decoding_past_the_cache_raises_one_clear_error(ckpt):
         with pytest.raises(ValueError, match="context of 9 tokens exceeds the cache's 8"):
             m(x[:, 8:9], start_pos=8)
     assert torch.equal(m.cache.k, before)
+
+
+def test_decoding_past_the_cache_raises_one_clear_error(ckpt):
+    """A token beyond the cache's length is refused with the eager path's message."""
+    refuses_decoding_past_the_cache(_model(ckpt, "int4", True))
