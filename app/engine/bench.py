@@ -298,10 +298,9 @@ def format_result(r: dict) -> str:
     lines = [f"Quantization {r['plan']}, {r['threads']} CPU thread{plural}"]
     graphs = r.get("cpu_graphs")
     if graphs:
-        parts = [f"layers {g[0]}..{g[1]}" + (" + final norm, output head" if g[2] else "")
-                 for g in graphs]
-        step = " (decode: one numba call, cpu_step)" if all(g[3:4] == [True] for g in graphs) \
-            else ""
+        parts = [f"layers {a}..{b}" + (" + final norm, output head" if head else "")
+                 for a, b, head, _ in graphs]
+        step = " (decode: one numba call, cpu_step)" if all(g[3] for g in graphs) else ""
         lines.append(f"  CPU layers as onnxruntime graphs: {', '.join(parts)}{step}")
     for p in r["prefill"]:
         lines.append(f"  prefill {p['tokens']:>6} tokens: {p['tokens_per_s']:8.1f} tokens/s "

@@ -168,10 +168,9 @@ class DecodeStep:
                                 cfg.attn_logit_softcapping, cap, cfg.final_logit_softcapping,
                                 cfg.moe_combine_scale, cfg.output_multiplier_scale],
                                np.float64)
-        self.start, self.head = start, head_ops is not None
-        self.out_size = cfg.vocab_size if self.head else d
+        self.start = start
+        self.out_size = cfg.vocab_size if head_ops is not None else d
         self.threads = max(1, threads)
-        self.nbytes = self.codes.nbytes + self.scales.nbytes + self.zeros.nbytes
         # CPU cycles, summed over calls: [in the matrix products, in the whole step] (the
         # products' share of a token: bench/step_share.py)
         self.clock = np.zeros(2, np.int64)

@@ -491,9 +491,9 @@ class Grok2(nn.Module):
         if graphs:
             rope = rope_table(cfg.head_dim, float(cfg.rope_theta), table_length(
                 first + input_ids.shape[1], cfg.max_position_embeddings), torch.device("cpu"))
-        if (len(graphs) == 1 and input_ids.shape[1] == 1 and graphs[0].start == 0
-                and graphs[0].head and input_ids.device.type == "cpu"):
-            # decode: embedding and all layers in one compiled call where it runs (and
+        if graphs and input_ids.shape[1] == 1 and input_ids.device.type == "cpu":
+            # decode: embedding and all layers in one compiled call where it runs (one graph
+            # of every layer and the head with a step: decode_token checks, else None; and
             # nothing else here: after a token, every host op costs tens of microseconds)
             logits = graphs[0].decode_token(input_ids, first, cache, emb.weight,
                                             cfg.embedding_multiplier_scale, rope)
