@@ -48,6 +48,7 @@ from app.engine.cpu_int4 import kernels as int4_kernels
 ATTENTION_SPAN = 256  # cached keys per attention part (parts spread over the threads)
 PER_LAYER = 4  # matrices before the experts' (qkv, o, gate|up, down); then 2 per expert
 _STEP: list[Any] = []
+_GLUE: list[Any] = []
 
 
 def available() -> bool:
@@ -276,15 +277,23 @@ def kernels() -> Any:
     return _STEP[0]
 
 
-def _build() -> Any:
+def glue() -> Any:
+    """The compiled helpers the quantized step here and the bf16 step (cpu_bf16.py) share
+    (numba dispatchers and intrinsics; each compiles on first use): cycles() (the cycle
+    counter), pow2, f32_from_bits, bits_of_f32, widen (float32 of a float32 or of bf16 bits),
+    exp, tanh, rms_norm, router and attend (attention of one token over a float32 or bf16
+    KV cache). Needs numba only (no AVX512-VNNI)."""
+    if not _GLUE:
+        _GLUE.append(_build_glue())
+    return _GLUE[0]
+
+
+def _build_glue() -> Any:
     import numba
     from llvmlite import ir
     from numba import njit, prange, types
     from numba.core import cgutils
     from numba.extending import intrinsic
-
-    quantize_block, group_dot = int4_kernels()[3:]
-    rows = ROWS
 
     def lowered(codegen_of: Any) -> Any:
         """numba.extending.intrinsic (a function whose body is LLVM IR, inlined into the
@@ -300,27 +309,6 @@ def _build() -> Any:
             return builder.call(fn, [])
 
         return types.int64(), codegen
-
-    @njit(boundscheck=False, parallel=True)
-    def matvec(w: Any, s: Any, z: Any, mat: Any, x: Any, y: Any) -> None:
-        """y[:N'] = W x for the packed matrix `mat` (a row of the offsets table), x (1, K)
-        float32; y has room for the padded rows N' = groups * 4."""
-        groups, blocks, bits = mat[3], mat[4], mat[5]
-        xq = np.empty((1, blocks * 128), np.int8)
-        sx = np.empty((1, blocks), np.float32)
-        xs = np.empty((1, blocks), np.float32)
-        for b in range(blocks):
-            quantize_block(x, xq, sx, xs, b)
-        w0 = w.ctypes.data + mat[0]
-        s0 = s.ctypes.data + mat[1] * 4
-        z0 = z.ctypes.data + mat[2]
-        x0, sx0, xs0, y0 = xq.ctypes.data, sx.ctypes.data, xs.ctypes.data, y.ctypes.data
-        threads = numba.get_num_threads()
-        for t in prange(threads):
-            g0, g1 = t * groups // threads, (t + 1) * groups // threads
-            for r in range(g0 * rows, g1 * rows):
-                y[r] = 0.0
-            group_dot(w0, s0, z0, x0, sx0, xs0, y0, groups, blocks, bits, 1, g0, g1)
 
     @lowered
     def pow2(typingctx: Any, n: Any) -> Any:
@@ -367,12 +355,22 @@ def _build() -> Any:
         t = 1.0 - 2.0 / (exp(2.0 * abs(x)) + 1.0)
         return t if x >= 0 else -t
 
-    @njit(boundscheck=False)
-    def timed(w: Any, s: Any, z: Any, mat: Any, x: Any, y: Any, clock: Any) -> None:
-        """matvec, its cycles added to clock[0]."""
-        start = cycles()
-        matvec(w, s, z, mat, x, y)
-        clock[0] += cycles() - start
+    @lowered
+    def widen(typingctx: Any, x: Any) -> Any:
+        """x as float32: a float32 as is; an int16 or uint16 as the bf16 whose bits it holds
+        (the bits shifted into a float32's upper half: exact). So the attention reads a
+        float32 KV cache (the graph's) and a bf16 one (cpu_bf16.py, as int16 bits) alike."""
+        if x == types.float32:
+            return types.float32(x), lambda context, builder, signature, args: args[0]
+        if x not in (types.int16, types.uint16):
+            return None
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            i32 = ir.IntType(32)
+            wide = builder.shl(builder.zext(args[0], i32), ir.Constant(i32, 16))
+            return builder.bitcast(wide, ir.FloatType())
+
+        return types.float32(x), codegen
 
     @njit(boundscheck=False, error_model="numpy", fastmath={"reassoc", "contract"})
     def rms_norm(x: Any, p: Any, at: int, eps: float, out: Any) -> None:
@@ -383,27 +381,6 @@ def _build() -> Any:
         r = np.float32(1.0 / math.sqrt(total / x.size + eps))
         for i in range(x.size):
             out[i] = (x[i] * r) * p[at + i]
-
-    @njit(boundscheck=False, error_model="numpy", fastmath={"contract"})
-    def gelu_mul(gu: Any, hidden: int, out: Any) -> None:
-        """out[0, :hidden] = gelu(gate) * up, gu = gate | up (hidden each), with the erf GELU
-        0.5 g (1 + erf(g / sqrt 2)). erf by Abramowitz & Stegun 7.1.28 in float64, |error| <=
-        3e-7 (tests/engine/test_cpu_step.py): no exp, so the loop vectorizes (libm's erf made
-        GELU ~6% of a mid-size token); the result is rounded to float32 and then quantized
-        to int8 per block of 128 by the next product, whose step is ~1/254 of the block's
-        largest value."""
-        for i in range(hidden):
-            g = np.float64(gu[i])
-            t = abs(g) * 0.7071067811865476
-            poly = 1.0 + t * (0.0705230784 + t * (0.0422820123 + t * (0.0092705272 + t * (
-                0.0001520143 + t * (0.0002765672 + t * 0.0000430638)))))
-            p2 = poly * poly
-            p4 = p2 * p2
-            p8 = p4 * p4
-            erf = 1.0 - 1.0 / (p8 * p8)  # erf(|g| / sqrt 2)
-            if g < 0:
-                erf = -erf
-            out[0, i] = np.float32(0.5 * g * (1.0 + erf)) * gu[hidden + i]
 
     @njit(boundscheck=False, error_model="numpy", fastmath={"reassoc", "contract"})
     def router(m: Any, p: Any, at: int, logits: Any) -> None:
@@ -422,7 +399,7 @@ def _build() -> Any:
         `lay`: scores q.k * alpha, cap * temperature * tanh(.); per query its largest score
         m and sum l of exp(score - m) (stats (G, 2) float64) and acc (G*Dh,) = sum of
         exp(score - m) v. Each key and value is read once for the G queries; every inner loop
-        is over contiguous float32, so it vectorizes."""
+        is over contiguous float32 (or bf16 bits, widened), so it vectorizes."""
         g_ = stats.shape[0]
         n = j1 - j0
         for j in range(n):
@@ -430,7 +407,7 @@ def _build() -> Any:
             for g in range(g_):
                 dot = np.float32(0.0)
                 for c in range(dh):
-                    dot += q[g * dh + c] * key[c]
+                    dot += q[g * dh + c] * widen(key[c])
                 scores[g, j] = dot
         for g in range(g_):
             row = scores[g]
@@ -451,7 +428,7 @@ def _build() -> Any:
             for g in range(g_):
                 pj = scores[g, j]
                 for c in range(dh):
-                    acc[g * dh + c] += pj * value[c]
+                    acc[g * dh + c] += pj * widen(value[c])
 
     @njit(boundscheck=False, error_model="numpy", parallel=True)
     def attend(qkv: Any, pos: int, lay: int, ck: Any, cv: Any, heads: int, kv: int, dh: int,
@@ -496,6 +473,74 @@ def _build() -> Any:
                     weight = np.float32(exp(stats[kh, c, g, 0] - top) / total)
                     for i in range(dh):
                         out[0, o0 + i] += weight * accs[kh, c, g * dh + i]
+
+    from types import SimpleNamespace
+
+    return SimpleNamespace(cycles=cycles, pow2=pow2, f32_from_bits=f32_from_bits,
+                           bits_of_f32=bits_of_f32, widen=widen, exp=exp, tanh=tanh,
+                           rms_norm=rms_norm, router=router, attend=attend)
+
+
+def _build() -> Any:
+    import numba
+    from numba import njit, prange
+
+    shared = glue()
+    cycles, f32_from_bits, bits_of_f32 = (shared.cycles, shared.f32_from_bits,
+                                          shared.bits_of_f32)
+    exp, tanh, rms_norm, router, attend = (shared.exp, shared.tanh, shared.rms_norm,
+                                           shared.router, shared.attend)
+    quantize_block, group_dot = int4_kernels()[3:]
+    rows = ROWS
+
+    @njit(boundscheck=False, parallel=True)
+    def matvec(w: Any, s: Any, z: Any, mat: Any, x: Any, y: Any) -> None:
+        """y[:N'] = W x for the packed matrix `mat` (a row of the offsets table), x (1, K)
+        float32; y has room for the padded rows N' = groups * 4."""
+        groups, blocks, bits = mat[3], mat[4], mat[5]
+        xq = np.empty((1, blocks * 128), np.int8)
+        sx = np.empty((1, blocks), np.float32)
+        xs = np.empty((1, blocks), np.float32)
+        for b in range(blocks):
+            quantize_block(x, xq, sx, xs, b)
+        w0 = w.ctypes.data + mat[0]
+        s0 = s.ctypes.data + mat[1] * 4
+        z0 = z.ctypes.data + mat[2]
+        x0, sx0, xs0, y0 = xq.ctypes.data, sx.ctypes.data, xs.ctypes.data, y.ctypes.data
+        threads = numba.get_num_threads()
+        for t in prange(threads):
+            g0, g1 = t * groups // threads, (t + 1) * groups // threads
+            for r in range(g0 * rows, g1 * rows):
+                y[r] = 0.0
+            group_dot(w0, s0, z0, x0, sx0, xs0, y0, groups, blocks, bits, 1, g0, g1)
+
+    @njit(boundscheck=False)
+    def timed(w: Any, s: Any, z: Any, mat: Any, x: Any, y: Any, clock: Any) -> None:
+        """matvec, its cycles added to clock[0]."""
+        start = cycles()
+        matvec(w, s, z, mat, x, y)
+        clock[0] += cycles() - start
+
+    @njit(boundscheck=False, error_model="numpy", fastmath={"contract"})
+    def gelu_mul(gu: Any, hidden: int, out: Any) -> None:
+        """out[0, :hidden] = gelu(gate) * up, gu = gate | up (hidden each), with the erf GELU
+        0.5 g (1 + erf(g / sqrt 2)). erf by Abramowitz & Stegun 7.1.28 in float64, |error| <=
+        3e-7 (tests/engine/test_cpu_step.py): no exp, so the loop vectorizes (libm's erf made
+        GELU ~6% of a mid-size token); the result is rounded to float32 and then quantized
+        to int8 per block of 128 by the next product, whose step is ~1/254 of the block's
+        largest value."""
+        for i in range(hidden):
+            g = np.float64(gu[i])
+            t = abs(g) * 0.7071067811865476
+            poly = 1.0 + t * (0.0705230784 + t * (0.0422820123 + t * (0.0092705272 + t * (
+                0.0001520143 + t * (0.0002765672 + t * 0.0000430638)))))
+            p2 = poly * poly
+            p4 = p2 * p2
+            p8 = p4 * p4
+            erf = 1.0 - 1.0 / (p8 * p8)  # erf(|g| / sqrt 2)
+            if g < 0:
+                erf = -erf
+            out[0, i] = np.float32(0.5 * g * (1.0 + erf)) * gu[hidden + i]
 
     @njit(boundscheck=False, error_model="numpy")
     def decode(h: Any, pos: int, first_layer: int, w: Any, s: Any, z: Any, mats: Any,
