@@ -437,6 +437,9 @@ class Grok2(nn.Module):
         # Set by quantize.build_cpu_kernels: onnxruntime graphs of whole decoder layers
         # (cpu_graph.py, CPU-resident quantized layers); they show in print(model).
         self.cpu_graphs: nn.ModuleList | None = None
+        # Set by quantize.build_cpu_kernels on an all-bf16 CPU model: its decode as one
+        # compiled call over the weights in place (cpu_bf16.py); shows in print(model).
+        self.cpu_decode: nn.Module | None = None
         self._graph_list: tuple[Any, list[CpuGraph]] = (None, [])  # graphs()' memo
         self._decode_fast: tuple | None = None  # forward's decode shortcut (graph, cache,
         # embedding weight, scale, the GENERATION it was checked at)
@@ -481,6 +484,18 @@ class Grok2(nn.Module):
             raise RuntimeError("call setup_cache() before cached decoding")
         first = start_pos or 0
         emb = self.model.embed_tokens
+        step: Any = self.cpu_decode
+        if (step is not None and cache is not None and input_ids.shape == (1, 1)
+                and input_ids.device.type == "cpu"):
+            if not step.current():  # weights or modules replaced (offloading, a reload)
+                self.cpu_decode = step = None  # eager from now on; its references dropped
+            else:
+                logits = step.decode_token(input_ids, first, cache, emb.weight,
+                                           cfg.embedding_multiplier_scale)
+                if logits is not None:  # the next decode tokens take the shortcut above
+                    self._decode_fast = (step, cache, emb.weight,
+                                         cfg.embedding_multiplier_scale, GENERATION[0])
+                    return logits  # (1, 1, V)
         graphs = self.graphs()
         if graphs and (cache is None or input_ids.shape[0] != 1
                        or cache.k.dtype != torch.float32

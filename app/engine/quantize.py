@@ -331,14 +331,15 @@ def build_cpu_kernels(model: nn.Module,
     decoder layers (cpu_graph.build_graphs: CPU-resident quantized layers with exact
     MatMulNBits forms; set as the model's `cpu_graphs`, removed without `layer_graphs`); then
     one fused graph per other CPU-resident quantized gated MLP and q/k/v trio and one per
-    other such QuantLinear.
+    other such QuantLinear. On a Grok2 all in bf16 on the CPU, its compiled decode step
+    (cpu_bf16.build: set as the model's `cpu_decode`, None otherwise).
     `progress(label, done, total)` counts modules. On a Grok2 it also sets `torch_threads`: 1
     when onnxruntime now runs every CPU matmul (PyTorch's remaining ops then stay on one
     thread), else None. Returns how many kernels (layer graphs included) were built."""
     mods = list(model.named_modules())  # parents first: a gated MLP before its projections
     built, fused, torch_matmuls = 0, set[int](), 0
+    grok: Any = model
     if hasattr(model, "cpu_graphs"):  # a Grok2: whole-layer graphs first (cpu_graph.py)
-        grok: Any = model
         graphs = (build_graphs(grok, graph_operands) if layer_graphs and nbits_available()
                   else [])
         grok.cpu_graphs = nn.ModuleList(graphs) if graphs else None
@@ -369,6 +370,11 @@ def build_cpu_kernels(model: nn.Module,
             torch_matmuls += 1  # a CPU matmul PyTorch runs (the router's is tiny)
         if progress and built:
             progress("preparing CPU kernels", i + 1, len(mods))
+    if hasattr(model, "cpu_decode"):  # a Grok2 all in bf16 on the CPU: compiled decode
+        from app.engine.cpu_bf16 import build as build_bf16_decode
+
+        grok.cpu_decode = build_bf16_decode(grok)
+        built += grok.cpu_decode is not None
     if built:
         release_freed_memory()  # the build's temporary copies (cpu_graph.release_freed_memory)
     if hasattr(model, "torch_threads"):  # a Grok2: glue ops on one thread beside onnxruntime
