@@ -12,8 +12,9 @@ Not run by CI. What it does:
    llama.cpp is kept in this repository.
 2. Writes GGUF files (the `gguf` package) with Grok-2's architecture ("grok") at the shapes
    of `bench --synthetic` (app.engine.bench.MID_CONFIG) and, with --real, real-size slices of
-   1 and 2 layers (hidden 8192, 64/8 heads, dense 32768, 8 experts x 16384; small vocab: the
-   per-layer slope cancels the head). Weights are random quantized bytes written directly
+   1 and 2 layers (hidden 8192, 64/8 heads, dense 32768, 8 experts x 16384, top-2; small
+   vocab: the per-layer slope cancels the head; bf16 layers get 2 experts, not 8: a token
+   reads the same bytes, and the 2-layer file is 7 GB, not 17). Weights are random quantized bytes written directly
    (Q4_0 / Q8_0 / BF16; sane fp16 block scales): speed does not depend on the values.
 3. Runs ours (`python -m app bench --synthetic`) and `llama-bench` (`-p 0 -n TOKENS` decode,
    `-p PREFILL -n 0` prefill; with --depth N the decode runs after N tokens: llama-bench `-d N`,
@@ -228,7 +229,7 @@ def run_ours_mid(fmt: str, threads: int, tokens: int, prefill: int,
     return r["decode_tokens_per_s"], r["prefill"][-1]["tokens_per_s"], r
 
 
-def real_layer(fmt: str, threads: int) -> tuple:
+def real_layer(fmt: str, threads: int, experts: int = 8) -> tuple:
     """(one real-size DecoderLayer with random weights in `fmt`, its Grok2Config), its CPU
     kernels built at `threads` threads (the int4 kernel as cpu_int4.ENV says)."""
     import torch
@@ -239,7 +240,8 @@ def real_layer(fmt: str, threads: int) -> tuple:
     from app.engine.plan import weight_format
 
     torch.set_num_threads(threads)
-    cfg = Grok2Config.from_dict(dict(REAL, num_hidden_layers=1))
+    cfg = Grok2Config.from_dict(dict(REAL, num_hidden_layers=1, num_local_experts=experts,
+                                     num_experts_per_tok=2))
     with torch.device("meta"):
         layer = DecoderLayer(cfg, 0)
     for name, mod in list(layer.named_modules()):
@@ -262,7 +264,7 @@ def real_layer(fmt: str, threads: int) -> tuple:
     return layer, cfg
 
 
-def run_ours_real_layer(fmt: str, threads: int, repeats: int, prefill: int
+def run_ours_real_layer(fmt: str, threads: int, repeats: int, prefill: int, experts: int = 8
                         ) -> tuple[float, float, str]:
     """(decode ms, prefill ms, the int4 kernel that ran: "vnni", "mlas" or "") of one real-size
     DecoderLayer with random quantized weights."""
@@ -271,7 +273,7 @@ def run_ours_real_layer(fmt: str, threads: int, repeats: int, prefill: int
     from app.engine import cpu_int4
     from app.engine.model import KVCache, cpu_gemv, torch_threads
 
-    layer, cfg = real_layer(fmt, threads)
+    layer, cfg = real_layer(fmt, threads, experts)
     cache = KVCache(cfg, 1, prefill + 64, torch.bfloat16, "cpu")
     h = torch.randn(1, prefill, cfg.hidden_size, dtype=torch.bfloat16)
     decode, pre = [], []
@@ -361,13 +363,16 @@ def mid(exe: Path, work: Path, formats: list[str], threads: list[int], repeats: 
 
 def real(exe: Path, work: Path, formats: list[str], threads: list[int], repeats: int,
          prefill: int, int4_kernels: list[str]) -> None:
-    cfg = dict(REAL, num_local_experts=8, num_experts_per_tok=2)
     print(f"\n## real-size slice (per layer; llama.cpp: slope of 1 vs 2 layers); prefill "
           f"{prefill}; load {os.getloadavg()[0]:.1f}")
     print("| format | threads | decode ms/layer ours / llama.cpp | speed ours / llama.cpp | "
           "prefill tok/s ours / llama.cpp |")
     print("|---|---|---|---|---|")
     for fmt in formats:
+        # bf16 layers with 2 experts, not 8: the same bytes a token reads (top-2), and files
+        # (7 GB for two layers, not 17) that fit this machine's memory beside ours
+        experts = 2 if fmt == "bf16" else 8
+        cfg = dict(REAL, num_local_experts=experts, num_experts_per_tok=2)
         paths = {n: work / f"real{n}-{fmt}.gguf" for n in (1, 2)}
         try:
             for n, p in paths.items():
@@ -384,7 +389,7 @@ def real(exe: Path, work: Path, formats: list[str], threads: list[int], repeats:
                             env[INT4_ENV] = "mlas"
                         code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); "
                                 "from bench.peer_llamacpp import run_ours_real_layer as f; "
-                                f"print(json.dumps(f({fmt!r}, {t}, 3, {prefill})))")
+                                f"print(json.dumps(f({fmt!r}, {t}, 3, {prefill}, {experts})))")
                         out = subprocess.run([sys.executable, "-c", code], check=True,
                                              cwd=ROOT, capture_output=True, text=True,
                                              env=env).stdout
@@ -463,8 +468,7 @@ def main() -> None:
     if not args.no_mid:
         mid(exe, work, formats, threads, args.repeats, args.tokens, args.prefill, args.depth)
     if args.real:
-        real(exe, work, [f for f in formats if f != "bf16"], threads, args.repeats,
-             args.prefill, int4_kernels)
+        real(exe, work, formats, threads, args.repeats, args.prefill, int4_kernels)
 
 
 if __name__ == "__main__":

@@ -282,6 +282,8 @@ def bench_model(model: Grok2, plan: Plan, bw: Bandwidths, prompt_lengths=(32, 25
         # decode on cpu_step's compiled call or not
         "cpu_graphs": [[g.start, g.end - 1, g.head, g.step is not None]
                        for g in model.graphs()],
+        # a bf16 model's decode as one compiled call (cpu_bf16.py) or not
+        "cpu_decode": model.cpu_decode is not None,
         "bandwidths": {"gpu": bw.gpu, "cpu": bw.cpu, "pcie": bw.pcie,
                        "measured": list(bw.measured)},
     })
@@ -302,6 +304,8 @@ def format_result(r: dict) -> str:
                  for a, b, head, _ in graphs]
         step = " (decode: one numba call, cpu_step)" if all(g[3] for g in graphs) else ""
         lines.append(f"  CPU layers as onnxruntime graphs: {', '.join(parts)}{step}")
+    if r.get("cpu_decode"):
+        lines.append("  decode: one numba call over the bf16 weights (cpu_bf16)")
     for p in r["prefill"]:
         lines.append(f"  prefill {p['tokens']:>6} tokens: {p['tokens_per_s']:8.1f} tokens/s "
                      f"({p['seconds']:.2f} s)")

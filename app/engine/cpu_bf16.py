@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from app.engine.cpu_graph import GENERATION, module_parts
@@ -218,23 +219,18 @@ class Bf16Decode(nn.Module):
         """Logits (1, 1, V) float32 (soft-capped) of the token input_ids (1, 1) int64 at
         position `first`, writing its keys and values into `cache` (model.KVCache, bf16,
         batch 1) and attending to positions 0..first. None (run the eager path) when the
-        cache, embedding or scale are not the ones this step was built for. The cache's
-        bit views and the RoPE table (model.rope_table, float32, made here when `rope` is
-        None) are kept between tokens. Raises ValueError for a position outside the cache
+        cache, embedding or scale are not the ones this step was built for, or when `rope`
+        (model.rope_table's float32 cos/sin (P, Dh/2), P > first) is not given and the
+        table kept from an earlier call does not reach `first` or belongs to another cache.
+        The cache's bit views and the RoPE table are kept between tokens. Raises ValueError for a position outside the cache
         or a token id outside the vocabulary (nothing is written then)."""
         if (embedding is not self._embedding[0] or scale != self.embed_scale
                 or cache.k.dtype != torch.bfloat16 or cache.k.shape[1] != 1):
             return None
         views = self._views
         if views is None or views[0] is not cache.k or first >= views[3].shape[0]:
-            from app.engine.model import rope_table, table_length
-
-            cfg = self.config
             if rope is None:
-                rope = rope_table(cfg.head_dim, float(cfg.rope_theta),
-                                  table_length(max(first + 1, cache.max_len),
-                                               cfg.max_position_embeddings),
-                                  torch.device("cpu"))
+                return None
             views = self._views = (cache.k, cache.k[:, 0].view(torch.int16).numpy(),
                                    cache.v[:, 0].view(torch.int16).numpy(),
                                    rope[0].numpy(), rope[1].numpy())
@@ -287,6 +283,82 @@ class Bf16Decode(nn.Module):
                 f"({self.nbytes / 2**20:.0f} MiB), {self.threads} thread(s)")
 
 
+class GemvLinear(nn.Linear):
+    """A CPU bf16 Linear whose one-row products (decode) run cpu_bf16's compiled
+    matrix-vector product (`gemv`: bf16 weights and input, fp32 sums, the output rounded
+    to bf16, as ATen's GEMV, in another summation order); more rows (prefill), other
+    dtypes or devices: F.linear. For the layers a whole-model step does not cover (a
+    real-size layer, the CPU part of an offloaded bf16 model): ATen streams a real-size
+    bf16 weight at ~12-14 GB/s on one thread, this at ~20-24 (`install_gemv`)."""
+
+    _memo: tuple | None = None  # (weight, its table row)
+    threads = 0  # numba threads of a one-row product (install_gemv: torch's count then)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if (x.numel() != self.in_features or x.dtype != torch.bfloat16 or self.bias is not None
+                or x.device.type != "cpu" or w.device.type != "cpu"
+                or w.dtype != torch.bfloat16 or not w.is_contiguous() or x.requires_grad
+                or w.requires_grad and torch.is_grad_enabled()):
+            return F.linear(x, w, self.bias)
+        memo = self._memo
+        if memo is None or memo[0] is not w:
+            memo = self._memo = (w, np.array([(w.data_ptr(), w.shape[0], w.shape[1])],
+                                              np.int64))
+        y = np.empty(self.out_features, np.float32)
+        torch_threads = torch.get_num_threads()
+        use_threads(self.threads or torch_threads)
+        kernels().gemv(memo[1], 0, 1, x.reshape(-1).float().numpy(), y)
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
+        return torch.from_numpy(y).to(torch.bfloat16).view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", one row: cpu_bf16 gemv"
+
+
+def install_gemv(model: nn.Module, min_bytes: int = MIN_BYTES) -> int:
+    """Swap every CPU bf16 nn.Linear of `model` (but MoE routers, read in fp32) for a
+    GemvLinear holding the same weight, moved into a huge-page-advised buffer
+    (_into_buffers), when they hold at least `min_bytes` together and available(); the
+    kernels are compiled now (a few seconds), not at the first token. Returns how many were
+    swapped (0 when the compile fails: logged once, F.linear stays)."""
+    def plain(m: nn.Module) -> bool:
+        w = getattr(m, "weight", None)
+        return (type(m) is nn.Linear and m.bias is None and isinstance(w, torch.Tensor)
+                and w.dtype == torch.bfloat16 and w.device.type == "cpu" and not w.is_meta
+                and w.is_contiguous())
+
+    found = [(name, m) for name, m in model.named_modules()
+             if plain(m) and not name.endswith("block_sparse_moe.gate")]
+    if not available() or sum(m.weight.numel() * 2 for _, m in found) < min_bytes:
+        return 0
+    try:
+        _warm_up()
+    except Exception as exc:  # noqa: BLE001 - any compile failure: F.linear stays
+        log.warning("the compiled bf16 matrix-vector product did not build (%s: %s); bf16 "
+                    "decode runs PyTorch's", type(exc).__name__, exc)
+        _FAILED.append(True)
+        return 0
+    for name, m in found:
+        new = GemvLinear(m.in_features, m.out_features, bias=False, device="meta",
+                         dtype=torch.bfloat16)
+        new.weight = m.weight
+        new.threads = torch.get_num_threads()
+        _into_buffers([[new]])
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner) if owner else model, attr, new)
+    return len(found)
+
+
+def _warm_up() -> None:
+    """Compile and run gemv once on a tiny matrix of each kind (short and long rows)."""
+    for k in (128, 4224):
+        w = torch.zeros(8, k, dtype=torch.bfloat16)
+        kernels().gemv(np.array([(w.data_ptr(), 8, k)], np.int64), 0, 1,
+                       np.zeros(k, np.float32), np.empty(8, np.float32))
+
+
 def kernels() -> Any:
     """The compiled functions (numba dispatchers, compiled on first use): decode_token (the
     whole step), gemv (stacked bf16 matrices times a vector, rounded to bf16), bf16 (round
@@ -332,34 +404,69 @@ def _build() -> Any:
         return f32_from_bits(np.int32((b + 0x7FFF + ((b >> 16) & 1)) & -65536))
 
     @njit(boundscheck=False, error_model="numpy", fastmath={"reassoc", "contract"})
-    def dot_rows(w: Any, x: Any, y: Any, r0: int, r1: int, out0: int) -> None:
-        """y[out0 + n] = bf16(sum_k w[n, k] x[k]) for rows r0..r1-1 of w (N, K) bf16 bits;
-        x (K,) float32 holds bf16 values, so each product is exact and only the fp32 sum's
-        order (LLVM's vector lanes) differs from ATen's."""
-        k_ = x.size
-        for n in range(r0, r1):
+    def dot_rows(w: Any, xb: Any, y: Any, r0: int, r1: int, out0: int) -> None:
+        """y[out0 + n] = bf16(sum_k w[n, k] x[k]) for rows r0..r1-1 of w (N, K) bf16 bits,
+        xb (K,) the bf16 bits of x: each product is exact in fp32, and only the fp32 sum's
+        order (LLVM's vector lanes) differs from ATen's. x is kept as bf16 (half the bytes
+        of float32, so more of it stays in L1 beside the streaming rows) and widened as it
+        is read. Rows up to 4096 inputs are summed one at a time (one sequential stream);
+        longer ones eight at a time, each x load serving eight rows (measured on one thread,
+        GB/s one row / four / eight: 4096x1024 22.6 / 10.8 / -, 1024x4096 20.9 / 16.7 / -,
+        16384x8192 20.3 / 22.7 / 23.8, 8192x8192 - / 22.0 / 24.5, 8192x32768 - / 26.6 /
+        27.0)."""
+        k_ = xb.size
+        n = r0
+        if k_ > 4096:
+            while n + 8 <= r1:
+                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
+                for k in range(k_):
+                    xk = widen(xb[k])
+                    a0 += widen(w[n, k]) * xk
+                    a1 += widen(w[n + 1, k]) * xk
+                    a2 += widen(w[n + 2, k]) * xk
+                    a3 += widen(w[n + 3, k]) * xk
+                    a4 += widen(w[n + 4, k]) * xk
+                    a5 += widen(w[n + 5, k]) * xk
+                    a6 += widen(w[n + 6, k]) * xk
+                    a7 += widen(w[n + 7, k]) * xk
+                y[out0 + n] = bf16(a0)
+                y[out0 + n + 1] = bf16(a1)
+                y[out0 + n + 2] = bf16(a2)
+                y[out0 + n + 3] = bf16(a3)
+                y[out0 + n + 4] = bf16(a4)
+                y[out0 + n + 5] = bf16(a5)
+                y[out0 + n + 6] = bf16(a6)
+                y[out0 + n + 7] = bf16(a7)
+                n += 8
+        while n < r1:
             acc = np.float32(0.0)
             for k in range(k_):
-                acc += widen(w[n, k]) * x[k]
+                acc += widen(w[n, k]) * widen(xb[k])
             y[out0 + n] = bf16(acc)
+            n += 1
 
     @njit(boundscheck=False, error_model="numpy", parallel=True)
     def gemv(table: Any, i0: int, i1: int, x: Any, y: Any) -> None:
-        """y = the matrices i0..i1-1 of `table` (same K, rows stacked) times x (K,) float32,
-        each output rounded to bf16; the stacked rows split evenly over numba's threads."""
+        """y = the matrices i0..i1-1 of `table` (same K, rows stacked) times x (K,) float32
+        holding bf16 values, each output rounded to bf16; the stacked rows split evenly over
+        numba's threads."""
         total = 0
         for i in range(i0, i1):
             total += table[i, 1]
+        k_ = table[i0, 2]
+        xb = np.empty(k_, np.int16)
+        for i in range(k_):
+            xb[i] = np.int16(bits_of_f32(x[i]) >> 16)
         threads = numba.get_num_threads()
         for t in prange(threads):
             r0, r1 = t * total // threads, (t + 1) * total // threads
             base = 0
             for i in range(i0, i1):
-                n, k = table[i, 1], table[i, 2]
+                n = table[i, 1]
                 a, b = max(r0 - base, 0), min(r1 - base, n)
                 if a < b:
-                    w = numba.carray(u16_at(table[i, 0]), (n, k))
-                    dot_rows(w, x[:k], y, a, b, base)
+                    w = numba.carray(u16_at(table[i, 0]), (n, k_))
+                    dot_rows(w, xb, y, a, b, base)
                 base += n
 
     @njit(boundscheck=False)

@@ -490,8 +490,11 @@ class Grok2(nn.Module):
             if not step.current():  # weights or modules replaced (offloading, a reload)
                 self.cpu_decode = step = None  # eager from now on; its references dropped
             else:
+                table = rope_table(cfg.head_dim, float(cfg.rope_theta), table_length(
+                    max(first + 1, cache.max_len), cfg.max_position_embeddings),
+                    torch.device("cpu"))  # the whole cache's positions: made once
                 logits = step.decode_token(input_ids, first, cache, emb.weight,
-                                           cfg.embedding_multiplier_scale)
+                                           cfg.embedding_multiplier_scale, table)
                 if logits is not None:  # the next decode tokens take the shortcut above
                     self._decode_fast = (step, cache, emb.weight,
                                          cfg.embedding_multiplier_scale, GENERATION[0])

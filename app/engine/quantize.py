@@ -332,7 +332,8 @@ def build_cpu_kernels(model: nn.Module,
     MatMulNBits forms; set as the model's `cpu_graphs`, removed without `layer_graphs`); then
     one fused graph per other CPU-resident quantized gated MLP and q/k/v trio and one per
     other such QuantLinear. On a Grok2 all in bf16 on the CPU, its compiled decode step
-    (cpu_bf16.build: set as the model's `cpu_decode`, None otherwise).
+    (cpu_bf16.build: set as the model's `cpu_decode`, None otherwise); elsewhere, its CPU
+    bf16 Linears become cpu_bf16.GemvLinear (one-row products compiled).
     `progress(label, done, total)` counts modules. On a Grok2 it also sets `torch_threads`: 1
     when onnxruntime now runs every CPU matmul (PyTorch's remaining ops then stay on one
     thread), else None. Returns how many kernels (layer graphs included) were built."""
@@ -375,6 +376,10 @@ def build_cpu_kernels(model: nn.Module,
 
         grok.cpu_decode = build_bf16_decode(grok)
         built += grok.cpu_decode is not None
+    if getattr(grok, "cpu_decode", None) is None:  # bf16 CPU matmuls no step covers
+        from app.engine.cpu_bf16 import install_gemv
+
+        built += install_gemv(model)
     if built:
         release_freed_memory()  # the build's temporary copies (cpu_graph.release_freed_memory)
     if hasattr(model, "torch_threads"):  # a Grok2: glue ops on one thread beside onnxruntime

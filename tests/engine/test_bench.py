@@ -63,6 +63,21 @@ def test_bench_model_reports_speed_next_to_bound(ckpt):
         assert 0 < r["resident_cpu_bytes"] <= r["peak_cpu_bytes"] + 64 * 2**20
         assert "GB resident after the run, peak" in text
     assert r["cpu_graphs"] == [] and "onnxruntime graphs" not in text  # float32: eager
+    assert r["cpu_decode"] is False and "cpu_bf16" not in text
+
+
+def test_bench_names_the_compiled_bf16_decode(ckpt):
+    """A bf16 model with its compiled decode step (cpu_bf16.py): bench says so."""
+    from app.engine import cpu_bf16
+
+    if not cpu_bf16.available():
+        pytest.skip("needs numba")
+    model = load_model(ckpt, dtype=torch.bfloat16)
+    model.cpu_decode = cpu_bf16.build(model, min_bytes=0)
+    plan = make_plan(model.config, "bf16", 0, 64 * GB, context=64)
+    r = bench.bench_model(model, plan, Bandwidths(cpu=10 * GB), (8,), decode_tokens=2)
+    assert r["cpu_decode"] is True
+    assert "decode: one numba call over the bf16 weights (cpu_bf16)" in bench.format_result(r)
 
 
 @pytest.mark.skipif(not cpu_kernels.available(), reason="onnxruntime not installed")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -114,6 +115,17 @@ def test_the_kernels_round_as_pytorch_does():
     want = F.linear(x[None], w)[0].float()
     assert _close_in_bf16(torch.from_numpy(y), want) == 0
     assert (torch.from_numpy(y) == want).float().mean() > 0.9
+    # rows over 4096 inputs are summed eight at a time (21 rows: groups and rows alone)
+    w = torch.randn(21, 4352, generator=gen).to(torch.bfloat16)
+    x = torch.randn(4352, generator=gen).to(torch.bfloat16)
+    for threads in (1, 2):
+        numba.set_num_threads(threads)
+        y = np.empty(21, np.float32)
+        k.gemv(np.array([(w.data_ptr(), 11, 4352), (w[11:].data_ptr(), 10, 4352)], np.int64),
+               0, 2, x.float().numpy(), y)
+        want = F.linear(x[None], w)[0].float()
+        assert _close_in_bf16(torch.from_numpy(y), want) == 0
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
 
     # GELU: every bf16 input from -8 to 8 (all 2 x 2^14 of them with |g| in [2^-10, 8]),
     # against the float64 erf GELU rounded to bf16 (what an accurate erf gives: SGLang's)
@@ -244,3 +256,68 @@ def test_a_step_that_does_not_compile_leaves_decoding_eager(ckpt, monkeypatch, c
     monkeypatch.setattr(cpu_bf16, "_FAILED", [])
     got, *_ = _decode(m, IDS[:8], 4)
     assert got.shape == (8, m.config.vocab_size)
+
+
+def _layer(experts: int = 2):
+    """One DecoderLayer with random bf16 weights at a size install_gemv takes (min_bytes 0)."""
+    from app.engine.config import Grok2Config
+    from app.engine.model import DecoderLayer
+    from tests.engine.conftest import SMALL
+
+    cfg = Grok2Config.from_dict({**SMALL, "hidden_size": 256, "intermediate_size": 4352,
+                                 "moe_intermediate_size": 512, "num_local_experts": experts})
+    torch.manual_seed(0)
+    layer = DecoderLayer(cfg, 0).to(torch.bfloat16)
+    for p in layer.parameters():
+        p.requires_grad_(False)
+    return layer, cfg
+
+
+def test_gemv_linears_decode_as_pytorch_does_and_prefill_with_it(tmp_path):
+    """install_gemv swaps a layer's CPU bf16 Linears (not the router) for GemvLinear: it
+    shows in print, the state dict is the same, one-row products agree with F.linear to one
+    bf16 step (the down projection's 4352 inputs take the eight-row path), many rows are
+    F.linear's own bits, and a whole layer's decode stays with the eager layer's."""
+    from app.engine.cpu_bf16 import GemvLinear, install_gemv
+    from app.engine.model import KVCache
+
+    layer, cfg = _layer()
+    plain, _ = _layer()
+    before = {n: t.clone() for n, t in layer.state_dict().items()}
+    assert install_gemv(layer, min_bytes=0) == 4 + 3 + 3 * cfg.num_local_experts
+    assert isinstance(layer.mlp.down_proj, GemvLinear)
+    assert type(layer.block_sparse_moe.gate) is torch.nn.Linear
+    assert "one row: cpu_bf16 gemv" in str(layer)
+    after = layer.state_dict()
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    down = layer.mlp.down_proj
+    x = torch.randn(1, 1, 4352).to(torch.bfloat16)
+    assert _close_in_bf16(down(x), F.linear(x, down.weight)) == 0
+    xs = torch.randn(1, 7, 4352).to(torch.bfloat16)
+    assert torch.equal(down(xs), F.linear(xs, down.weight))
+    h = torch.randn(1, 9, 256).to(torch.bfloat16)
+    outs = []
+    for m in (layer, plain):
+        cache = KVCache(cfg, 1, 16, torch.bfloat16, "cpu")
+        with torch.inference_mode():
+            m(h[:, :8], torch.arange(8), cache)
+            outs.append(m(h[:, 8:], torch.tensor([8]), cache).float())
+    got, want = outs
+    assert (got - want).abs().max() <= 0.02 * want.abs().max()
+
+
+def test_gemv_linears_only_where_they_help():
+    """Below min_bytes, with the switch, or on float32 weights: nothing swapped."""
+    from app.engine.cpu_bf16 import install_gemv
+
+    layer, _ = _layer()
+    assert install_gemv(layer) == 0  # far below MIN_BYTES
+    assert install_gemv(layer.float(), min_bytes=0) == 0
+
+
+def test_the_switch_turns_gemv_linears_off(monkeypatch):
+    from app.engine.cpu_bf16 import install_gemv
+
+    monkeypatch.setenv(cpu_bf16.ENV, "eager")
+    layer, _ = _layer()
+    assert install_gemv(layer, min_bytes=0) == 0
