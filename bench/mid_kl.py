@@ -12,6 +12,8 @@ graphs, app/engine/cpu_graph.py, float32 between, for prefill and decode) and "s
 graphs' prefill, then each token through app/engine/cpu_step.py's compiled decode, which is
 what the engine runs where it can). The budget a faster quantized path must
 keep: its mean KL at most 10% above the eager path's (the last column says whether it does).
+Two bf16 rows follow, against the same eager bf16 decode: the compiled bf16 decode
+(app/engine/cpu_bf16.py) and one uncached forward (oneDNN's sums): bf16 rounding noise.
 Random weights give nearly flat distributions, so at int4 the greedy tokens agree at only about
 a third of the positions for either path; the KL is the figure to compare.
 With --int4-groups, a second table: the int4 eager path's KL at each of those group sizes
@@ -93,6 +95,18 @@ def main() -> None:
                 verdict = "yes" if mean <= 1.10 * eager_kl else "NO"
             print(f"| {quant} | {path} | {mean:.5f} | {kl.max().item():.5f} | {agree:.1%} | "
                   f"{verdict} |")
+    # bf16 itself: its compiled decode (app/engine/cpu_bf16.py, what the engine runs) and,
+    # for scale, the same weights in one uncached forward (oneDNN's sums in another order),
+    # both against the eager cached decode above: bf16 rounding noise, no budget
+    model = synthetic_model(cfg, "bf16", seed=args.seed)
+    build_cpu_kernels(model)
+    if model.cpu_decode is None:
+        print("| bf16 | step | (no compiled bf16 decode here: cpu_bf16.py) | | | |")
+    else:
+        _noise_row("bf16", "step (cpu_bf16)", p, logprobs(model, ids, args.prefill))
+    with torch.inference_mode():
+        whole = torch.log_softmax(base(ids)[0].double(), dim=-1)
+    _noise_row("bf16", "one uncached forward", p, whole)
     if groups:
         print("\nint4 by group size (eager path):")
         print("| group | mean KL (nats) | max KL |")
@@ -102,6 +116,13 @@ def main() -> None:
         build_cpu_kernels(model, layer_graphs=False)
         kl = (p.exp() * (p - logprobs(model, ids, args.prefill))).sum(-1)
         print(f"| {g} | {kl.mean().item():.5f} | {kl.max().item():.5f} |")
+
+
+def _noise_row(quant: str, path: str, p: torch.Tensor, q: torch.Tensor) -> None:
+    kl = (p.exp() * (p - q)).sum(-1)
+    agree = (p.argmax(-1) == q.argmax(-1)).double().mean().item()
+    print(f"| {quant} | {path} | {kl.mean().item():.6f} | {kl.max().item():.6f} | {agree:.1%} "
+          "| (rounding noise) |")
 
 
 if __name__ == "__main__":

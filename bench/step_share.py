@@ -1,10 +1,11 @@
-"""How much of a mid-size decode token is not matmul, on cpu_step's compiled decode.
+"""How much of a mid-size decode token is not matmul, on the compiled decode.
 
-    python bench/step_share.py [--quant int4] [--threads 1] [--tokens 64] [--context 32]
-                               [--rounds 3]
+    python bench/step_share.py [--quant int4|int8|bf16] [--threads 1] [--tokens 64]
+                               [--context 32] [--rounds 3]
 
-Builds the mid-size bench model (`bench --synthetic` shapes, random weights; its layers and
-head one graph whose decode is app/engine/cpu_step.py), then decodes `--tokens` tokens after
+Builds the mid-size bench model (`bench --synthetic` shapes, random weights; int4/int8: its
+layers and head one graph whose decode is app/engine/cpu_step.py; bf16: its decode is
+app/engine/cpu_bf16.py's, which counts the same cycles), then decodes `--tokens` tokens after
 a `--context`-token prompt through the model's forward, as generation does, `--rounds`
 times. The step counts CPU cycles (DecodeStep.clock): inside its matrix products (each
 product's activation quantization and thread start included) and in the whole call; the
@@ -57,7 +58,7 @@ def decode(model, step, tokens: int, context: int) -> tuple[list[float], int, in
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--quant", choices=("int4", "int8"), default="int4",
+    ap.add_argument("--quant", choices=("int4", "int8", "bf16"), default="int4",
                     help="weight format of the mid-size model")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (at most the cores)")
     ap.add_argument("--tokens", type=int, default=64, help="decode tokens per round")
@@ -71,16 +72,22 @@ def main() -> None:
     if args.threads > cores:
         ap.error(f"--threads {args.threads} is more than this machine's {cores} cores")
     torch.set_num_threads(args.threads)
-    if not cpu_step.available():
+    if args.quant != "bf16" and not cpu_step.available():
         raise SystemExit("cpu_step does not run here (needs numba and an AVX512-VNNI CPU, "
                          "and GROK_DESKTOP_INT4_KERNEL not set to mlas)")
     model = synthetic_model(Grok2Config.from_dict(MID_CONFIG), args.quant)
     build_cpu_kernels(model)
-    graphs = model.graphs()
-    if len(graphs) != 1 or not graphs[0].head or graphs[0].step is None:
-        raise SystemExit("this model did not get one graph with a compiled decode step")
-    step = graphs[0].step
-    rate = cycle_rate(cpu_step.kernels().counter)
+    if args.quant == "bf16":
+        step = model.cpu_decode
+        if step is None:
+            raise SystemExit("this model did not get a compiled bf16 decode (cpu_bf16.py: "
+                             "needs numba; GROK_DESKTOP_BF16_DECODE not set to eager)")
+    else:
+        graphs = model.graphs()
+        if len(graphs) != 1 or not graphs[0].head or graphs[0].step is None:
+            raise SystemExit("this model did not get one graph with a compiled decode step")
+        step = graphs[0].step
+    rate = cycle_rate(cpu_step.glue().counter)
     decode(model, step, 4, args.context)  # warm up
     times: list[float] = []
     products = whole = 0

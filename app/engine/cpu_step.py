@@ -281,8 +281,8 @@ def glue() -> Any:
     """The compiled helpers the quantized step here and the bf16 step (cpu_bf16.py) share
     (numba dispatchers and intrinsics; each compiles on first use): cycles() (the cycle
     counter), pow2, f32_from_bits, bits_of_f32, widen (float32 of a float32 or of bf16 bits),
-    exp, tanh, rms_norm, router and attend (attention of one token over a float32 or bf16
-    KV cache). Needs numba only (no AVX512-VNNI)."""
+    exp, tanh, rms_norm, router, attend (attention of one token over a float32 or bf16
+    KV cache) and counter() (cycles() from Python). Needs numba only (no AVX512-VNNI)."""
     if not _GLUE:
         _GLUE.append(_build_glue())
     return _GLUE[0]
@@ -474,11 +474,17 @@ def _build_glue() -> Any:
                     for i in range(dh):
                         out[0, o0 + i] += weight * accs[kh, c, g * dh + i]
 
+    @njit
+    def counter() -> int:
+        """The cycle counter the steps' `clock` counts in, read from Python
+        (bench/step_share.py)."""
+        return cycles()
+
     from types import SimpleNamespace
 
     return SimpleNamespace(cycles=cycles, pow2=pow2, f32_from_bits=f32_from_bits,
                            bits_of_f32=bits_of_f32, widen=widen, exp=exp, tanh=tanh,
-                           rms_norm=rms_norm, router=router, attend=attend)
+                           rms_norm=rms_norm, router=router, attend=attend, counter=counter)
 
 
 def _build() -> Any:
@@ -677,10 +683,5 @@ def _build() -> Any:
 
     from types import SimpleNamespace
 
-    @njit
-    def counter() -> int:
-        """The cycle counter `clock` counts in, read from Python (bench/step_share.py)."""
-        return cycles()
-
     return SimpleNamespace(decode=decode, decode_token=decode_token, matvec=matvec,
-                           gelu_mul=gelu_mul, exp=exp, tanh=tanh, counter=counter)
+                           gelu_mul=gelu_mul, exp=exp, tanh=tanh, counter=shared.counter)
