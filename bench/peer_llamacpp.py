@@ -14,8 +14,9 @@ Not run by CI. What it does:
    of `bench --synthetic` (app.engine.bench.MID_CONFIG) and, with --real, real-size slices of
    1 and 2 layers (hidden 8192, 64/8 heads, dense 32768, 8 experts x 16384, top-2; small
    vocab: the per-layer slope cancels the head; bf16 layers get 2 experts, not 8: a token
-   reads the same bytes, and the 2-layer file is 7 GB, not 17). Weights are random quantized bytes written directly
-   (Q4_0 / Q8_0 / BF16; sane fp16 block scales): speed does not depend on the values.
+   reads the same bytes, and the 2-layer file is 7 GB, not 17). Weights are random
+   quantized bytes written directly (Q4_0 / Q8_0 / BF16; sane fp16 block scales): speed
+   does not depend on the values.
 3. Runs ours (`python -m app bench --synthetic`) and `llama-bench` (`-p 0 -n TOKENS` decode,
    `-p PREFILL -n 0` prefill; with --depth N the decode runs after N tokens: llama-bench `-d N`,
    ours after an N-token prompt) alternately, `--repeats` times each, at every thread count,

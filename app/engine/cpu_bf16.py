@@ -17,9 +17,10 @@ tensor is held here as a float32 rounded half to even to bf16 (`bf16`), and each
 the same fp32 op. The matrix products multiply bf16 by bf16 (exact in fp32) and sum in fp32
 in another order than ATen's GEMV, so a product's bf16 result may differ in its last bit, as
 between any two BLAS; the same holds for the norms' mean square (summed in float64 here) and
-for exp and tanh (cpu_step's own, within 1e-9 relative). GELU's erf is a fit accurate to
-1.2e-7 relative (gelu_mul), so its bf16 GELU is the correctly rounded one, as SGLang's CUDA
-erff gives; ATen's (Abramowitz & Stegun 7.1.26) misses that for ~1 in 10^4 inputs. On the test models the step and
+for exp and tanh (cpu_step's own, within 1e-9 relative). GELU's 1 + erf comes from a fit of
+erfc with relative error < 1.2e-7 (gelu_mul), so its bf16 GELU is the correctly rounded one,
+as SGLang's CUDA erff gives; ATen's (Abramowitz & Stegun 7.1.26) misses that for ~1 in 10^4
+inputs. On the test models the step and
 the eager decode agree to bf16 rounding with the same greedy tokens, and both are as close to
 the float64 reference (tests/engine/test_cpu_bf16.py).
 
@@ -27,8 +28,11 @@ The KV cache is the model's own bf16 cache (setup_cache), read and written in pl
 bits, so eager prefill and compiled decode share it. A step is built (quantize.
 build_cpu_kernels) for a Grok2 whose every layer, final norm, head and embedding are bf16
 CPU tensors (not offloaded, not quantized) of at least MIN_BYTES; GROK_DESKTOP_BF16_DECODE=
-eager turns it off. Compiling takes ~10 s at load (numba cannot cache functions that call
-LLVM intrinsics).
+eager turns it off (other values do nothing). Compiling takes ~8 s at load (numba cannot
+cache functions that call LLVM intrinsics). Weights the model replaces by registering new
+Parameters or modules (the loader, offloading) are followed (`current`); storage swapped under
+a Parameter without registering (`.data = ...`, share_memory_()) is not seen: the step keeps
+reading the buffers it was built on (never freed memory).
 
 Shapes: D hidden, H query heads, K kv heads, G = H/K, Dh head dim, E experts, V vocab.
 """
@@ -98,13 +102,15 @@ def _linears(model: Any) -> list[list[nn.Linear]] | None:
     return [*out, [model.lm_head]]
 
 
-def _into_buffers(groups: list[list[nn.Linear]]) -> None:
-    """Move each group's weights (a layer's; the head's) into one numpy-allocated buffer and
-    make the Linears' weights views of it: same values, same model, but memory numpy has
+def _into_buffers(groups: list[list[Any]]) -> list[np.ndarray]:
+    """Move each group's weights (a layer's Linears; the head; the embedding) into one
+    numpy-allocated buffer and make the modules' weights views of it: same values, same model, but memory numpy has
     advised the kernel to back with transparent huge pages (Linux), which a matrix-vector
     product streams faster (mid-size 4096 x 1024 bf16, one thread: ~21 -> ~26 GB/s; PyTorch's
     allocator does not advise them, and a checkpoint's weights may be file-backed). One group
-    at a time, so the transient is one layer's weights."""
+    at a time, so the transient is one layer's weights. Returns the buffers: a step keeps
+    them, so the memory it reads outlives whatever later happens to the Parameters."""
+    buffers = []
     for linears in groups:
         sizes = [-(-m.weight.numel() // 32) * 32 for m in linears]  # 64-byte aligned starts
         buf = np.empty(sum(sizes), np.int16)
@@ -116,6 +122,8 @@ def _into_buffers(groups: list[list[nn.Linear]]) -> None:
             t = torch.from_numpy(view).view(torch.bfloat16).view(w.shape)
             m.weight = nn.Parameter(t, requires_grad=w.requires_grad)
             at += size
+        buffers.append(buf)
+    return buffers
 
 
 def build(model: Any, min_bytes: int = MIN_BYTES) -> Bf16Decode | None:
@@ -129,8 +137,9 @@ def build(model: Any, min_bytes: int = MIN_BYTES) -> Bf16Decode | None:
     groups = _linears(model)
     if groups is None or sum(m.weight.numel() * 2 for g in groups for m in g) < min_bytes:
         return None
-    _into_buffers(groups)
-    step = Bf16Decode(model, [m.weight for g in groups for m in g], torch.get_num_threads())
+    buffers = _into_buffers([*groups, [model.model.embed_tokens]])
+    step = Bf16Decode(model, [m.weight for g in groups for m in g], torch.get_num_threads(),
+                      buffers)
     cfg = model.config
     shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, 1, cfg.head_dim)
     scratch = np.zeros(shape, np.int16)
@@ -154,11 +163,20 @@ class Bf16Decode(nn.Module):
     still holds those very tensors and modules. `threads`: numba threads of every call, fixed
     here as the graphs' are. Shows in print(model) as the model's `cpu_decode`."""
 
-    def __init__(self, model: Any, mats: list[torch.Tensor], threads: int) -> None:
+    def __init__(self, model: Any, mats: list[torch.Tensor], threads: int,
+                 buffers: list[np.ndarray]) -> None:
         super().__init__()
         cfg = model.config
         layers = model.model.layers
-        self._weights = [w.detach() for w in mats]  # alive while the step reads them
+        # the numpy buffers the matrices live in (_into_buffers): held here, so the memory
+        # the table points at stays this step's even if a Parameter's storage is later
+        # swapped without registering anything (`.data = ...`, share_memory_()): the step
+        # then reads the weights it was built from, never freed memory
+        self._weight_buffers = buffers
+        for w in mats:
+            if not any(b.ctypes.data <= w.data_ptr() < b.ctypes.data + b.nbytes
+                       for b in buffers):
+                raise ValueError("a matrix of the step is not in its buffers")
         # per matrix: address, rows N, inputs K (row-major (N, K) bf16)
         self.table = np.array([(w.data_ptr(), w.shape[0], w.shape[1]) for w in mats],
                               np.int64)
@@ -182,13 +200,17 @@ class Bf16Decode(nn.Module):
                               cfg.moe_intermediate_size, cfg.num_local_experts,
                               cfg.num_experts_per_tok, cfg.attn_temperature_len,
                               cfg.vocab_size], np.int64)
-        self.floats = np.array([cfg.rms_norm_eps, cfg.head_dim ** -0.5 / cfg.attn_logit_softcapping,
+        self.floats = np.array([cfg.rms_norm_eps,
+                                cfg.head_dim ** -0.5 / cfg.attn_logit_softcapping,
                                 cfg.attn_logit_softcapping, cfg.router_logit_softcapping,
                                 cfg.final_logit_softcapping, cfg.moe_combine_scale,
                                 cfg.output_multiplier_scale], np.float64)
         emb = model.model.embed_tokens.weight
         self._embedding = (emb,)  # a tuple: not registered as this module's parameter
-        self.embed_bits = emb.detach().view(torch.int16).numpy()  # (V, D) bf16 bits
+        # (V, D) bf16 bits: a view of the embedding's own buffer (the last of `buffers`)
+        self.embed_bits = buffers[-1][:emb.numel()].reshape(emb.shape)
+        if self.embed_bits.ctypes.data != emb.data_ptr():
+            raise ValueError("the embedding is not in the step's buffers")
         self.embed_scale = float(cfg.embedding_multiplier_scale)
         self.config = cfg
         self.threads = max(1, threads)
@@ -222,8 +244,9 @@ class Bf16Decode(nn.Module):
         cache, embedding or scale are not the ones this step was built for, or when `rope`
         (model.rope_table's float32 cos/sin (P, Dh/2), P > first) is not given and the
         table kept from an earlier call does not reach `first` or belongs to another cache.
-        The cache's bit views and the RoPE table are kept between tokens. Raises ValueError for a position outside the cache
-        or a token id outside the vocabulary (nothing is written then)."""
+        The cache's bit views and the RoPE table are kept between tokens. Raises ValueError
+        for a position outside the cache or a token id outside the vocabulary (nothing is
+        written then)."""
         if (embedding is not self._embedding[0] or scale != self.embed_scale
                 or cache.k.dtype != torch.bfloat16 or cache.k.shape[1] != 1):
             return None
@@ -243,9 +266,14 @@ class Bf16Decode(nn.Module):
         and values as int16 bits (layers, K, max_len, Dh) C-contiguous, RoPE cos/sin (P,
         Dh/2) float32 with P > pos -> logits (V,) float32. Raises ValueError (one line) for
         a position outside the cache or the tables, a token id outside the vocabulary or
-        arrays of another shape, dtype or layout, before the compiled code reads them."""
+        arrays of another shape, dtype or layout (or read-only caches), and TypeError for a
+        position that is not an integer, before the compiled code reads anything."""
         n_layers, kv, dh, vocab = (int(self.ints[0]), int(self.ints[3]), int(self.ints[4]),
                                    int(self.ints[10]))
+        if isinstance(pos, bool) or not isinstance(pos, int | np.integer):
+            raise TypeError(f"the position must be an integer, got {type(pos).__name__} "
+                            f"{pos!r}")
+        pos = int(pos)
         if ids.shape != (1, 1) or ids.dtype.kind not in "iu":
             raise ValueError(f"token ids must be integers of shape (1, 1), got {ids.dtype} "
                              f"{ids.shape}")
@@ -257,11 +285,11 @@ class Bf16Decode(nn.Module):
                              f"{cache_k.shape[2]}" if pos >= 0 else
                              f"position {pos} is negative")
         for name, c in (("keys", cache_k), ("values", cache_v)):
-            if (c.dtype != np.int16 or not c.flags.c_contiguous or c.ndim != 4
-                    or c.shape != (n_layers, kv, cache_k.shape[2], dh)):
-                raise ValueError(f"the cached {name} must be C-contiguous int16 bf16 bits "
-                                 f"({n_layers}, {kv}, max_len, {dh}), got {c.dtype} "
-                                 f"{c.shape}")
+            if (c.dtype != np.int16 or not c.flags.c_contiguous or not c.flags.writeable
+                    or c.ndim != 4 or c.shape != (n_layers, kv, cache_k.shape[2], dh)):
+                raise ValueError(f"the cached {name} must be writable C-contiguous int16 "
+                                 f"bf16 bits ({n_layers}, {kv}, max_len, {dh}), got "
+                                 f"{c.dtype} {c.shape}")
         for name, t in (("cos", cos), ("sin", sin)):
             if (t.dtype != np.float32 or not t.flags.c_contiguous or t.ndim != 2
                     or t.shape != cos.shape or t.shape[1] != dh // 2 or pos >= t.shape[0]):
@@ -291,7 +319,7 @@ class GemvLinear(nn.Linear):
     real-size layer, the CPU part of an offloaded bf16 model): ATen streams a real-size
     bf16 weight at ~12-14 GB/s on one thread, this at ~20-24 (`install_gemv`)."""
 
-    _memo: tuple | None = None  # (weight, its table row)
+    _memo: tuple | None = None  # (weight, its table row, its address then)
     threads = 0  # numba threads of a one-row product (install_gemv: torch's count then)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -299,12 +327,12 @@ class GemvLinear(nn.Linear):
         if (x.numel() != self.in_features or x.dtype != torch.bfloat16 or self.bias is not None
                 or x.device.type != "cpu" or w.device.type != "cpu"
                 or w.dtype != torch.bfloat16 or not w.is_contiguous() or x.requires_grad
+                or w.shape != (self.out_features, self.in_features)
                 or w.requires_grad and torch.is_grad_enabled()):
-            return F.linear(x, w, self.bias)
-        memo = self._memo
-        if memo is None or memo[0] is not w:
-            memo = self._memo = (w, np.array([(w.data_ptr(), w.shape[0], w.shape[1])],
-                                              np.int64))
+            return F.linear(x, w, self.bias)  # anything else: PyTorch's own checks
+        memo, at = self._memo, w.data_ptr()
+        if memo is None or memo[0] is not w or memo[2] != at:  # a new weight or storage
+            memo = self._memo = (w, np.array([(at, w.shape[0], w.shape[1])], np.int64), at)
         y = np.empty(self.out_features, np.float32)
         torch_threads = torch.get_num_threads()
         use_threads(self.threads or torch_threads)
@@ -507,6 +535,18 @@ def _build() -> Any:
     def decode_token(token: int, emb: Any, scale: float, pos: int, table: Any, p: Any,
                      offsets: Any, ints: Any, floats: Any, ck: Any, cv: Any, cos: Any,
                      sin: Any, out: Any, clock: Any) -> None:
+        """One token (id `token`, position `pos`) through the whole model -> out (V,) float32
+        logits, soft-capped. emb (V, D) int16: the embedding's bf16 bits, times `scale`.
+        table (matrices, 3) int64: address, N, K of each bf16 (N, K) matrix, per layer q,
+        k, v, o, gate, up, down, then w1, w3, w2 per expert; the head last. p float32: per
+        layer the four norm weights (D each) and the router (E, D), then the final norm; its
+        offsets (layers + 1, 5). ints: [layers, D, H, K, Dh, dense hidden, expert hidden, E,
+        top-k, temperature length, V]; floats: [norm eps, 1 / (sqrt(Dh) * attention cap),
+        attention cap, router cap, final cap, combine scale, output multiplier] (both made
+        in Bf16Decode.__init__). ck/cv (layers, K, max_len, Dh) int16 bf16 bits: the KV
+        cache, written at pos. cos/sin (P, Dh/2) float32. clock[0] += cycles in the
+        products, clock[1] += cycles of the call. No bounds checks: Bf16Decode.run checks
+        every argument first."""
         start = cycles()
         n_layers, d, heads, kv, dh = ints[0], ints[1], ints[2], ints[3], ints[4]
         inter, moe_inter, experts, top_k, temp_len, vocab = (ints[5], ints[6], ints[7],

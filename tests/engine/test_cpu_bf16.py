@@ -176,9 +176,17 @@ def test_bad_positions_and_ids_are_refused_and_leave_the_cache_alone(tmp_path):
                               m.config.embedding_multiplier_scale)
         with pytest.raises(ValueError, match="token ids must be integers"):
             step.run(np.zeros((1, 1), np.float32), 0, *step._views[1:])
-        with pytest.raises(ValueError, match="cached keys must be C-contiguous int16"):
+        with pytest.raises(ValueError, match="cached keys must be writable C-contiguous"):
             step.run(np.zeros((1, 1), np.int64), 0, np.zeros((2, 1, 8, 16), np.float32),
                      *step._views[2:])
+        frozen = step._views[1].copy()
+        frozen.flags.writeable = False
+        with pytest.raises(ValueError, match="cached keys must be writable"):
+            step.run(np.zeros((1, 1), np.int64), 0, frozen, *step._views[2:])
+        with pytest.raises(TypeError, match="the position must be an integer, got float"):
+            step.run(np.zeros((1, 1), np.int64), 4.0, *step._views[1:])
+        with pytest.raises(TypeError, match="got bool"):
+            step.run(np.zeros((1, 1), np.int64), True, *step._views[1:])
     assert torch.equal(m.cache.k, before)
 
 
@@ -321,3 +329,34 @@ def test_the_switch_turns_gemv_linears_off(monkeypatch):
     monkeypatch.setenv(cpu_bf16.ENV, "eager")
     layer, _ = _layer()
     assert install_gemv(layer, min_bytes=0) == 0
+
+
+def test_storage_swapped_under_the_weights_never_crashes(tmp_path):
+    """Storage replaced without registering anything (share_memory_(), `.data = ...`): the
+    step keeps reading the buffers it was built on (the same logits), never freed memory;
+    a GemvLinear follows its weight's new storage and refuses a weight of another shape
+    to F.linear, whose answer it gives."""
+    from app.engine.cpu_bf16 import install_gemv
+
+    folder = _folder(tmp_path)
+    m = _model(folder)
+    before, *_ = _decode(m, IDS[:8], 4)
+    m.share_memory()
+    for mod in m.modules():
+        if isinstance(mod, nn.Linear):
+            mod.weight.data = mod.weight.data.clone()  # the old storage freed by PyTorch
+    import gc
+
+    gc.collect()
+    after, *_ = _decode(m, IDS[:8], 4)
+    assert torch.equal(before, after)
+
+    layer, _ = _layer()
+    install_gemv(layer, min_bytes=0)
+    down = layer.mlp.down_proj
+    x = torch.randn(1, 1, 4352).to(torch.bfloat16)
+    down(x)  # memoized at the first weight's address
+    down.weight.data = (down.weight.data * 2).contiguous()
+    assert _close_in_bf16(down(x), F.linear(x, down.weight)) == 0
+    down.weight = nn.Parameter(torch.randn(40, 4352).to(torch.bfloat16), requires_grad=False)
+    assert torch.equal(down(x), F.linear(x, down.weight))  # (1, 1, 40): PyTorch's own
