@@ -407,6 +407,7 @@ def _build() -> Any:
                                                  shared.bits_of_f32, shared.widen)
     exp, tanh, rms_norm, router, attend = (shared.exp, shared.tanh, shared.rms_norm,
                                            shared.router, shared.attend)
+    softmax_top_k = shared.softmax_top_k
     per_layer = PER_LAYER
 
     def lowered(codegen_of: Any) -> Any:
@@ -617,21 +618,7 @@ def _build() -> Any:
                 probs[e] = np.float32(np.float32(tanh(np.float32(logits[e] / np.float32(
                     router_cap)))) * np.float32(router_cap))
                 top = max(top, probs[e])
-            total = 0.0
-            for e in range(experts):
-                probs[e] = exp(probs[e] - top)
-                total += probs[e]
-            for e in range(experts):
-                probs[e] = np.float32(probs[e] / total)
-                picked[e] = False
-                chosen[e] = 0.0
-            for _ in range(top_k):  # the largest not yet picked, lowest id on ties
-                best = -1
-                for e in range(experts):
-                    if not picked[e] and (best < 0 or probs[e] > probs[best]):
-                        best = e
-                picked[best] = True
-                chosen[best] = np.float32(probs[best])
+            softmax_top_k(probs, top, top_k, picked, chosen)
             # ---- the chosen experts, ascending id, weighted and summed in fp32 ------------
             first = True
             for e in range(experts):

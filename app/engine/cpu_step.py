@@ -281,8 +281,8 @@ def glue() -> Any:
     """The compiled helpers the quantized step here and the bf16 step (cpu_bf16.py) share
     (numba dispatchers and intrinsics; each compiles on first use): cycles() (the cycle
     counter), pow2, f32_from_bits, bits_of_f32, widen (float32 of a float32 or of bf16 bits),
-    exp, tanh, rms_norm, router, attend (attention of one token over a float32 or bf16
-    KV cache) and counter() (cycles() from Python). Needs numba only (no AVX512-VNNI)."""
+    exp, tanh, rms_norm, router, softmax_top_k, attend (attention of one token over a
+    float32 or bf16 KV cache) and counter() (cycles() from Python). Needs numba only (no AVX512-VNNI)."""
     if not _GLUE:
         _GLUE.append(_build_glue())
     return _GLUE[0]
@@ -474,6 +474,29 @@ def _build_glue() -> Any:
                     for i in range(dh):
                         out[0, o0 + i] += weight * accs[kh, c, g * dh + i]
 
+    @njit(boundscheck=False, error_model="numpy")
+    def softmax_top_k(probs: Any, top: float, top_k: int, picked: Any, chosen: Any) -> None:
+        """probs (E,) float64, the router's capped logits, largest `top` -> in place their
+        softmax (sums in float64, each probability rounded to float32); picked (E,) bool and
+        chosen (E,) float32: the top_k largest (the lowest id on ties) and their
+        probabilities, 0 elsewhere (not renormalised: SGLang)."""
+        experts = probs.size
+        total = 0.0
+        for e in range(experts):
+            probs[e] = exp(probs[e] - top)
+            total += probs[e]
+        for e in range(experts):
+            probs[e] = np.float32(probs[e] / total)
+            picked[e] = False
+            chosen[e] = 0.0
+        for _ in range(top_k):  # the largest not yet picked, lowest id on ties
+            best = -1
+            for e in range(experts):
+                if not picked[e] and (best < 0 or probs[e] > probs[best]):
+                    best = e
+            picked[best] = True
+            chosen[best] = np.float32(probs[best])
+
     @njit
     def counter() -> int:
         """The cycle counter the steps' `clock` counts in, read from Python
@@ -484,7 +507,8 @@ def _build_glue() -> Any:
 
     return SimpleNamespace(cycles=cycles, pow2=pow2, f32_from_bits=f32_from_bits,
                            bits_of_f32=bits_of_f32, widen=widen, exp=exp, tanh=tanh,
-                           rms_norm=rms_norm, router=router, attend=attend, counter=counter)
+                           rms_norm=rms_norm, router=router, attend=attend,
+                           softmax_top_k=softmax_top_k, counter=counter)
 
 
 def _build() -> Any:
@@ -496,6 +520,7 @@ def _build() -> Any:
                                           shared.bits_of_f32)
     exp, tanh, rms_norm, router, attend = (shared.exp, shared.tanh, shared.rms_norm,
                                            shared.router, shared.attend)
+    softmax_top_k = shared.softmax_top_k
     quantize_block, group_dot = int4_kernels()[3:]
     rows = ROWS
 
@@ -619,21 +644,7 @@ def _build() -> Any:
             for e in range(experts):
                 probs[e] = np.float32(tanh(probs[e])) * np.float32(router_cap)
                 top = max(top, probs[e])
-            total = 0.0
-            for e in range(experts):
-                probs[e] = exp(probs[e] - top)
-                total += probs[e]
-            for e in range(experts):
-                probs[e] = np.float32(probs[e] / total)
-                picked[e] = False
-                chosen[e] = 0.0
-            for _ in range(top_k):  # the largest not yet picked, lowest id on ties
-                best = -1
-                for e in range(experts):
-                    if not picked[e] and (best < 0 or probs[e] > probs[best]):
-                        best = e
-                picked[best] = True
-                chosen[best] = np.float32(probs[best])
+            softmax_top_k(probs, top, top_k, picked, chosen)
             # ---- the chosen experts, ascending id, added onto the shared MLP's output -----
             for e in range(experts):
                 if not picked[e]:
