@@ -158,9 +158,10 @@ def build(model: Any, min_bytes: int = MIN_BYTES) -> Bf16Decode | None:
 class Bf16Decode(nn.Module):
     """One decode token of a bf16 Grok2 (embedding, every layer, final norm, head, soft cap)
     as one compiled call over the model's own weights (module docstring). Holds no
-    parameters: it reads the model's bf16 tensors through their addresses, keeps references
-    to them (so their memory outlives any replacement) and is `current()` while the model
-    still holds those very tensors and modules. `threads`: numba threads of every call, fixed
+    parameters: it reads the model's bf16 matrices and embedding through their addresses in
+    the numpy buffers `build` moved them into, holds those buffers (so the memory outlives
+    any replacement) and is `current()` while the model still holds those very tensors and
+    modules. Raises ValueError when a matrix or the embedding is not in `buffers`. `threads`: numba threads of every call, fixed
     here as the graphs' are. Shows in print(model) as the model's `cpu_decode`."""
 
     def __init__(self, model: Any, mats: list[torch.Tensor], threads: int,
