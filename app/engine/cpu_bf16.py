@@ -74,15 +74,22 @@ def available() -> bool:
     return True
 
 
+def _plain(w: Any) -> bool:
+    """Whether w is a C-contiguous bf16 tensor in CPU memory (not meta)."""
+    return (isinstance(w, torch.Tensor) and w.dtype == torch.bfloat16
+            and w.device.type == "cpu" and not w.is_meta and w.is_contiguous())
+
+
+def _plain_linear(m: Any) -> bool:
+    """Whether m is an nn.Linear itself (no subclass: not a QuantLinear, not a GemvLinear)
+    without bias, its weight _plain: what the compiled products read."""
+    return type(m) is nn.Linear and m.bias is None and _plain(m.weight)
+
+
 def _linears(model: Any) -> list[list[nn.Linear]] | None:
     """Every matrix the step reads, grouped per layer, in its table's order (per layer q, k,
     v, o, gate, up, down, then per expert w1, w3, w2; the head alone last), when all are
-    plain bf16 CPU Linear weights, C-contiguous, and the embedding and norms are bf16 CPU
-    tensors; else None."""
-    def plain(w: Any) -> bool:
-        return (isinstance(w, torch.Tensor) and w.dtype == torch.bfloat16
-                and w.device.type == "cpu" and not w.is_meta and w.is_contiguous())
-
+    _plain_linear and the embedding and norms are _plain; else None."""
     out: list[list[nn.Linear]] = []
     for layer in model.model.layers:
         a, mlp = layer.self_attn, layer.mlp
@@ -92,12 +99,11 @@ def _linears(model: Any) -> list[list[nn.Linear]] | None:
             linears += [e.w1, e.w3, e.w2]
         norms = [layer.pre_attn_norm, layer.post_attn_norm, layer.pre_moe_norm,
                  layer.post_moe_norm, layer.block_sparse_moe.gate]
-        if not all(type(m) is nn.Linear and plain(m.weight) for m in linears) or not all(
-                plain(n.weight) for n in norms):
+        if not all(map(_plain_linear, linears)) or not all(_plain(n.weight) for n in norms):
             return None
         out.append(linears)
-    if not (type(model.lm_head) is nn.Linear and plain(model.lm_head.weight)
-            and plain(model.model.norm.weight) and plain(model.model.embed_tokens.weight)):
+    if not (_plain_linear(model.lm_head) and _plain(model.model.norm.weight)
+            and _plain(model.model.embed_tokens.weight)):
         return None
     return [*out, [model.lm_head]]
 
@@ -352,14 +358,8 @@ def install_gemv(model: nn.Module, min_bytes: int = MIN_BYTES) -> int:
     (_into_buffers), when they hold at least `min_bytes` together and available(); the
     kernels are compiled now (a few seconds), not at the first token. Returns how many were
     swapped (0 when the compile fails: logged once, F.linear stays)."""
-    def plain(m: nn.Module) -> bool:
-        w = getattr(m, "weight", None)
-        return (type(m) is nn.Linear and m.bias is None and isinstance(w, torch.Tensor)
-                and w.dtype == torch.bfloat16 and w.device.type == "cpu" and not w.is_meta
-                and w.is_contiguous())
-
     found = [(name, m) for name, m in model.named_modules()
-             if plain(m) and not name.endswith("block_sparse_moe.gate")]
+             if _plain_linear(m) and not name.endswith("block_sparse_moe.gate")]
     if not available() or sum(m.weight.numel() * 2 for _, m in found) < min_bytes:
         return 0
     try:
@@ -404,8 +404,8 @@ def _build() -> Any:
     from numba.extending import intrinsic
 
     shared = glue()
-    cycles, f32_from_bits, bits_of_f32, widen = (shared.cycles, shared.f32_from_bits,
-                                                 shared.bits_of_f32, shared.widen)
+    cycles, bits_of_f32, widen, bf16 = (shared.cycles, shared.bits_of_f32, shared.widen,
+                                        shared.bf16)
     exp, tanh, rms_norm, router, attend = (shared.exp, shared.tanh, shared.rms_norm,
                                            shared.router, shared.attend)
     softmax_top_k = shared.softmax_top_k
@@ -423,15 +423,6 @@ def _build() -> Any:
             return builder.inttoptr(args[0], ir.PointerType(ir.IntType(16)))
 
         return ptr(types.int64), codegen
-
-    @njit(boundscheck=False, error_model="numpy", inline="always")
-    def bf16(x: Any) -> Any:
-        """float32 x rounded half to even to bf16 (PyTorch's float -> bfloat16; NaN kept),
-        as a float32."""
-        if np.isnan(x):
-            return np.float32(x)
-        b = bits_of_f32(np.float32(x))
-        return f32_from_bits(np.int32((b + 0x7FFF + ((b >> 16) & 1)) & -65536))
 
     @njit(boundscheck=False, error_model="numpy", fastmath={"reassoc", "contract"})
     def dot_rows(w: Any, xb: Any, y: Any, r0: int, r1: int, out0: int) -> None:
@@ -562,7 +553,7 @@ def _build() -> Any:
         resid = np.empty(d, np.float32)
         sc = np.float32(scale)
         for i in range(d):
-            resid[i] = bf16(f32_from_bits(np.int32(emb[token, i]) << 16) * sc)
+            resid[i] = bf16(widen(emb[token, i]) * sc)
         # length temperature (model.length_temperature: log2 p / log2 L, float32)
         temp = 1.0
         if pos > temp_len:

@@ -281,8 +281,9 @@ def glue() -> Any:
     """The compiled helpers the quantized step here and the bf16 step (cpu_bf16.py) share
     (numba dispatchers and intrinsics; each compiles on first use): cycles() (the cycle
     counter), pow2, f32_from_bits, bits_of_f32, widen (float32 of a float32 or of bf16 bits),
-    exp, tanh, rms_norm, router, softmax_top_k, attend (attention of one token over a
-    float32 or bf16 KV cache) and counter() (cycles() from Python). Needs numba only (no AVX512-VNNI)."""
+    bf16 (a float32 rounded to bf16 as PyTorch rounds), exp, tanh, rms_norm, router,
+    softmax_top_k, attend (attention of one token over a float32 or bf16 KV cache) and
+    counter() (cycles() from Python). Needs numba only (no AVX512-VNNI)."""
     if not _GLUE:
         _GLUE.append(_build_glue())
     return _GLUE[0]
@@ -371,6 +372,15 @@ def _build_glue() -> Any:
             return builder.bitcast(wide, ir.FloatType())
 
         return types.float32(x), codegen
+
+    @njit(boundscheck=False, error_model="numpy", inline="always")
+    def bf16(x: Any) -> Any:
+        """float32 x rounded half to even to bf16 (PyTorch's float -> bfloat16; NaN kept),
+        as a float32."""
+        if np.isnan(x):
+            return np.float32(x)
+        b = bits_of_f32(np.float32(x))
+        return f32_from_bits(np.int32((b + 0x7FFF + ((b >> 16) & 1)) & -65536))
 
     @njit(boundscheck=False, error_model="numpy", fastmath={"reassoc", "contract"})
     def rms_norm(x: Any, p: Any, at: int, eps: float, out: Any) -> None:
@@ -506,7 +516,8 @@ def _build_glue() -> Any:
     from types import SimpleNamespace
 
     return SimpleNamespace(cycles=cycles, pow2=pow2, f32_from_bits=f32_from_bits,
-                           bits_of_f32=bits_of_f32, widen=widen, exp=exp, tanh=tanh,
+                           bits_of_f32=bits_of_f32, widen=widen, bf16=bf16, exp=exp,
+                           tanh=tanh,
                            rms_norm=rms_norm, router=router, attend=attend,
                            softmax_top_k=softmax_top_k, counter=counter)
 
@@ -516,8 +527,7 @@ def _build() -> Any:
     from numba import njit, prange
 
     shared = glue()
-    cycles, f32_from_bits, bits_of_f32 = (shared.cycles, shared.f32_from_bits,
-                                          shared.bits_of_f32)
+    cycles, widen, bf16 = shared.cycles, shared.widen, shared.bf16
     exp, tanh, rms_norm, router, attend = (shared.exp, shared.tanh, shared.rms_norm,
                                            shared.router, shared.attend)
     softmax_top_k = shared.softmax_top_k
@@ -685,10 +695,7 @@ def _build() -> Any:
         h = np.empty(d, np.float32)
         sc = np.float32(scale)
         for i in range(d):
-            x = f32_from_bits(np.int32(emb[token, i]) << 16) * sc
-            b = bits_of_f32(x)
-            b = (b + 0x7FFF + ((b >> 16) & 1)) & np.int32(-65536)  # round half to even
-            h[i] = f32_from_bits(b)
+            h[i] = bf16(widen(emb[token, i]) * sc)
         decode(h, pos, first_layer, w, s, z, mats, p, offsets, ints, floats, ck, cv, cos,
                sin, out, clock)
 
